@@ -1,0 +1,1 @@
+"""rtai_gateway."""

@@ -1,0 +1,71 @@
+"""The model interface every task's model implements, and the value types it trades in.
+
+A model is loaded once per worker process, then called with whole batches off the event loop (a thread), so
+`predict` and `stream` are plain blocking functions. Streaming models yield chunks one by one; the worker
+checks for cancellation between chunks, so a model only has to yield often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+JSONValue = Any
+"""A value that encodes to JSON (dict, list, str, int, float, bool, None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One request's input as a model sees it."""
+
+    text: str
+    options: Mapping[str, JSONValue] = field(default_factory=dict)
+    seed: int = 0
+    """Deterministic seed derived from the request id: a re-run after a crash must produce the same output."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model declares about itself. `fingerprint` names the exact configuration (model, weights,
+    version, options that change outputs): two workers may serve one task only if their fingerprints match."""
+
+    name: str
+    fingerprint: str
+    max_input_chars: int
+    streaming: bool = False
+    device: str = "cpu"
+
+
+class ModelError(Exception):
+    """A request the model cannot serve (bad option, input it refuses). Reported to the client as `invalid_request`."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A loaded model. Built by a `ModelFactory`, then `load()`ed and `warmup()`ed before the worker
+    registers its task, so a registered task always answers at full speed."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def load(self) -> None:
+        """Load weights. May take seconds; runs in a thread."""
+
+    def warmup(self) -> None:
+        """Run one tiny inference so the first real request is not the slow one."""
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[JSONValue]:
+        """One output per input, same order. Raising fails the whole batch; raise ModelError for a
+        per-request refusal by returning it instead: an element that is a ModelError fails only that request."""
+        ...
+
+    def stream(self, item: ModelInput) -> Iterator[JSONValue]:
+        """Yield chunks for one input; the worker sends each as a `chunk` frame. The value returned by the
+        generator (StopIteration.value) is the final `result` output; None means "the list of chunks".
+        Only called when `info.streaming` is true."""
+        ...
+
+    def sort_key(self, item: ModelInput) -> int:
+        """Cost estimate (e.g. token count) used to sort a batch and cut micro-batches by length."""
+        ...

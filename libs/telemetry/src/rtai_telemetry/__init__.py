@@ -1,1 +1,1 @@
-"""rtai_telemetry."""
+"""rtai telemetry: structlog logging, OpenTelemetry tracing and shared Prometheus metric pieces."""

@@ -1,0 +1,56 @@
+"""The one factory for Redis clients: a plain URL or a Sentinel-discovered master, always with timeouts and retries.
+
+redis-py's `Sentinel.master_for()` does not retry by default, so every command during a failover would raise; we give
+every client an explicit Retry with jittered exponential backoff long enough to ride out a ~2-3 s promotion.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
+
+from rtai_transport.settings import RedisSettings
+
+Redis = aioredis.Redis
+
+# A replica that is being turned into a master, or a master that became a replica, answers READONLY/LOADING:
+# both are transient during failover and worth a retry, like a dropped connection.
+RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError]
+
+
+def _retry(settings: RedisSettings, retries: int) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_backoff_cap_s), retries, supported_errors=tuple(RETRY_ON))
+
+
+def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retries: int | None = None) -> Redis:
+    """A client for commands. `block_timeout_s` widens the socket timeout for clients that issue blocking reads;
+    `retries=0` gives a probe client that fails fast (health checks must notice an outage, not ride it out)."""
+    password = settings.password.get_secret_value() if settings.password else None
+    socket_timeout = settings.socket_timeout_s + block_timeout_s
+    common: dict[str, object] = {
+        "username": settings.username,
+        "password": password,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": _retry(settings, settings.retries if retries is None else retries),
+        "retry_on_error": RETRY_ON,
+        "health_check_interval": 10,
+        "decode_responses": False,
+    }
+    if settings.sentinels:
+        sentinel_kwargs: dict[str, object] = {"socket_timeout": settings.connect_timeout_s, "socket_connect_timeout": settings.connect_timeout_s}
+        if settings.sentinel_password:
+            sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+        if settings.tls:
+            sentinel_kwargs["ssl"] = True
+        sentinel = Sentinel(settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common)
+        return sentinel.master_for(settings.master, max_connections=settings.max_connections)
+    return aioredis.Redis.from_url(settings.url, max_connections=settings.max_connections, **common)  # type: ignore[arg-type]
+
+
+async def close_redis(client: Redis) -> None:
+    await client.aclose()
+    await client.connection_pool.disconnect()

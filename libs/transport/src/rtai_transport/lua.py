@@ -1,0 +1,86 @@
+"""Lua scripts: the places where several keys must change together or not at all.
+
+Scripts touch keys of one request and one session at once, so rtai targets a single Redis master (with Sentinel for
+failover), not Redis Cluster. See docs/adr/0002-redis-topology.md.
+"""
+
+from __future__ import annotations
+
+# A Lua function shared by the scripts below: number a frame into its session and append it to the session log.
+_APPEND = """
+local function append(seq_key, log_key, body, ttl, maxlen)
+  local seq = redis.call('INCR', seq_key)
+  if seq == 1 then
+    -- The counter is new (first frame, or lost in a failover): never number below what the log holds.
+    local last = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      local top = tonumber(string.match(last[1][1], '^(%d+)'))
+      if top >= seq then seq = top + 1; redis.call('SET', seq_key, seq) end
+    end
+  end
+  redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, seq .. '-1', 'f', body)
+  redis.call('EXPIRE', seq_key, ttl)
+  redis.call('EXPIRE', log_key, ttl)
+  return seq
+end
+"""
+
+# Logs a worker's (or the gateway's own) frame for a request. For chunks and final frames it first checks the request's
+# state, so that whatever re-runs or duplicates happen upstream, a request gets each chunk index once and exactly one
+# final frame. Returns {seq, or 0 if dropped as a duplicate; the gateway holding the session now, or ''}.
+# KEYS: 1 seq, 2 log, 3 session meta hash, 4 request hash, 5 session inflight hash
+# ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s
+LOG_FRAME = _APPEND + """
+local holder = redis.call('HGET', KEYS[3], 'gateway') or ''
+if redis.call('HEXISTS', KEYS[4], 'final') == 1 then return {0, holder} end
+if ARGV[2] == 'final' then
+  redis.call('HSET', KEYS[4], 'final', ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+  redis.call('HDEL', KEYS[5], ARGV[6])
+else
+  local nxt = tonumber(redis.call('HGET', KEYS[4], 'next') or '0')
+  local idx = tonumber(ARGV[3])
+  if idx < nxt then return {0, holder} end
+  redis.call('HSET', KEYS[4], 'next', idx + 1)
+end
+return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5]), holder}
+"""
+
+# Admits a request idempotently, enqueues its job and logs its `accepted` frame, in one step.
+# KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
+# ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
+#       8 log maxlen
+# Returns {'new', entry id, seq} | {'done', final frame body} | {'inflight', ''} | {'elsewhere', other session}
+SUBMIT = _APPEND + """
+local existing = redis.call('HGET', KEYS[1], 'session')
+if existing then
+  local final = redis.call('HGET', KEYS[1], 'final')
+  if final then return {'done', final} end
+  if existing == ARGV[2] then return {'inflight', ''} end
+  return {'elsewhere', existing}
+end
+local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[1])
+redis.call('HSET', KEYS[1], 'session', ARGV[2], 'job', ARGV[1], 'next', 0, 'entry', entry)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8])}
+"""
+
+# Registers a worker for a task unless live workers serve that task with another model configuration.
+# KEYS: 1 tasks hash, 2 task workers zset; ARGV: 1 task, 2 config json, 3 fingerprint, 4 worker id, 5 now ms, 6 expiry ms
+# Returns {1, ''} or {0, the registered config}
+REGISTER_TASK = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and redis.call('ZCARD', KEYS[2]) > 0 then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and decoded['fingerprint'] ~= ARGV[3] then
+    local others = redis.call('ZRANGE', KEYS[2], 0, -1)
+    if not (#others == 1 and others[1] == ARGV[4]) then return {0, current} end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
+return {1, ''}
+"""

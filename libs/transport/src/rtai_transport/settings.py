@@ -1,0 +1,73 @@
+"""Redis connection settings, nested into each service's settings (`RTAI_GW_REDIS__URL`, `RTAI_WORKER_REDIS__SENTINELS`...)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+
+class RedisSettings(BaseModel):
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL (`redis://` or `rediss://` for TLS). Ignored when `sentinels` is set.",
+    )
+    sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sentinel addresses as a comma-separated `host:port` list. When set, the master is discovered through them.",
+    )
+    master: str = Field(default="mymaster", description="Sentinel master name.")
+    username: str | None = Field(default=None, description="Redis ACL user name (least-privilege user for this service).")
+    password: SecretStr | None = Field(default=None, description="Redis password (never logged).")
+    sentinel_password: SecretStr | None = Field(default=None, description="Password of the Sentinel processes, if they need one.")
+    tls: bool = Field(default=False, description="Use TLS to Redis (and Sentinels).")
+    db: int = Field(default=0, ge=0, description="Database number (Sentinel mode); separate environments by `prefix`, not by db.")
+    prefix: str = Field(
+        default="rtai",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_\-.]+$",
+        description="Prefix of every key and stream name. Separate environments and tests by prefix.",
+    )
+    socket_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one Redis command's I/O (blocking reads add their block time).")
+    connect_timeout_s: float = Field(default=1.0, gt=0, description="Timeout to open a connection.")
+    retries: int = Field(default=6, ge=0, description="Retries of a failed command (with jittered exponential backoff).")
+    retry_backoff_cap_s: float = Field(default=1.0, gt=0, description="Longest pause between two retries.")
+    max_connections: int = Field(default=64, ge=4, description="Connection pool size per process.")
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("sentinels")
+    @classmethod
+    def _check_sentinels(cls, v: list[str]) -> list[str]:
+        for addr in v:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"sentinel address {addr!r} must be host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _check_url(self) -> RedisSettings:
+        if not self.sentinels and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis url must start with redis://, rediss:// or unix://")
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for addr in self.sentinels:
+            host, _, port = addr.rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+    def describe(self) -> str:
+        """Where we connect, safe to log (no password)."""
+        if self.sentinels:
+            return f"sentinel:{','.join(self.sentinels)}/{self.master}"
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"

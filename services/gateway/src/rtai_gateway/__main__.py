@@ -1,0 +1,40 @@
+"""`python -m rtai_gateway`: one process, one event loop (scale with replicas, never --workers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from rtai_gateway.app import create_app
+from rtai_gateway.drain import DrainingServer
+from rtai_gateway.settings import GatewaySettings
+from rtai_telemetry.logging import configure_logging
+from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    setup_tracing("rtai-gateway")
+    config = uvicorn.Config(
+        lambda: create_app(settings),
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_max_size=settings.limits.max_frame_bytes,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=max(int(settings.drain_s) + 5, 5),
+        lifespan="on",
+        proxy_headers=True,
+    )
+    try:
+        asyncio.run(DrainingServer(config).serve())
+    finally:
+        shutdown_tracing()
+
+
+if __name__ == "__main__":
+    main()

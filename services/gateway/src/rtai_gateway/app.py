@@ -1,0 +1,90 @@
+"""The gateway application: `create_app(settings)` builds it; the lifespan owns every resource and task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import TypedDict
+
+from fastapi import FastAPI
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from rtai_gateway import health, lifecycle, loops
+from rtai_gateway.catalog import Catalog
+from rtai_gateway.hub import Hub
+from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.runtime import Runtime
+from rtai_gateway.settings import GatewaySettings
+from rtai_gateway.ws import websocket_endpoint
+from rtai_telemetry.logging import get_logger
+from rtai_transport import Keys, close_redis, create_redis
+
+log = get_logger("rtai_gateway.app")
+
+STATIC_DIR = files("rtai_gateway") / "static"
+
+
+class State(TypedDict):
+    rt: Runtime
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        keys = Keys(settings.redis.prefix)
+        # Blocking reads of the reply stream need a socket timeout longer than their block time.
+        redis = create_redis(settings.redis, block_timeout_s=settings.sessions.reply_block_ms / 1000)
+        probe = create_redis(settings.redis, retries=0)
+        metrics = GatewayMetrics()
+        hub = Hub(settings, redis, keys, metrics)
+
+        async def on_backend_change() -> None:
+            await lifecycle.resubmit_all(hub)
+
+        catalog = Catalog(probe, keys, settings.admission, metrics, on_backend_change)
+        hub.catalog = catalog
+        rt = Runtime(settings=settings, redis=redis, metrics=metrics, hub=hub, catalog=catalog)
+        app.state.rt = rt  # for the shutdown path in __main__, which has no request to read state from
+        reader_started = asyncio.Event()
+        await catalog.refresh()  # best effort: a gateway starts (not ready) while Redis is down
+        tasks = [
+            asyncio.create_task(catalog.run(), name="catalog"),
+            asyncio.create_task(loops.read_replies(hub, reader_started), name="replies"),
+            asyncio.create_task(loops.reap(hub), name="reap"),
+            asyncio.create_task(loops.heartbeat(hub), name="heartbeat"),
+        ]
+        await reader_started.wait()
+        rt.reader_ready = True
+        log.info("gateway.started", gateway=settings.gateway_id, redis=settings.redis.describe(), port=settings.port)
+        try:
+            yield {"rt": rt}
+        finally:
+            rt.reader_ready = False
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await redis.delete(keys.gateway_alive(settings.gateway_id))
+            await close_redis(probe)
+            await close_redis(redis)
+            log.info("gateway.stopped", gateway=settings.gateway_id)
+
+    app = FastAPI(title="rtai gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_api_route("/healthz", health.healthz, methods=["GET"])
+    app.add_api_route("/readyz", health.readyz, methods=["GET"])
+    app.add_api_route("/metrics", health.metrics, methods=["GET"])
+    app.add_api_route("/v1/tasks", health.tasks, methods=["GET"])
+    app.add_api_websocket_route("/v1/ws", websocket_endpoint)
+    if settings.page:
+
+        async def index() -> Response:
+            return FileResponse(str(STATIC_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
+
+        app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+        app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    return app

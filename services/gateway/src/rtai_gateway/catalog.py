@@ -1,0 +1,109 @@
+"""What the gateway knows about the backend, refreshed in the background: live tasks, backlogs, Redis health.
+
+Admission decisions read this snapshot instead of asking Redis per request, so refusing work costs nothing and keeps
+working while Redis is slow. When the Redis node behind our address changes (its run_id), acknowledged writes may
+have been lost in the failover: the hub is told to re-submit what is still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.settings import AdmissionSettings
+from rtai_telemetry.logging import get_logger
+from rtai_transport import Keys, Redis
+from rtai_transport.backlog import EMPTY, Backlog, read_backlog
+from rtai_transport.health import read_health, round_trip
+from rtai_transport.registry import TaskInfo, live_tasks
+
+log = get_logger("rtai_gateway.catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    """Metric label: backlog, age, unavailable."""
+    message: str
+    retry_after_ms: int
+
+
+class Catalog:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: AdmissionSettings,
+        metrics: GatewayMetrics,
+        on_backend_change: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.probe = redis
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self._metrics = metrics
+        self._on_backend_change = on_backend_change
+        self.tasks: dict[str, TaskInfo] = {}
+        self.workers: dict[str, int] = {}
+        self.backlogs: dict[str, Backlog] = {}
+        self.redis_ok = False
+        self.run_id: str | None = None
+        self.refreshed = asyncio.Event()
+
+    def admission(self, task: str) -> Refusal | None:
+        s = self._settings
+        if not self.redis_ok:
+            return Refusal("unavailable", "the queue backend is unreachable; retry shortly", s.retry_after_ms)
+        b = self.backlogs.get(task, EMPTY)
+        if b.length >= s.max_backlog:
+            return Refusal("backlog", f"task {task!r} has {b.length} queued jobs", s.retry_after_ms)
+        if b.oldest_age_s >= s.max_oldest_age_s:
+            return Refusal("age", f"task {task!r} has waited {b.oldest_age_s:.1f}s for a worker", s.retry_after_ms)
+        return None
+
+    def note_enqueued(self, task: str) -> None:
+        """Count our own submissions between refreshes, so a burst cannot overshoot the backlog limit by much."""
+        b = self.backlogs.get(task, EMPTY)
+        self.backlogs[task] = Backlog(b.length + 1, b.pending, b.oldest_age_s)
+
+    async def refresh(self) -> None:
+        try:
+            await round_trip(self._redis, self._keys)
+            health = await read_health(self._redis)
+            live = await live_tasks(self._redis, self._keys)
+            backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
+        except Exception as e:
+            if self.redis_ok:
+                log.warning("redis.unreachable", error=type(e).__name__, detail=str(e)[:200])
+            self.redis_ok = False
+            self._metrics.redis.set_down()
+            return
+        if not self.redis_ok:
+            log.info("redis.reachable", role=health.role)
+        self.redis_ok = True
+        self.tasks = {t: info for t, (info, _) in live.items()}
+        self.workers = {t: n for t, (_, n) in live.items()}
+        self.backlogs = backlogs
+        m = self._metrics
+        m.redis.set_health(role=health.role, used_memory=health.used_memory_bytes, clients=health.connected_clients, lag=health.replication_lag_bytes)
+        for task, b in backlogs.items():
+            m.backlog.set(task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=self.workers[task])
+        changed = self.run_id is not None and health.run_id != self.run_id
+        self.run_id = health.run_id
+        self.refreshed.set()
+        if changed:
+            log.warning("redis.node_changed", role=health.role)
+            await self._on_backend_change()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("catalog.refresh_failed")
+            await asyncio.sleep(self._settings.refresh_interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - jitter

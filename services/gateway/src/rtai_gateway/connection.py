@@ -1,0 +1,93 @@
+"""One WebSocket's outgoing side: a bounded send queue drained by one writer task.
+
+A client that does not read fills its queue; instead of buffering without bound (the memory growth users of other
+systems complain about) the gateway closes it with 1013 and the client resumes from its last sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from rtai_telemetry.logging import get_logger
+
+log = get_logger("rtai_gateway.connection")
+
+WS_1008_POLICY_VIOLATION = 1008
+WS_1009_MESSAGE_TOO_BIG = 1009
+WS_1011_INTERNAL_ERROR = 1011
+WS_1012_SERVICE_RESTART = 1012
+WS_1013_TRY_AGAIN_LATER = 1013
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, queue_frames: int, *, on_slow_close: object = None) -> None:
+        self.ws = ws
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_frames)
+        self.capacity = queue_frames
+        self.closed = False
+        self.close_code: int | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._on_slow_close = on_slow_close
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+
+    def offer(self, body: bytes) -> bool:
+        """Queue a frame; False (and a 1013 close) when the client is too slow to keep up."""
+        if self.closed:
+            return False
+        try:
+            self._queue.put_nowait(body)
+        except asyncio.QueueFull:
+            if callable(self._on_slow_close):
+                self._on_slow_close()
+            self.close(WS_1013_TRY_AGAIN_LATER, "client too slow: resume with your last seq")
+            return False
+        return True
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frames already queued (if room) — the writer sends the close frame."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._reason = reason
+        # Drop what is queued if the queue is full; a slow client resumes from its last seq anyway.
+        while self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                body = await self._queue.get()
+                if body is None:
+                    break
+                await ws.send_text(body.decode())
+        except Exception as e:  # the peer vanished mid-send: nothing to do but stop writing
+            log.debug("ws.send_failed", error=type(e).__name__)
+            self.closed = True
+            return
+        if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(self.close_code or 1000, getattr(self, "_reason", ""))
+
+    async def aclose(self) -> None:
+        """Stop the writer (after the receive side ended)."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self._writer, timeout=2)
+            except (TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()

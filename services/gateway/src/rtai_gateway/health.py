@@ -1,0 +1,56 @@
+"""Health endpoints. Readiness proves the data path (a Redis write and read, the reply reader running), not just a
+live process, and goes false while draining so a load balancer stops sending new sockets."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rtai_gateway.runtime import Runtime
+from rtai_telemetry.metrics import CONTENT_TYPE_LATEST, render
+from rtai_transport.health import round_trip
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    rt: Runtime = request.state.rt
+    problems = []
+    if rt.draining:
+        problems.append("draining")
+    if not rt.reader_ready:
+        problems.append("reply reader not running")
+    try:
+        # The probe client does not retry: readiness must flip while Redis is down, not wait it out.
+        await round_trip(rt.catalog.probe, rt.hub.keys)
+    except Exception as e:
+        problems.append(f"redis: {type(e).__name__}")
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "gateway": rt.settings.gateway_id})
+
+
+async def metrics(request: Request) -> Response:
+    rt: Runtime = request.state.rt
+    return Response(render(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def tasks(request: Request) -> Response:
+    rt: Runtime = request.state.rt
+    cat = rt.catalog
+    return JSONResponse(
+        {
+            "tasks": [
+                {
+                    "task": t,
+                    "model": info.model,
+                    "streaming": info.streaming,
+                    "max_input_chars": info.max_input_chars,
+                    "workers": cat.workers.get(t, 0),
+                }
+                for t, info in sorted(cat.tasks.items())
+            ]
+        }
+    )

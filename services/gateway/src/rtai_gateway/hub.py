@@ -1,0 +1,256 @@
+"""The gateway's routing core: sessions, requests in flight, and every frame that reaches a client.
+
+One hub per process. Requests are admitted and enqueued here; the single reply reader hands worker replies here;
+deadlines, cancels, disconnects and resumes end here. Every numbered frame goes through the session log in Redis
+(Lua scripts in rtai_transport.lua), which is what makes "exactly one final frame per request" hold across re-runs,
+re-submissions and gateways.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from rtai_gateway.catalog import Catalog
+from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.session import Session
+from rtai_gateway.settings import GatewaySettings
+from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode
+from rtai_telemetry.logging import get_logger
+from rtai_telemetry.tracing import extract_context, inject_headers
+from rtai_transport import Keys, Redis
+from rtai_transport.lua import LOG_FRAME, SUBMIT
+
+log = get_logger("rtai_gateway.hub")
+tracer = trace.get_tracer("rtai_gateway")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request this gateway accepted and has not finished."""
+
+    job: Job
+    session: Session
+    received: float
+    """time.monotonic() at receipt, for the latency histogram."""
+    entry_id: str = ""
+    first_chunk_seen: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job.owner, self.job.request_id)
+
+
+def refusal(request_id: str | None, code: ErrorCode | str, message: str, retry_after_ms: int | None = None) -> bytes:
+    return encode(Error(id=request_id, code=str(code), message=message, retry_after_ms=retry_after_ms))
+
+
+class Hub:
+    def __init__(self, settings: GatewaySettings, redis: Redis, keys: Keys, metrics: GatewayMetrics, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = keys
+        self.metrics = metrics
+        self.catalog: Catalog = catalog  # type: ignore[assignment] # set by the app right after construction
+        self.gateway_id = settings.gateway_id
+        self.reply_stream = keys.replies(settings.gateway_id)
+        self.sessions: dict[str, Session] = {}
+        self.pending: dict[tuple[str, str], Pending] = {}
+        self._log_frame = redis.register_script(LOG_FRAME)
+        self._submit = redis.register_script(SUBMIT)
+
+    # ---- admission and submission -------------------------------------------------------------------------------
+
+    async def submit(self, session: Session, req: Infer) -> None:
+        refused = self._admit(session, req)
+        if refused is not None:
+            session.send(refused)
+            return
+        received = time.monotonic()
+        job = self._make_job(session, req)
+        with tracer.start_as_current_span("gateway.ws.receive", attributes={"rtai.task": req.task, "rtai.request_id": req.id}):
+            headers: dict[str, str] = {}
+            with tracer.start_as_current_span("transport.publish"):
+                inject_headers(headers)
+                job = job.model_copy(update={"headers": headers})
+                await self._enqueue_new(session, job, received)
+
+    def _admit(self, session: Session, req: Infer) -> bytes | None:
+        info = self.catalog.tasks.get(req.task)
+        m = self.metrics
+        if info is None:
+            if not self.catalog.redis_ok:
+                m.refusals.labels(req.task, "unavailable").inc()
+                return refusal(req.id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", self.settings.admission.retry_after_ms)
+            m.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
+            return refusal(req.id, ErrorCode.UNKNOWN_TASK, f"no live worker serves task {req.task!r}; see GET /v1/tasks")
+        if len(req.input) > info.max_input_chars:
+            m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
+            return refusal(req.id, ErrorCode.INVALID_REQUEST, f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}")
+        if req.options.stream and not info.streaming:
+            m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
+            return refusal(req.id, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false")
+        if (session.identity, req.id) in self.pending:
+            return None  # a retry of a request in flight: _enqueue_new answers it without new work
+        if len(session.requests) >= self.settings.admission.max_inflight_per_connection:
+            m.refusals.labels(req.task, "inflight").inc()
+            cap = self.settings.admission.max_inflight_per_connection
+            return refusal(req.id, ErrorCode.OVERLOADED, f"at most {cap} requests in flight per connection", self.settings.admission.retry_after_ms)
+        refused = self.catalog.admission(req.task)
+        if refused is not None:
+            m.refusals.labels(req.task, refused.reason).inc()
+            code = ErrorCode.UNAVAILABLE if refused.reason == "unavailable" else ErrorCode.OVERLOADED
+            return refusal(req.id, code, refused.message, refused.retry_after_ms)
+        return None
+
+    def _make_job(self, session: Session, req: Infer) -> Job:
+        d = self.settings.deadlines
+        budget = min(req.options.deadline_ms or d.default_ms, d.max_ms)
+        now = now_ms()
+        options = req.options.model_dump(exclude_none=True, exclude={"stream", "deadline_ms"})
+        return Job(
+            job_id=uuid.uuid4().hex,
+            request_id=req.id,
+            owner=session.identity,
+            session=session.id,
+            task=req.task,
+            input=req.input,
+            options=options,
+            stream=req.options.stream,
+            deadline_ms=now + budget,
+            enqueued_ms=now,
+            reply_to=self.reply_stream,
+            # Deterministic per (identity, request id): a re-run after a crash reproduces the same output.
+            seed=zlib.crc32(f"{session.identity}\x00{req.id}".encode()),
+        )
+
+    async def _enqueue_new(self, session: Session, job: Job, received: float) -> None:
+        s = self.settings.sessions
+        k = self.keys
+        accepted = encode(Accepted(id=job.request_id, task=job.task, deadline_ms=job.deadline_ms))
+        try:
+            res = await self._submit(
+                keys=[k.request(job.owner, job.request_id), k.jobs(job.task), k.session_inflight(session.id), k.session_seq(session.id), k.session_log(session.id)],
+                args=[encode(job), session.id, job.request_id, s.request_ttl_s, s.jobs_maxlen, s.ttl_s, accepted, s.log_maxlen],
+            )
+        except Exception as e:
+            log.warning("submit.failed", request_id=job.request_id, error=type(e).__name__)
+            self.metrics.refusals.labels(job.task, "unavailable").inc()
+            session.send(refusal(job.request_id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", self.settings.admission.retry_after_ms))
+            return
+        status = res[0].decode()
+        if status == "new":
+            pending = Pending(job=job, session=session, received=received, entry_id=res[1].decode())
+            self.track(pending)
+            self.catalog.note_enqueued(job.task)
+            session.deliver(int(res[2]), accepted)
+        elif status == "done":
+            # Finished earlier (a retry after a lost final frame): send the stored final frame again, once, unnumbered.
+            session.send(res[1])
+        elif status == "elsewhere":
+            session.send(refusal(job.request_id, ErrorCode.DUPLICATE_REQUEST, "this request id is in flight in another session; resume that session"))
+        # "inflight" in this same session: its frames are already on their way; nothing new to send.
+
+    def track(self, p: Pending) -> None:
+        self.pending[p.key] = p
+        p.session.requests.add(p.job.request_id)
+        self.metrics.inflight.set(len(self.pending))
+
+    def _untrack(self, p: Pending) -> None:
+        self.pending.pop(p.key, None)
+        p.session.requests.discard(p.job.request_id)
+        self.metrics.inflight.set(len(self.pending))
+
+    # ---- frames from workers and from the gateway itself --------------------------------------------------------
+
+    async def handle_replies(self, replies: list[Reply]) -> None:
+        """Log a batch of worker replies in one pipelined round trip, then deliver them."""
+        k = self.keys
+        s = self.settings.sessions
+        frames: list[tuple[Reply, bytes, str]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in replies:
+                body, kind = _frame_of(r)
+                frames.append((r, body, kind))
+                await self._log_frame(
+                    keys=[k.session_seq(r.session), k.session_log(r.session), k.session_meta(r.session), k.request(r.owner, r.request_id), k.session_inflight(r.session)],
+                    args=[body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        forwards: list[tuple[str, bytes]] = []
+        for (r, body, kind), (seq, holder) in zip(frames, results, strict=True):
+            if not int(seq):
+                continue  # a duplicate chunk or a second final frame: dropped by design
+            holder_id = holder.decode() if holder else ""
+            self._after_logged(r, body, kind, int(seq), holder_id, forwards)
+        if forwards:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, msg in forwards:
+                    pipe.xadd(stream, {"m": msg}, maxlen=10_000, approximate=True)
+                await pipe.execute()
+
+    def _after_logged(self, r: Reply, body: bytes, kind: str, seq: int, holder: str, forwards: list[tuple[str, bytes]]) -> None:
+        p = self.pending.get((r.owner, r.request_id))
+        if p is not None:
+            if kind == "chunk" and not p.first_chunk_seen:
+                p.first_chunk_seen = True
+                self.metrics.first_chunk.labels(p.job.task).observe(time.monotonic() - p.received)
+            if kind == "final":
+                self._finished(p, "ok" if r.kind == "result" else (r.code or ErrorCode.INTERNAL), r.headers)
+        session = self.sessions.get(r.session)
+        if session is not None and session.conn is not None and holder in ("", self.gateway_id):
+            session.deliver(seq, body)
+        elif holder and holder != self.gateway_id:
+            forwards.append((self.keys.replies(holder), encode(Forward(session=r.session, seq=seq, frame=body.decode()))))
+
+    def deliver_forward(self, session_id: str, seq: int, frame: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.deliver(seq, frame.encode())
+
+    def _finished(self, p: Pending, outcome: str, headers: dict[str, str] | None = None) -> None:
+        self._untrack(p)
+        elapsed = time.monotonic() - p.received
+        self.metrics.requests.labels(p.job.task, outcome).inc()
+        self.metrics.duration.labels(p.job.task, outcome).observe(elapsed)
+        if headers:
+            with tracer.start_as_current_span("gateway.ws.send", context=extract_context(headers), attributes={"rtai.outcome": outcome}):
+                pass
+
+    async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
+        """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""
+        s = self.settings.sessions
+        k = self.keys
+        job = p.job
+        body = encode(Error(id=job.request_id, code=str(code), message=message))
+        self._finished(p, str(code))
+        try:
+            seq, _ = await self._log_frame(
+                keys=[k.session_seq(job.session), k.session_log(job.session), k.session_meta(job.session), k.request(job.owner, job.request_id), k.session_inflight(job.session)],
+                args=[body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s],
+            )
+        except Exception as e:
+            # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
+            log.warning("final.unlogged", request_id=job.request_id, error=type(e).__name__)
+            p.session.send(body)
+            return
+        if int(seq):
+            p.session.deliver(int(seq), body)
+
+
+def _frame_of(r: Reply) -> tuple[bytes, str]:
+    """The client frame (without seq) for a worker reply, and its log kind."""
+    if r.kind == "chunk":
+        return encode(Chunk(id=r.request_id, index=r.index, data=r.data)), "chunk"
+    if r.kind == "result":
+        return encode(Result(id=r.request_id, output=r.data)), "final"
+    return encode(Error(id=r.request_id, code=r.code or ErrorCode.INTERNAL, message=r.message or "")), "final"

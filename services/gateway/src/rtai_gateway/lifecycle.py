@@ -1,0 +1,178 @@
+"""Sessions beginning, resuming, detaching and ending; requests cancelled; in-flight work re-submitted.
+
+Resume works from any gateway: the session's numbered frames are in Redis (`session log`), its unfinished requests too
+(`session inflight`). The gateway that takes a session over replays the log after the client's last seq, and re-submits
+requests whose original gateway is gone, under the same job id (workers run jobs at least once; the log keeps exactly
+one final frame per request).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from rtai_gateway.connection import Connection
+from rtai_gateway.hub import Hub, Pending, now_ms
+from rtai_gateway.session import Session, new_session_id
+from rtai_protocol import ErrorCode, Hello, Job
+from rtai_protocol.codec import decode_internal
+from rtai_telemetry.logging import get_logger
+
+log = get_logger("rtai_gateway.lifecycle")
+
+CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+
+
+def anonymous_identity(session_id: str) -> str:
+    """Without authentication each session is its own user, and its unguessable id is the credential to resume it."""
+    return f"anon:{session_id}"
+
+
+async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: Hello | None) -> tuple[Session, bool]:
+    """Attach a socket to a new session, or to the one `hello` names if it is this identity's. Returns (session, resumed).
+
+    `identity` is the authenticated subject, or None for anonymous connections.
+    """
+    if hello is not None and hello.session:
+        claimed = identity if identity is not None else anonymous_identity(hello.session)
+        session = await _resume(hub, conn, claimed, hello.session, hello.last_seq)
+        if session is not None:
+            return session, True
+    session_id = new_session_id()
+    session = Session(id=session_id, identity=identity if identity is not None else anonymous_identity(session_id), conn=conn)
+    hub.sessions[session.id] = session
+    await _claim(hub, session)
+    return session, False
+
+
+async def _claim(hub: Hub, session: Session) -> None:
+    meta = hub.keys.session_meta(session.id)
+    async with hub.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(meta, mapping={"identity": session.identity, "gateway": hub.gateway_id})
+        pipe.expire(meta, hub.settings.sessions.ttl_s)
+        await pipe.execute()
+
+
+async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, last_seq: int) -> Session | None:
+    k = hub.keys
+    meta = await hub.redis.hgetall(k.session_meta(session_id))
+    if not meta or meta.get(b"identity", b"").decode() != identity:
+        # Unknown, expired, or someone else's: start fresh without saying which (no oracle for guessing tokens).
+        log.info("session.resume_refused")
+        return None
+    session = hub.sessions.get(session_id)
+    if session is None:
+        session = Session(id=session_id, identity=identity)
+        hub.sessions[session_id] = session
+    elif session.conn is not None and session.conn is not conn:
+        session.conn.close(1008, "session resumed on another connection")
+    session.conn = conn
+    session.detached_at = None
+    session.delivered = last_seq
+    # Live frames wait in `held` until replay() has sent the log: order is by seq, whatever arrives first.
+    session.replaying = True
+    await _claim(hub, session)
+    return session
+
+
+async def replay(hub: Hub, session: Session) -> None:
+    """Send a resumed session's logged frames after the client's last seq, then take over its unfinished requests."""
+    try:
+        entries = await hub.redis.xrange(hub.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+")
+        for entry_id, fields in entries:
+            session.deliver_replay(int(entry_id.split(b"-")[0]), fields[b"f"])
+        await _take_over_inflight(hub, session)
+    finally:
+        session.end_replay()
+    log.info("session.resumed", session=session.id, replayed=len(entries))
+
+
+async def _take_over_inflight(hub: Hub, session: Session) -> None:
+    """Make this gateway responsible for the session's unfinished requests."""
+    raw = await hub.redis.hgetall(hub.keys.session_inflight(session.id))
+    for rid_b, job_b in raw.items():
+        try:
+            job = decode_internal(job_b)
+        except ValueError:
+            continue
+        if not isinstance(job, Job) or (job.owner, rid_b.decode()) in hub.pending:
+            continue
+        origin_alive = job.reply_to != hub.reply_stream and await _gateway_alive(hub, job.reply_to)
+        pending = Pending(job=job, session=session, received=time.monotonic())
+        hub.track(pending)
+        if not origin_alive and job.reply_to != hub.reply_stream:
+            # Its gateway is gone, and with it the reader of the job's reply stream: run it again, replies to us.
+            await resubmit(hub, pending)
+
+
+async def _gateway_alive(hub: Hub, reply_stream: str) -> bool:
+    gateway_id = reply_stream.rsplit(":", 1)[-1]
+    return bool(await hub.redis.exists(hub.keys.gateway_alive(gateway_id)))
+
+
+async def resubmit(hub: Hub, p: Pending) -> None:
+    """Enqueue a job again under the same id (its first copy may be lost), replies to this gateway."""
+    job = p.job.model_copy(update={"reply_to": hub.reply_stream, "attempt": p.job.attempt + 1})
+    p.job = job
+    entry = await hub.redis.xadd(hub.keys.jobs(job.task), {"m": orjson.dumps(job.model_dump(mode="json"))}, maxlen=hub.settings.sessions.jobs_maxlen, approximate=True)
+    p.entry_id = entry.decode()
+    hub.metrics.resubmits.labels(job.task).inc()
+
+
+async def resubmit_all(hub: Hub) -> None:
+    """After the Redis node changed (failover or restart), every unfinished job may be lost: submit each again."""
+    pending = [p for p in list(hub.pending.values()) if p.job.deadline_ms > now_ms()]
+    log.warning("inflight.resubmit", count=len(pending))
+    for p in pending:
+        try:
+            await resubmit(hub, p)
+        except Exception as e:
+            log.warning("inflight.resubmit_failed", request_id=p.job.request_id, error=type(e).__name__)
+
+
+async def cancel(hub: Hub, p: Pending, *, notify: bool) -> None:
+    """Remove a queued job or stop a running one; the client (if told) gets a final `cancelled` error."""
+    job = p.job
+    k = hub.keys
+    try:
+        async with hub.redis.pipeline(transaction=False) as pipe:
+            if p.entry_id:
+                pipe.xdel(k.jobs(job.task), p.entry_id)
+            pipe.set(k.cancelled(job.job_id), b"1", px=max(job.deadline_ms - now_ms(), 1000))
+            pipe.publish(k.cancel_channel, job.job_id)
+            await pipe.execute()
+    except Exception as e:
+        log.warning("cancel.unsignalled", request_id=job.request_id, error=type(e).__name__)
+    if notify:
+        await hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client")
+    else:
+        await hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled: the client went away")
+
+
+async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
+    """The socket is gone. A clean close cancels the session's work; otherwise it waits for a resume."""
+    session.conn = None
+    session.detached_at = time.monotonic()
+    if close_code in CLEAN_CLOSE_CODES or hub.settings.sessions.detach_grace_s == 0:
+        await end_session(hub, session)
+
+
+async def end_session(hub: Hub, session: Session) -> None:
+    for rid in list(session.requests):
+        p = hub.pending.get((session.identity, rid))
+        if p is not None and p.session is session:
+            await cancel(hub, p, notify=False)
+    if session.conn is None:
+        hub.sessions.pop(session.id, None)
+
+
+async def reap(hub: Hub) -> None:
+    """Expire deadlines and end sessions whose grace for a resume ran out. Called periodically."""
+    now = now_ms()
+    for p in [p for p in hub.pending.values() if p.job.deadline_ms <= now]:
+        await hub.finish_locally(p, ErrorCode.DEADLINE_EXCEEDED, "no result within the request's deadline")
+    grace = hub.settings.sessions.detach_grace_s
+    mono = time.monotonic()
+    for session in [s for s in hub.sessions.values() if s.detached_at is not None and mono - s.detached_at >= grace]:
+        await end_session(hub, session)

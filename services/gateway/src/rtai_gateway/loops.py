@@ -1,0 +1,90 @@
+"""The gateway's background loops, each started by the lifespan and kept by reference.
+
+Each loop re-raises CancelledError and survives any other exception with a logged, jittered pause: a Redis outage
+slows them down, never kills them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+from rtai_gateway import lifecycle
+from rtai_gateway.hub import Hub
+from rtai_protocol import Forward, Reply
+from rtai_protocol.codec import UnsupportedMessage, decode_internal
+from rtai_telemetry.logging import get_logger
+
+log = get_logger("rtai_gateway.loops")
+
+READ_COUNT = 512
+
+
+async def _forever(name: str, step: Callable[[], Awaitable[None]], pause_s: float) -> None:
+    failures = 0
+    while True:
+        try:
+            await step()
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            failures += 1
+            if failures == 1:
+                log.warning(f"{name}.failed", error=type(e).__name__, detail=str(e)[:200])
+            await asyncio.sleep(min(pause_s * 2 ** min(failures, 6), 2.0) * random.uniform(0.5, 1.0))  # noqa: S311
+
+
+async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
+    """The one reader of this gateway's reply stream. Reads from a cursor, so a Redis reconnect loses nothing."""
+    cursor = "0-0"  # the stream is new with this process: everything in it is ours
+    block = hub.settings.sessions.reply_block_ms
+
+    async def step() -> None:
+        nonlocal cursor
+        ready.set()
+        resp = await hub.redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
+        if not resp:
+            return
+        entries = resp[0][1]
+        replies: list[Reply] = []
+        for entry_id, fields in entries:
+            try:
+                msg = decode_internal(fields[b"m"])
+            except (UnsupportedMessage, KeyError) as e:
+                log.warning("reply.dropped", reason=str(e)[:200])
+                continue
+            if isinstance(msg, Reply):
+                replies.append(msg)
+            elif isinstance(msg, Forward):
+                hub.deliver_forward(msg.session, msg.seq, msg.frame)
+        if replies:
+            await hub.handle_replies(replies)
+        # Advance only after handling: a failure above re-reads the same entries, and the log scripts drop repeats.
+        cursor = entries[-1][0].decode()
+        await hub.redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
+
+    await _forever("replies", step, 0.05)
+
+
+async def reap(hub: Hub, interval_s: float = 0.05) -> None:
+    async def step() -> None:
+        await lifecycle.reap(hub)
+        await asyncio.sleep(interval_s)
+
+    await _forever("reap", step, interval_s)
+
+
+async def heartbeat(hub: Hub, interval_s: float = 1.0) -> None:
+    """Tell other gateways we are alive (they take over our sessions' work only when we are not)."""
+    key = hub.keys.gateway_alive(hub.gateway_id)
+
+    async def step() -> None:
+        async with hub.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, b"1", ex=max(int(interval_s * 5), 3))
+            pipe.expire(hub.reply_stream, hub.settings.sessions.ttl_s)
+            await pipe.execute()
+        await asyncio.sleep(interval_s)
+
+    await _forever("heartbeat", step, interval_s)

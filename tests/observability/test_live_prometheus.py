@@ -1,0 +1,104 @@
+"""Live proof of the dashboards and rules: a real Prometheus scrapes a running gateway and worker while a load with
+errors, an overload and a reclaimed job runs; then every dashboard query and every recording rule is evaluated
+through the HTTP API and must return at least one series (a panel that stays empty under that load is broken).
+Windows are short (`$__rate_interval` -> 30s) and queries instant, so the whole module takes well under a minute."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from obs_load import LiveRun
+from obs_support import PanelQuery, documented_metrics, panel_queries, recording_rules
+
+pytestmark = pytest.mark.timeout(240)
+
+PANEL_QUERIES = panel_queries()
+RECORDING_RULES = recording_rules()
+COUNTER_OR_HISTOGRAM_SUFFIX = re.compile(r"_(total|bucket|sum|count|created)$")
+
+
+def test_load_includes_each_kind_of_failure_the_panels_show(live: LiveRun) -> None:
+    outcomes = live.report.outcomes()
+    detail = f"outcomes {dict(outcomes)}, steps {live.report.steps}"
+    assert outcomes["ok"] > 0, detail
+    assert outcomes["unknown_task"] >= 1, detail
+    assert outcomes["overloaded"] >= 1, detail
+    finals = live.report.finals
+    reclaimed = [rid for rid in finals if rid.startswith("reclaim-")]
+    dead = [rid for rid in finals if rid.startswith("deadletter-")]
+    assert [finals[rid]["type"] for rid in reclaimed] == ["result"], detail
+    assert [finals[rid].get("code") for rid in dead] == ["failed"], detail
+    streams = [rid for rid in live.report.finals if rid.startswith("stream-")]
+    assert all(live.report.chunks[rid] > 0 for rid in streams), f"no chunk frames for {streams}"
+    assert live.report.invalid_frame_answer not in ("", "no answer"), detail
+    assert not live.report.duplicates, f"requests with more than one final frame: {live.report.duplicates}"
+
+
+@pytest.mark.parametrize("query", PANEL_QUERIES, ids=lambda q: q.name)
+def test_dashboard_panel_query_returns_series(live: LiveRun, query: PanelQuery) -> None:
+    result = live.query(query.promql)
+    assert result, f"panel query returned no series: {query.promql}"
+
+
+def _rule_id(rule: dict[str, Any]) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in rule.get("labels", {}).items())
+    return f"{rule['record']}{{{labels}}}"
+
+
+@pytest.mark.parametrize("rule", RECORDING_RULES, ids=_rule_id)
+def test_recording_rule_returns_series(live: LiveRun, rule: dict[str, Any]) -> None:
+    assert live.query(rule["expr"]), f"rule expression returned no series: {rule['expr']}"
+    matchers = [f'__name__="{rule["record"]}"', *(f'{k}="{v}"' for k, v in rule.get("labels", {}).items())]
+    assert live.query("{" + ",".join(matchers) + "}"), f"Prometheus recorded no {rule['record']} series"
+
+
+def _exposed_families(text: str) -> dict[str, str]:
+    """`# TYPE name type` lines of a /metrics page."""
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+
+
+def test_every_documented_metric_is_exported_with_its_type(live: LiveRun) -> None:
+    stack = live.stack
+    pages = {
+        "gateway": _exposed_families(stack.metrics_text(stack.gateway_port)),
+        "worker": _exposed_families(stack.metrics_text(stack.workers[-1][1])),
+    }
+    problems = []
+    for metric in documented_metrics().values():
+        for exporter in metric.exporters:
+            # The text format names a counter family with or without `_total`, by prometheus-client version.
+            page = pages[exporter]
+            got = page.get(metric.name) or page.get(metric.name.removesuffix("_total"))
+            if got != metric.type:
+                problems.append(f"{metric.name} on {exporter}: expected {metric.type}, got {got or 'nothing'}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_metric_series_has_exactly_the_documented_labels(live: LiveRun) -> None:
+    problems = []
+    for metric in documented_metrics().values():
+        selector = metric.name + ("_bucket" if metric.type == "histogram" else "")
+        r = httpx.get(f"{live.stack.prometheus_url}/api/v1/series", params={"match[]": selector}, timeout=10)
+        for series in r.json()["data"]:
+            labels = tuple(sorted(set(series) - {"__name__", "job", "instance", "le"}))
+            if labels != metric.labels:
+                problems.append(f"{metric.name}: labels {labels}, documented {metric.labels}")
+                break
+    assert not problems, "\n".join(problems)
+
+
+def test_backlog_gauges_are_exported_by_gateway_and_worker_alike(live: LiveRun) -> None:
+    """The contract has every replica export the rtai_queue_* gauges for the tasks it knows, so the `max by (task)`
+    in dashboards, rules and KEDA triggers still has a value when one service is down or scaled to zero."""
+    problems = []
+    for name in ("rtai_queue_length", "rtai_queue_pending", "rtai_queue_oldest_age_seconds", "rtai_queue_workers"):
+        by_job: dict[str, set[str]] = {}
+        for series in live.query(name):
+            by_job.setdefault(series["metric"]["job"], set()).add(series["metric"]["task"])
+        for job in ("gateway", "inference-worker"):
+            if not {"sentiment", "slow", "stream"} <= by_job.get(job, set()):
+                problems.append(f"{job} exports {name} for tasks {sorted(by_job.get(job, set()))}")
+    assert not problems, "\n".join(problems)

@@ -17,6 +17,9 @@ ModelFactory = Callable[[ModelOptions], Model]
 
 BUILTIN_MODELS: dict[str, str] = {
     "vader": "rtai_worker.models.vader:VaderModel",
+    "minilm-embed": "rtai_worker.models.minilm:MiniLMEmbedModel",
+    "minilm-sentiment": "rtai_worker.models.minilm_sentiment:MiniLMSentimentModel",
+    "smollm2": "rtai_worker.models.smollm2:SmolLM2Model",
 }
 """Built-in name -> import path. Import paths are resolved lazily so heavy dependencies load only when used."""
 
@@ -54,12 +57,16 @@ def resolve_factory(spec: str) -> ModelFactory:
                 raise ModelSpecError(f"entry point {spec!r} is not callable")
             return factory  # type: ignore[no-any-return]
     known = ", ".join(sorted(BUILTIN_MODELS))
-    raise ModelSpecError(f"unknown model {spec!r}: use a built-in ({known}), 'module:factory' or an {ENTRY_POINT_GROUP} entry point")
+    raise ModelSpecError(
+        f"unknown model {spec!r}: use a built-in ({known}), 'module:factory' or an {ENTRY_POINT_GROUP} entry point"
+    )
 
 
 def create_model(spec: str, options: ModelOptions) -> Model:
     """Build (not yet load) the model a spec names."""
     model = resolve_factory(spec)(options)
     if not isinstance(model, Model):
-        raise ModelSpecError(f"model spec {spec!r} built {type(model).__name__}, which does not implement rtai_worker.engine.Model")
+        raise ModelSpecError(
+            f"model spec {spec!r} built {type(model).__name__}, which does not implement rtai_worker.engine.Model"
+        )
     return model

@@ -1,0 +1,88 @@
+"""One-off export of all-MiniLM-L6-v2 to a fused, per-channel int8 ONNX graph for ONNX Runtime on CPU.
+
+Needs torch, transformers and onnx (`make install-models`); serving the result needs only onnxruntime and
+tokenizers. Steps, each chosen for a measured reason (see docs/models.md):
+1. export the BERT encoder with `attn_implementation="eager"` (the SDPA path does not trace to a graph the
+   optimizer can fuse) and with a padded example, so the attention-mask path is traced rather than folded away;
+2. `onnxruntime.transformers.optimizer` fuses it (EmbedLayerNormalization, Attention, SkipLayerNormalization,
+   BiasGelu);
+3. dynamic int8 quantisation with per-channel weight scales: per-tensor scales drop the cosine to the fp32 model
+   to ~0.95 on average (0.83 at worst), per-channel keeps ~0.99.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "last_hidden_state"
+OPSET = 17
+
+
+def export_int8(model_dir: Path, out_path: Path) -> None:
+    """Write the quantised graph for the model in `model_dir` to `out_path`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers.optimizer import optimize_model
+        from transformers import AutoModel
+    except ImportError as e:
+        raise RuntimeError(
+            f"exporting MiniLM to ONNX needs torch, transformers and onnx ({e}); run `make install-models`, "
+            "or build the cache where they are installed (`python -m rtai_worker.models.build`)"
+        ) from e
+
+    bert: Any = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    ids = torch.ones(2, 16, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # a padded row, so the mask arithmetic is part of the traced graph
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    with tempfile.TemporaryDirectory(prefix="rtai-minilm-export-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        fused = Path(tmp) / "fused.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                _Encoder(),
+                (ids, mask, torch.zeros_like(ids)),
+                str(raw),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        config = bert.config
+        optimized = optimize_model(
+            str(raw),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=0,
+        )
+        stats = optimized.get_fused_operator_statistics()
+        if stats.get("Attention", 0) != config.num_hidden_layers:
+            raise RuntimeError(f"attention fusion failed for MiniLM (fused operators: {stats})")
+        optimized.save_model_to_file(str(fused))
+        quantize_dynamic(
+            str(fused),
+            str(out_path),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # The fused contrib ops defeat ONNX shape inference; their outputs are float.
+            extra_options={"DefaultTensorType": 1},
+        )

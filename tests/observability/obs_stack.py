@@ -128,8 +128,10 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_gateway(workdir: Path, redis_url: str, prefix: str, **settings: str) -> tuple[Proc, int]:
-    port = free_port()
+def start_gateway(
+    workdir: Path, redis_url: str, prefix: str, port: int | None = None, **settings: str
+) -> tuple[Proc, int]:
+    port = port or free_port()
     env = _child_env(
         {
             "RTAI_GW_HOST": "127.0.0.1",
@@ -268,23 +270,39 @@ def prom_query(prometheus_url: str, promql: str, at: float | None = None) -> lis
     return result
 
 
+def wait_until_scraped(prometheus_url: str, ports: list[int], timeout: float = 30.0) -> None:
+    """Prometheus 2.x hands new targets to the scrapers on 5 s tickers (discovery, then scrape reload), so the first
+    scrape comes up to ~10 s after start: wait for it, or early load would never be seen."""
+    wanted = {f"127.0.0.1:{p}" for p in ports}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        up = {s["metric"]["instance"] for s in prom_query(prometheus_url, "up == 1")}
+        if wanted <= up:
+            return
+        time.sleep(0.25)
+    raise StartError(f"Prometheus has not scraped {sorted(wanted)} after {timeout}s")
+
+
 @contextlib.contextmanager
 def running_stack(workdir: Path, workers: int = 2, **gateway_settings: str) -> Iterator[Stack]:
-    """Redis, one gateway, one worker and Prometheus. Prometheus also scrapes `workers - 1` reserved ports, for
-    workers a test starts later with `stack.start_worker()`."""
+    """Prometheus, Redis, one gateway and one worker, all scraped before this yields. Prometheus starts first (its
+    first scrape takes a while) and also knows `workers - 1` reserved ports, for workers a test starts later with
+    `stack.start_worker()`."""
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir)
     stack.worker_ports = [free_port() for _ in range(workers)]
+    stack.gateway_port = free_port()
     try:
-        redis_proc, stack.redis_url = start_redis(workdir)
-        stack._track(redis_proc)
-        stack.start_worker(reclaim_idle_ms="1000")
-        stack.gateway, stack.gateway_port = start_gateway(workdir, stack.redis_url, stack.prefix, **gateway_settings)
-        stack._track(stack.gateway)
         prom, stack.prometheus_url = start_prometheus(
             workdir, {"gateway": [stack.gateway_port], "inference-worker": stack.worker_ports}
         )
         stack._track(prom)
+        redis_proc, stack.redis_url = start_redis(workdir)
+        stack._track(redis_proc)
+        stack.start_worker(reclaim_idle_ms="1000")
+        stack.gateway, _ = start_gateway(workdir, stack.redis_url, stack.prefix, stack.gateway_port, **gateway_settings)
+        stack._track(stack.gateway)
+        wait_until_scraped(stack.prometheus_url, [stack.gateway_port, stack.worker_ports[0]])
         yield stack
     finally:
         stack.stop()

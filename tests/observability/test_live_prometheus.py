@@ -43,6 +43,29 @@ def test_dashboard_panel_query_returns_series(live: LiveRun, query: PanelQuery) 
     assert result, f"panel query returned no series: {query.promql}"
 
 
+# Panels that show a failure the load provokes: under the load they must show more than a flat zero.
+FAILURE_PANELS = {
+    ("rtai-overview", "Error ratio by code", "A"),
+    ("rtai-overview", "Admission refusals by task and reason", "A"),
+    ("rtai-overview", "Slow-client closes and invalid frames", "B"),
+    ("rtai-queue-workers", "Reclaimed, re-run and dead-lettered jobs", "A"),
+    ("rtai-queue-workers", "Reclaimed, re-run and dead-lettered jobs", "B"),
+    ("rtai-queue-workers", "Reclaimed, re-run and dead-lettered jobs", "C"),
+}
+
+
+@pytest.mark.parametrize(
+    "query", [q for q in PANEL_QUERIES if (q.dashboard, q.panel, q.ref_id) in FAILURE_PANELS], ids=lambda q: q.name
+)
+def test_failure_panel_shows_the_failures_of_the_load(live: LiveRun, query: PanelQuery) -> None:
+    values = [float(series["value"][1]) for series in live.query(query.promql)]
+    assert any(v > 0 for v in values), f"{query.promql} -> {values}"
+
+
+def test_every_failure_panel_is_checked() -> None:
+    assert {(q.dashboard, q.panel, q.ref_id) for q in PANEL_QUERIES} >= FAILURE_PANELS
+
+
 def _rule_id(rule: dict[str, Any]) -> str:
     labels = ",".join(f"{k}={v}" for k, v in rule.get("labels", {}).items())
     return f"{rule['record']}{{{labels}}}"

@@ -17,6 +17,7 @@ import inspect
 import math
 import os
 import time
+import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -89,9 +90,15 @@ def _convert(src: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
+def _convert_quietly(src: Path, out_dir: Path) -> None:
+    with warnings.catch_warnings():  # deprecation chatter from the GGUF loader, not actionable here
+        warnings.simplefilter("ignore")
+        _convert(src, out_dir)
+
+
 def ensure_converted(cache_dir: Path) -> Path:
     src = gguf_path()
-    return build_once(converted_dir(cache_dir), lambda tmp: _convert(src, tmp))
+    return build_once(converted_dir(cache_dir), lambda tmp: _convert_quietly(src, tmp))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         reader_started = asyncio.Event()
         await catalog.refresh()  # best effort: a gateway starts (not ready) while Redis is down
         tasks = [
+            asyncio.create_task(hub.framelog.run(), name="framelog"),
             asyncio.create_task(catalog.run(), name="catalog"),
             asyncio.create_task(loops.read_replies(hub, reader_started), name="replies"),
             asyncio.create_task(loops.reap(hub), name="reap"),

@@ -88,9 +88,16 @@ class Catalog:
         self.workers = {t: n for t, (_, n) in live.items()}
         self.backlogs = backlogs
         m = self._metrics
-        m.redis.set_health(role=health.role, used_memory=health.used_memory_bytes, clients=health.connected_clients, lag=health.replication_lag_bytes)
+        m.redis.set_health(
+            role=health.role,
+            used_memory=health.used_memory_bytes,
+            clients=health.connected_clients,
+            lag=health.replication_lag_bytes,
+        )
         for task, b in backlogs.items():
-            m.backlog.set(task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=self.workers[task])
+            m.backlog.set(
+                task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=self.workers[task]
+            )
         changed = self.run_id is not None and health.run_id != self.run_id
         self.run_id = health.run_id
         self.refreshed.set()
@@ -106,4 +113,4 @@ class Catalog:
                 raise
             except Exception:
                 log.exception("catalog.refresh_failed")
-            await asyncio.sleep(self._settings.refresh_interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            await asyncio.sleep(self._settings.refresh_interval_s * random.uniform(0.8, 1.2))

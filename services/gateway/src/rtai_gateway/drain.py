@@ -22,7 +22,9 @@ log = get_logger("rtai_gateway.drain")
 async def drain(rt: Runtime) -> None:
     rt.draining = True
     deadline = time.monotonic() + rt.settings.drain_s
-    log.info("gateway.draining", inflight=len(rt.hub.pending), connections=len(rt.connections), drain_s=rt.settings.drain_s)
+    log.info(
+        "gateway.draining", inflight=len(rt.hub.pending), connections=len(rt.connections), drain_s=rt.settings.drain_s
+    )
     while rt.hub.pending and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     for conn in list(rt.connections):

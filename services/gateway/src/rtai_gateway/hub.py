@@ -8,14 +8,17 @@ re-submissions and gateways.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 
 from rtai_gateway.catalog import Catalog
+from rtai_gateway.framelog import FrameLog
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
@@ -54,7 +57,14 @@ def refusal(request_id: str | None, code: ErrorCode | str, message: str, retry_a
 
 
 class Hub:
-    def __init__(self, settings: GatewaySettings, redis: Redis, keys: Keys, metrics: GatewayMetrics, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        redis: Redis,
+        keys: Keys,
+        metrics: GatewayMetrics,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = keys
@@ -64,6 +74,7 @@ class Hub:
         self.reply_stream = keys.replies(settings.gateway_id)
         self.sessions: dict[str, Session] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
+        self.framelog = FrameLog(redis)
         self._log_frame = redis.register_script(LOG_FRAME)
         self._submit = redis.register_script(SUBMIT)
 
@@ -76,7 +87,9 @@ class Hub:
             return
         received = time.monotonic()
         job = self._make_job(session, req)
-        with tracer.start_as_current_span("gateway.ws.receive", attributes={"rtai.task": req.task, "rtai.request_id": req.id}):
+        with tracer.start_as_current_span(
+            "gateway.ws.receive", attributes={"rtai.task": req.task, "rtai.request_id": req.id}
+        ):
             headers: dict[str, str] = {}
             with tracer.start_as_current_span("transport.publish"):
                 inject_headers(headers)
@@ -89,21 +102,39 @@ class Hub:
         if info is None:
             if not self.catalog.redis_ok:
                 m.refusals.labels(req.task, "unavailable").inc()
-                return refusal(req.id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", self.settings.admission.retry_after_ms)
+                return refusal(
+                    req.id,
+                    ErrorCode.UNAVAILABLE,
+                    "the queue backend is unreachable",
+                    self.settings.admission.retry_after_ms,
+                )
             m.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
-            return refusal(req.id, ErrorCode.UNKNOWN_TASK, f"no live worker serves task {req.task!r}; see GET /v1/tasks")
+            return refusal(
+                req.id, ErrorCode.UNKNOWN_TASK, f"no live worker serves task {req.task!r}; see GET /v1/tasks"
+            )
         if len(req.input) > info.max_input_chars:
             m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
-            return refusal(req.id, ErrorCode.INVALID_REQUEST, f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}")
+            return refusal(
+                req.id,
+                ErrorCode.INVALID_REQUEST,
+                f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}",
+            )
         if req.options.stream and not info.streaming:
             m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
-            return refusal(req.id, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false")
+            return refusal(
+                req.id, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false"
+            )
         if (session.identity, req.id) in self.pending:
             return None  # a retry of a request in flight: _enqueue_new answers it without new work
         if len(session.requests) >= self.settings.admission.max_inflight_per_connection:
             m.refusals.labels(req.task, "inflight").inc()
             cap = self.settings.admission.max_inflight_per_connection
-            return refusal(req.id, ErrorCode.OVERLOADED, f"at most {cap} requests in flight per connection", self.settings.admission.retry_after_ms)
+            return refusal(
+                req.id,
+                ErrorCode.OVERLOADED,
+                f"at most {cap} requests in flight per connection",
+                self.settings.admission.retry_after_ms,
+            )
         refused = self.catalog.admission(req.task)
         if refused is not None:
             m.refusals.labels(req.task, refused.reason).inc()
@@ -136,28 +167,45 @@ class Hub:
         s = self.settings.sessions
         k = self.keys
         accepted = encode(Accepted(id=job.request_id, task=job.task, deadline_ms=job.deadline_ms))
-        try:
-            res = await self._submit(
-                keys=[k.request(job.owner, job.request_id), k.jobs(job.task), k.session_inflight(session.id), k.session_seq(session.id), k.session_log(session.id)],
-                args=[encode(job), session.id, job.request_id, s.request_ttl_s, s.jobs_maxlen, s.ttl_s, accepted, s.log_maxlen],
-            )
-        except Exception as e:
-            log.warning("submit.failed", request_id=job.request_id, error=type(e).__name__)
-            self.metrics.refusals.labels(job.task, "unavailable").inc()
-            session.send(refusal(job.request_id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", self.settings.admission.retry_after_ms))
-            return
-        status = res[0].decode()
-        if status == "new":
-            pending = Pending(job=job, session=session, received=received, entry_id=res[1].decode())
-            self.track(pending)
-            self.catalog.note_enqueued(job.task)
-            session.deliver(int(res[2]), accepted)
-        elif status == "done":
-            # Finished earlier (a retry after a lost final frame): send the stored final frame again, once, unnumbered.
-            session.send(res[1])
-        elif status == "elsewhere":
-            session.send(refusal(job.request_id, ErrorCode.DUPLICATE_REQUEST, "this request id is in flight in another session; resume that session"))
-        # "inflight" in this same session: its frames are already on their way; nothing new to send.
+
+        def then(res: Any) -> None:
+            if isinstance(res, Exception):
+                log.warning("submit.failed", request_id=job.request_id, error=type(res).__name__)
+                self.metrics.refusals.labels(job.task, "unavailable").inc()
+                retry = self.settings.admission.retry_after_ms
+                session.send(refusal(job.request_id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", retry))
+                return
+            status = res[0].decode()
+            if status == "new":
+                self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
+                self.catalog.note_enqueued(job.task)
+                session.deliver(int(res[2]), accepted)
+            elif status == "done":
+                # Finished earlier (a retry after a lost final frame): send the stored final frame again, unnumbered.
+                session.send(res[1])
+            elif status == "elsewhere":
+                msg = "this request id is in flight in another session; resume that session"
+                session.send(refusal(job.request_id, ErrorCode.DUPLICATE_REQUEST, msg))
+            # "inflight" in this same session: its frames are already on their way; nothing new to send.
+
+        keys = [
+            k.request(job.owner, job.request_id),
+            k.jobs(job.task),
+            k.session_inflight(session.id),
+            k.session_seq(session.id),
+            k.session_log(session.id),
+        ]
+        args = [
+            encode(job),
+            session.id,
+            job.request_id,
+            s.request_ttl_s,
+            s.jobs_maxlen,
+            s.ttl_s,
+            accepted,
+            s.log_maxlen,
+        ]
+        await self.framelog.submit(self._submit, keys, args, then)
 
     def track(self, p: Pending) -> None:
         self.pending[p.key] = p
@@ -171,34 +219,49 @@ class Hub:
 
     # ---- frames from workers and from the gateway itself --------------------------------------------------------
 
-    async def handle_replies(self, replies: list[Reply]) -> None:
-        """Log a batch of worker replies in one pipelined round trip, then deliver them."""
+    def _log_keys(self, session: str, owner: str, request_id: str) -> list[str]:
         k = self.keys
+        return [
+            k.session_seq(session),
+            k.session_log(session),
+            k.session_meta(session),
+            k.request(owner, request_id),
+            k.session_inflight(session),
+        ]
+
+    async def handle_replies(self, replies: list[Reply]) -> None:
+        """Log a batch of worker replies (pipelined, in order), deliver them, forward those another gateway holds.
+        Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats)."""
         s = self.settings.sessions
-        frames: list[tuple[Reply, bytes, str]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for r in replies:
-                body, kind = _frame_of(r)
-                frames.append((r, body, kind))
-                await self._log_frame(
-                    keys=[k.session_seq(r.session), k.session_log(r.session), k.session_meta(r.session), k.request(r.owner, r.request_id), k.session_inflight(r.session)],
-                    args=[body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s],
-                    client=pipe,
-                )
-            results = await pipe.execute()
         forwards: list[tuple[str, bytes]] = []
-        for (r, body, kind), (seq, holder) in zip(frames, results, strict=True):
-            if not int(seq):
-                continue  # a duplicate chunk or a second final frame: dropped by design
-            holder_id = holder.decode() if holder else ""
-            self._after_logged(r, body, kind, int(seq), holder_id, forwards)
+        failures: list[Exception] = []
+        last: asyncio.Future[None] | None = None
+        for r in replies:
+            body, kind = _frame_of(r)
+
+            def then(res: Any, r: Reply = r, body: bytes = body, kind: str = kind) -> None:
+                if isinstance(res, Exception):
+                    failures.append(res)
+                    return
+                seq, holder = res
+                if int(seq):  # 0: a duplicate chunk or a second final frame, dropped by design
+                    self._after_logged(r, body, kind, int(seq), holder.decode() if holder else "", forwards)
+
+            args = [body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s]
+            last = self.framelog.submit(self._log_frame, self._log_keys(r.session, r.owner, r.request_id), args, then)
+        if last is not None:
+            await last
+        if failures:
+            raise failures[0]
         if forwards:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream, msg in forwards:
                     pipe.xadd(stream, {"m": msg}, maxlen=10_000, approximate=True)
                 await pipe.execute()
 
-    def _after_logged(self, r: Reply, body: bytes, kind: str, seq: int, holder: str, forwards: list[tuple[str, bytes]]) -> None:
+    def _after_logged(
+        self, r: Reply, body: bytes, kind: str, seq: int, holder: str, forwards: list[tuple[str, bytes]]
+    ) -> None:
         p = self.pending.get((r.owner, r.request_id))
         if p is not None:
             if kind == "chunk" and not p.first_chunk_seen:
@@ -210,7 +273,9 @@ class Hub:
         if session is not None and session.conn is not None and holder in ("", self.gateway_id):
             session.deliver(seq, body)
         elif holder and holder != self.gateway_id:
-            forwards.append((self.keys.replies(holder), encode(Forward(session=r.session, seq=seq, frame=body.decode()))))
+            forwards.append(
+                (self.keys.replies(holder), encode(Forward(session=r.session, seq=seq, frame=body.decode())))
+            )
 
     def deliver_forward(self, session_id: str, seq: int, frame: str) -> None:
         session = self.sessions.get(session_id)
@@ -223,28 +288,28 @@ class Hub:
         self.metrics.requests.labels(p.job.task, outcome).inc()
         self.metrics.duration.labels(p.job.task, outcome).observe(elapsed)
         if headers:
-            with tracer.start_as_current_span("gateway.ws.send", context=extract_context(headers), attributes={"rtai.outcome": outcome}):
+            with tracer.start_as_current_span(
+                "gateway.ws.send", context=extract_context(headers), attributes={"rtai.outcome": outcome}
+            ):
                 pass
 
     async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
         """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""
         s = self.settings.sessions
-        k = self.keys
         job = p.job
         body = encode(Error(id=job.request_id, code=str(code), message=message))
         self._finished(p, str(code))
-        try:
-            seq, _ = await self._log_frame(
-                keys=[k.session_seq(job.session), k.session_log(job.session), k.session_meta(job.session), k.request(job.owner, job.request_id), k.session_inflight(job.session)],
-                args=[body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s],
-            )
-        except Exception as e:
-            # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
-            log.warning("final.unlogged", request_id=job.request_id, error=type(e).__name__)
-            p.session.send(body)
-            return
-        if int(seq):
-            p.session.deliver(int(seq), body)
+
+        def then(res: Any) -> None:
+            if isinstance(res, Exception):
+                # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
+                log.warning("final.unlogged", request_id=job.request_id, error=type(res).__name__)
+                p.session.send(body)
+            elif int(res[0]):
+                p.session.deliver(int(res[0]), body)
+
+        args = [body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s]
+        await self.framelog.submit(self._log_frame, self._log_keys(job.session, job.owner, job.request_id), args, then)
 
 
 def _frame_of(r: Reply) -> tuple[bytes, str]:

@@ -40,7 +40,9 @@ async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: 
         if session is not None:
             return session, True
     session_id = new_session_id()
-    session = Session(id=session_id, identity=identity if identity is not None else anonymous_identity(session_id), conn=conn)
+    session = Session(
+        id=session_id, identity=identity if identity is not None else anonymous_identity(session_id), conn=conn
+    )
     hub.sessions[session.id] = session
     await _claim(hub, session)
     return session, False
@@ -115,7 +117,12 @@ async def resubmit(hub: Hub, p: Pending) -> None:
     """Enqueue a job again under the same id (its first copy may be lost), replies to this gateway."""
     job = p.job.model_copy(update={"reply_to": hub.reply_stream, "attempt": p.job.attempt + 1})
     p.job = job
-    entry = await hub.redis.xadd(hub.keys.jobs(job.task), {"m": orjson.dumps(job.model_dump(mode="json"))}, maxlen=hub.settings.sessions.jobs_maxlen, approximate=True)
+    entry = await hub.redis.xadd(
+        hub.keys.jobs(job.task),
+        {"m": orjson.dumps(job.model_dump(mode="json"))},
+        maxlen=hub.settings.sessions.jobs_maxlen,
+        approximate=True,
+    )
     p.entry_id = entry.decode()
     hub.metrics.resubmits.labels(job.task).inc()
 

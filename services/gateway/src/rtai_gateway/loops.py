@@ -33,7 +33,7 @@ async def _forever(name: str, step: Callable[[], Awaitable[None]], pause_s: floa
             failures += 1
             if failures == 1:
                 log.warning(f"{name}.failed", error=type(e).__name__, detail=str(e)[:200])
-            await asyncio.sleep(min(pause_s * 2 ** min(failures, 6), 2.0) * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(min(pause_s * 2 ** min(failures, 6), 2.0) * random.uniform(0.5, 1.0))
 
 
 async def read_replies(hub: Hub, ready: asyncio.Event) -> None:

@@ -12,7 +12,12 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.connections = Gauge("rtai_gateway_connections", "Open WebSocket connections", registry=r)
-        self.requests = Counter("rtai_gateway_requests", "Final frames sent, by task and outcome (ok or error code)", ["task", "outcome"], registry=r)
+        self.requests = Counter(
+            "rtai_gateway_requests",
+            "Final frames sent, by task and outcome (ok or error code)",
+            ["task", "outcome"],
+            registry=r,
+        )
         self.duration = Histogram(
             "rtai_gateway_request_duration_seconds",
             "Request received -> final frame sent",
@@ -21,12 +26,27 @@ class GatewayMetrics:
             registry=r,
         )
         self.first_chunk = Histogram(
-            "rtai_gateway_first_chunk_seconds", "Request received -> first chunk sent", ["task"], buckets=LATENCY_BUCKETS, registry=r
+            "rtai_gateway_first_chunk_seconds",
+            "Request received -> first chunk sent",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inflight = Gauge("rtai_gateway_inflight_requests", "Requests accepted and not yet finished", registry=r)
-        self.refusals = Counter("rtai_gateway_admission_refusals", "Requests refused by admission control", ["task", "reason"], registry=r)
-        self.slow_closes = Counter("rtai_gateway_slow_client_closes", "Sockets closed 1013 because their send queue was full", registry=r)
-        self.invalid_frames = Counter("rtai_gateway_invalid_frames", "Client frames refused as invalid", ["reason"], registry=r)
-        self.resubmits = Counter("rtai_gateway_resubmits", "Jobs re-submitted after a suspected loss or a session takeover", ["task"], registry=r)
+        self.refusals = Counter(
+            "rtai_gateway_admission_refusals", "Requests refused by admission control", ["task", "reason"], registry=r
+        )
+        self.slow_closes = Counter(
+            "rtai_gateway_slow_client_closes", "Sockets closed 1013 because their send queue was full", registry=r
+        )
+        self.invalid_frames = Counter(
+            "rtai_gateway_invalid_frames", "Client frames refused as invalid", ["reason"], registry=r
+        )
+        self.resubmits = Counter(
+            "rtai_gateway_resubmits",
+            "Jobs re-submitted after a suspected loss or a session takeover",
+            ["task"],
+            registry=r,
+        )
         self.backlog = BacklogGauges(r)
         self.redis = RedisGauges(r)

@@ -24,7 +24,7 @@ class Session:
     identity: str
     conn: Connection | None = None
     delivered: int = 0
-    """Highest seq sent on the current socket."""
+    """Highest seq sent on the current socket (the client resumes from the highest it saw)."""
     replaying: bool = False
     held: list[tuple[int, bytes]] = field(default_factory=list)
     """Live frames that arrived while the log was being replayed; sent after it, in order."""

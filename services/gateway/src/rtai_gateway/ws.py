@@ -57,7 +57,9 @@ async def _serve(rt: Runtime, websocket: WebSocket, conn: Connection) -> tuple[S
         text = msg.get("text")
         if text is None:
             rt.metrics.invalid_frames.labels("binary").inc()
-            conn.offer(refusal(None, ErrorCode.INVALID_REQUEST, "binary frames are not accepted: send JSON text frames"))
+            conn.offer(
+                refusal(None, ErrorCode.INVALID_REQUEST, "binary frames are not accepted: send JSON text frames")
+            )
             continue
         try:
             frame = decode_client_frame(text, max_depth=limits.max_json_depth)
@@ -77,7 +79,11 @@ async def _serve(rt: Runtime, websocket: WebSocket, conn: Connection) -> tuple[S
 async def _start(rt: Runtime, conn: Connection, hello: Hello | None) -> Session:
     session, resumed = await lifecycle.open_session(rt.hub, conn, None, hello)
     welcome = Welcome(
-        session=session.id, resumed=resumed, last_seq=session.delivered, gateway=rt.settings.gateway_id, max_frame_bytes=rt.settings.limits.max_frame_bytes
+        session=session.id,
+        resumed=resumed,
+        last_seq=session.delivered,
+        gateway=rt.settings.gateway_id,
+        max_frame_bytes=rt.settings.limits.max_frame_bytes,
     )
     conn.offer(encode(welcome))
     log.info("ws.session", session=session.id, resumed=resumed)
@@ -89,7 +95,14 @@ async def _start(rt: Runtime, conn: Connection, hello: Hello | None) -> Session:
 async def _dispatch(rt: Runtime, session: Session, frame: Hello | Infer | Cancel) -> None:
     if isinstance(frame, Infer):
         if rt.draining:
-            session.send(refusal(frame.id, ErrorCode.UNAVAILABLE, "gateway restarting: reconnect and retry", rt.settings.admission.retry_after_ms))
+            session.send(
+                refusal(
+                    frame.id,
+                    ErrorCode.UNAVAILABLE,
+                    "gateway restarting: reconnect and retry",
+                    rt.settings.admission.retry_after_ms,
+                )
+            )
             return
         await rt.hub.submit(session, frame)
     elif isinstance(frame, Cancel):

@@ -1,0 +1,88 @@
+"""The one path by which numbered frames are written to Redis, in order.
+
+Every script that assigns a session sequence number (admitting a request, logging a worker's frame, the gateway's own
+final frames) goes through this queue and runs in pipelined batches on one connection, one batch at a time. Redis
+runs them in that order, so seq numbers come back in the order we deliver them: a client sees a session's frames
+strictly in seq order, which is what makes "resume after the last seq you saw" lose nothing. Batching also turns many
+clients' submissions into one round trip under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from rtai_telemetry.logging import get_logger
+from rtai_transport import Redis
+
+log = get_logger("rtai_gateway.framelog")
+
+MAX_BATCH = 512
+
+Callback = Callable[[Any], None]
+"""Called in the logger task, in order, with the script's result or the exception it raised."""
+
+
+@dataclass(slots=True)
+class _Op:
+    script: AsyncScript
+    keys: list[str]
+    args: list[Any]
+    then: Callback
+    done: asyncio.Future[None]
+
+
+class FrameLog:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+
+    def submit(self, script: AsyncScript, keys: list[str], args: list[Any], then: Callback) -> asyncio.Future[None]:
+        """Queue a script run; `then` receives its result in order. The future resolves after `then` ran."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(script, keys, args, then, done))
+        return done
+
+    async def run(self) -> None:
+        while True:
+            ops = [await self._queue.get()]
+            while len(ops) < MAX_BATCH and not self._queue.empty():
+                ops.append(self._queue.get_nowait())
+            try:
+                results = await self._execute(ops)
+            except asyncio.CancelledError:
+                for op in ops:
+                    op.done.cancel()
+                raise
+            except Exception as e:
+                results = [e] * len(ops)
+            for op, res in zip(ops, results, strict=True):
+                try:
+                    op.then(res)
+                except Exception:
+                    log.exception("framelog.callback_failed")
+                if not op.done.done():
+                    op.done.set_result(None)
+
+    async def _execute(self, ops: list[_Op]) -> list[Any]:
+        results = await self._pipeline(ops)
+        # After a failover or restart the node may not know our scripts: those ops did not run; load and re-run them.
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {id(ops[i].script): ops[i].script for i in missing}.values():
+                await self._redis.script_load(script.script)
+            for i, r in zip(missing, await self._pipeline([ops[i] for i in missing]), strict=True):
+                results[i] = r
+        return results
+
+    async def _pipeline(self, ops: list[_Op]) -> list[Any]:
+        # EVALSHA directly rather than Script objects in a pipeline: those add a SCRIPT EXISTS round trip per batch.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for op in ops:
+                pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+            return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,48 @@
+"""The worker's Prometheus metrics (docs/metrics.md lists them with their meaning)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rtai_telemetry.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BacklogGauges, RedisGauges
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_wait = Histogram(
+            "rtai_worker_queue_wait_seconds",
+            "Job enqueued -> picked up by a worker",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "rtai_worker_inference_seconds",
+            "One model call on one (micro-)batch",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "rtai_worker_batch_size", "Jobs per model call", ["task"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.jobs = Counter(
+            "rtai_worker_jobs",
+            "Jobs finished, by outcome (ok, error, expired, cancelled, dead_lettered)",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.reclaimed = Counter(
+            "rtai_worker_reclaimed", "Jobs taken over from a silent consumer", ["task"], registry=r
+        )
+        self.reruns = Counter(
+            "rtai_worker_reruns", "Jobs run more than once (redelivered or re-submitted)", ["task"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "rtai_worker_dead_lettered", "Jobs moved to the dead-letter stream", ["task"], registry=r
+        )
+        self.busy = Gauge("rtai_worker_busy", "1 while a batch is running", registry=r)
+        self.backlog = BacklogGauges(r)
+        self.redis = RedisGauges(r)

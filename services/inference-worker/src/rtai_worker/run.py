@@ -1,0 +1,220 @@
+"""The worker process: load models, register tasks, serve them, and drain on SIGTERM.
+
+Loops are kept apart (one TaskServer per task, plus reclaim, heartbeat and cancel listeners) and owned by this
+module's `Worker.run`, which cancels them all in order on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from rtai_telemetry.logging import get_logger
+from rtai_transport import Keys, Redis, close_redis, create_redis
+from rtai_transport.backlog import read_backlog
+from rtai_transport.health import read_health, round_trip
+from rtai_transport.registry import TaskInfo, deregister_task, register_task
+from rtai_worker.consumer import Consumer
+from rtai_worker.engine import Model
+from rtai_worker.health import HealthServer
+from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.models import create_model
+from rtai_worker.models.options import ModelOptions
+from rtai_worker.settings import WorkerSettings
+from rtai_worker.task_server import TaskServer
+
+log = get_logger("rtai_worker.run")
+
+HANDED_BACK_IDLE_MS = 10 * 60 * 1000
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis.prefix)
+        self.metrics = WorkerMetrics()
+        self.redis: Redis = create_redis(settings.redis, block_timeout_s=1.0)
+        self.probe: Redis = create_redis(settings.redis, retries=0)
+        self.servers: dict[str, TaskServer] = {}
+        self.infos: dict[str, TaskInfo] = {}
+        self.registered = False
+        self.redis_ok = False
+        self.stopping = asyncio.Event()
+        self.health = HealthServer(settings.http_host, settings.http_port, self.metrics, self._not_ready)
+
+    def _not_ready(self) -> list[str]:
+        problems = []
+        if not self.registered:
+            problems.append("models loading or tasks not registered")
+        if not self.redis_ok:
+            problems.append("redis unreachable")
+        if self.stopping.is_set():
+            problems.append("stopping")
+        return problems
+
+    async def load(self) -> None:
+        """Build, load and warm every model before registering anything: a listed task answers at full speed."""
+        options = ModelOptions(device=self.settings.device, cache_dir=self.settings.model_cache_dir)
+        for task, spec in self.settings.task_models().items():
+            model: Model = create_model(spec, options)
+            await asyncio.to_thread(model.load)
+            await asyncio.to_thread(model.warmup)
+            info = model.info
+            self.infos[task] = TaskInfo(
+                task=task,
+                model=spec,
+                fingerprint=info.fingerprint,
+                max_input_chars=info.max_input_chars,
+                streaming=info.streaming,
+                device=info.device,
+            )
+            consumer = Consumer(self.redis, self.keys, task, self.settings.worker_id)
+            self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics)
+            log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)
+
+    async def register(self) -> None:
+        for info in self.infos.values():
+            await register_task(self.redis, self.keys, info, self.settings.worker_id, self.settings.registration_ttl_s)
+        self.registered = True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.health.start()
+        log.info(
+            "worker.starting",
+            worker=self.settings.worker_id,
+            tasks=self.settings.tasks,
+            redis=self.settings.redis.describe(),
+            http_port=self.health.port,
+        )
+        try:
+            await self.load()
+            await self._wait_for_redis()
+            await self.register()
+            await self._serve_until_stopped()
+        finally:
+            await self._shutdown()
+
+    async def _wait_for_redis(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await round_trip(self.probe, self.keys)
+                self.redis_ok = True
+                return
+            except Exception as e:
+                log.warning("redis.waiting", error=type(e).__name__)
+                await asyncio.sleep(1)
+
+    async def _serve_until_stopped(self) -> None:
+        for server in self.servers.values():
+            await server.consumer.ensure_group()
+        background = [
+            asyncio.create_task(self._every(self.settings.registration_ttl_s / 4, self._heartbeat), name="heartbeat"),
+            asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 2000, self._reclaim), name="reclaim"),
+            asyncio.create_task(self._listen_cancels(), name="cancels"),
+        ]
+        serving = [asyncio.create_task(s.serve(), name=f"serve-{t}") for t, s in self.servers.items()]
+        log.info("worker.ready", tasks=list(self.servers))
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait([stop, *serving], return_when=asyncio.FIRST_COMPLETED)
+        for t in serving:
+            if t.done() and t.exception() is not None:
+                log.error("serve.crashed", error=repr(t.exception()))
+        log.info("worker.draining", grace_s=self.settings.shutdown_grace_s)
+        for s in self.servers.values():
+            s.stopping.set()
+        # The read loops finish their current batch (a blocking read ends within 0.5 s); streams get the grace period.
+        _, late = await asyncio.wait(serving, timeout=self.settings.shutdown_grace_s)
+        for s in self.servers.values():
+            await s.wait_streams(self.settings.shutdown_grace_s)
+        for t in [*late, *background]:
+            t.cancel()
+        await asyncio.gather(*late, *background, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        for task, server in self.servers.items():
+            server.cancel_streams()
+            with contextlib.suppress(Exception):
+                await deregister_task(self.redis, self.keys, task, self.settings.worker_id)
+            unfinished = list(server.running)
+            if unfinished:
+                with contextlib.suppress(Exception):
+                    await server.consumer.hand_back(unfinished, HANDED_BACK_IDLE_MS)
+                log.info("worker.handed_back", task=task, jobs=len(unfinished))
+        await self.health.stop()
+        await close_redis(self.probe)
+        await close_redis(self.redis)
+        log.info("worker.stopped")
+
+    async def _every(self, interval_s: float, step: object) -> None:
+        while True:
+            try:
+                await step()  # type: ignore[operator]
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("loop.failed", loop=getattr(step, "__name__", "?"), error=type(e).__name__)
+            await asyncio.sleep(interval_s)
+
+    async def _heartbeat(self) -> None:
+        try:
+            health = await read_health(self.probe)
+            self.redis_ok = True
+        except Exception:
+            self.redis_ok = False
+            self.metrics.redis.set_down()
+            raise
+        self.metrics.redis.set_health(
+            role=health.role,
+            used_memory=health.used_memory_bytes,
+            clients=health.connected_clients,
+            lag=health.replication_lag_bytes,
+        )
+        if not self.stopping.is_set():
+            await self.register()
+        for task, server in self.servers.items():
+            await server.consumer.keep_claimed(list(server.running))
+            b = await read_backlog(self.redis, self.keys, task)
+            self.metrics.backlog.set(task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s)
+
+    async def _reclaim(self) -> None:
+        for task, server in self.servers.items():
+            if server.stopping.is_set():
+                continue
+            claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
+            if not claimed:
+                continue
+            log.info("jobs.reclaimed", task=task, count=len(claimed))
+            poisoned = [d for d in claimed if d.deliveries > self.settings.max_deliveries]
+            for d in poisoned:
+                reply = server._error(
+                    d.job, "failed", f"job failed {d.deliveries} times; moved to the dead-letter stream"
+                )  # type: ignore[arg-type]
+                await server.consumer.dead_letter(d, reply)
+                self.metrics.dead_lettered.labels(task).inc()
+                self.metrics.jobs.labels(task, "dead_lettered").inc()
+            rest = [d for d in claimed if d.deliveries <= self.settings.max_deliveries]
+            if rest:
+                await server.run(rest, reclaimed=True)
+
+    async def _listen_cancels(self) -> None:
+        """Pub/Sub wake-up for running streams; the cancel key stays the truth (streams also poll it)."""
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(self.keys.cancel_channel)
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    job_id = msg["data"].decode()
+                    for server in self.servers.values():
+                        if any(d.job.job_id == job_id for d in server.running.values()):
+                            server.cancelled_jobs.add(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("cancels.reconnect", error=type(e).__name__)
+                await asyncio.sleep(1)

@@ -1,0 +1,97 @@
+"""Worker settings, read from `RTAI_WORKER_*` environment variables (nested with `__`, e.g. `RTAI_WORKER_REDIS__URL`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rtai_transport.settings import RedisSettings
+
+_TASK = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTAI_WORKER_", env_nested_delimiter="__", extra="forbid")
+
+    tasks: str = Field(
+        default="sentiment=vader",
+        description="Comma-separated `task=model` pairs this worker serves. A model is a built-in name, `package.module:factory`, or an `rtai.models` entry point.",
+    )
+    worker_id: str = Field(
+        default_factory=_default_worker_id, description="Consumer name in the task streams' group; unique per process."
+    )
+    http_port: int = Field(
+        default=9100, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics (0 picks a free one)."
+    )
+    http_host: str = Field(default="0.0.0.0", description="Address of the health and metrics port.")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Most jobs run in one model call.")
+    max_batch_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="After the first job arrives, how long to wait for more before running the batch.",
+    )
+    max_streams: int = Field(default=4, ge=1, description="Streaming jobs (token generation) run at once.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Server cap on `max_new_tokens` for generation.")
+    reclaim_idle_ms: int = Field(
+        default=5000,
+        ge=100,
+        description="A job pending this long on a silent worker is taken over (that worker is presumed dead).",
+    )
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries after which a job is dead-lettered and answered `failed`."
+    )
+    registration_ttl_s: float = Field(
+        default=10.0, gt=0, description="A worker that misses heartbeats this long is no longer listed for its tasks."
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0, ge=0, description="On SIGTERM, how long the current batch may take before it is handed back."
+    )
+    device: str = Field(default="cpu", description="`cpu` or `cuda` (fails at start if no GPU is there).")
+    model_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "rtai",
+        description="Where converted model artifacts are built once and reused.",
+    )
+    log_json: bool = Field(default=True, description="JSON logs (production) or human-readable console logs.")
+    log_level: str = Field(default="info", description="Log level.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError("device must be cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _tasks_parse(self) -> WorkerSettings:
+        self.task_models()
+        if self.reclaim_idle_ms < 3 * 100:
+            raise ValueError("reclaim_idle_ms too small")
+        return self
+
+    def task_models(self) -> dict[str, str]:
+        """`sentiment=vader,embed=minilm-embed` -> {"sentiment": "vader", "embed": "minilm-embed"}."""
+        out: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.tasks.split(","))):
+            task, sep, model = pair.partition("=")
+            task, model = task.strip(), model.strip()
+            if not sep or not model:
+                raise ValueError(f"tasks entry {pair!r} must be task=model")
+            if not _TASK.match(task):
+                raise ValueError(f"task name {task!r}: lowercase letters, digits, '-' and '_' only")
+            if task in out:
+                raise ValueError(f"task {task!r} listed twice")
+            out[task] = model
+        if not out:
+            raise ValueError("tasks must name at least one task=model pair")
+        return out

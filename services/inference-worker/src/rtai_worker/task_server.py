@@ -1,0 +1,284 @@
+"""Serving one task: gather a batch, run the model off the event loop, reply and ack; stream generations chunk by chunk.
+
+Model code runs in threads (`asyncio.to_thread`) so heartbeats, claim refreshes and acks keep flowing while a batch
+computes. Streaming jobs run concurrently (up to `max_streams`) and check for cancellation between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link
+
+from rtai_protocol import ErrorCode, Job, Reply
+from rtai_telemetry.logging import get_logger
+from rtai_telemetry.tracing import extract_context, inject_headers
+from rtai_worker.batching import cut_by_length
+from rtai_worker.consumer import Consumer, Delivery
+from rtai_worker.engine import Model, ModelError, ModelInput
+from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.settings import WorkerSettings
+
+log = get_logger("rtai_worker.task")
+tracer = trace.get_tracer("rtai_worker")
+
+_DONE = object()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TaskServer:
+    def __init__(
+        self, task: str, model: Model, consumer: Consumer, settings: WorkerSettings, metrics: WorkerMetrics
+    ) -> None:
+        self.task = task
+        self.model = model
+        self.consumer = consumer
+        self.settings = settings
+        self.metrics = metrics
+        self.running: dict[str, Delivery] = {}
+        """Entry id -> delivery, for jobs this worker is working on (claims kept fresh, handed back at shutdown)."""
+        self.cancelled_jobs: set[str] = set()
+        self._streams = asyncio.Semaphore(settings.max_streams)
+        self._stream_tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+
+    # ---- the read loop -------------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read and run batches until told to stop. Redis errors pause the loop; they never end it."""
+        s = self.settings
+        await self.consumer.ensure_group()
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                batch = await self._gather(s.max_batch_size, s.max_batch_delay_ms)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                if failures == 1:
+                    log.warning("read.failed", task=self.task, error=type(e).__name__)
+                await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+                continue
+            if batch:
+                await self.run(batch)
+
+    async def _gather(self, size: int, delay_ms: float) -> list[Delivery]:
+        """Block for the first job, then wait up to `delay_ms` for more, up to `size` (dynamic batching)."""
+        got, bad = await self.consumer.read(size, block_ms=500)
+        if bad:
+            await self.consumer.drop(bad)
+        if got and len(got) < size and delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+            more, bad = await self.consumer.read(size - len(got), block_ms=None)
+            if bad:
+                await self.consumer.drop(bad)
+            got.extend(more)
+        return got
+
+    async def run(self, batch: list[Delivery], *, reclaimed: bool = False) -> None:
+        now = _now_ms()
+        m = self.metrics
+        for d in batch:
+            m.queue_wait.labels(self.task).observe(max(now - d.job.enqueued_ms, 0) / 1000)
+            if reclaimed:
+                m.reclaimed.labels(self.task).inc()
+            if d.deliveries > 1 or d.job.attempt > 1:
+                m.reruns.labels(self.task).inc()
+        live, finished = await self._screen(batch, now)
+        await self.consumer.finish(finished)
+        streams = [d for d in live if d.job.stream]
+        plain = [d for d in live if not d.job.stream]
+        for d in streams:
+            self.running[d.entry_id] = d
+            task = asyncio.create_task(self._stream(d), name=f"stream-{d.job.job_id}")
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
+        if plain:
+            await self._run_plain(plain)
+
+    async def _screen(
+        self, batch: list[Delivery], now: int
+    ) -> tuple[list[Delivery], list[tuple[Delivery, Reply | None]]]:
+        """Split off jobs that must not run: expired (answered), cancelled (the gateway already answered)."""
+        cancelled = await self.consumer.cancelled([d.job for d in batch])
+        live: list[Delivery] = []
+        done: list[tuple[Delivery, Reply | None]] = []
+        for d in batch:
+            if d.job.job_id in cancelled:
+                self.metrics.jobs.labels(self.task, "cancelled").inc()
+                done.append((d, None))
+            elif d.job.deadline_ms <= now:
+                self.metrics.jobs.labels(self.task, "expired").inc()
+                done.append(
+                    (d, self._error(d.job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before a worker could run it"))
+                )
+            else:
+                live.append(d)
+        return live, done
+
+    # ---- plain (batched) jobs ------------------------------------------------------------------------------------
+
+    async def _run_plain(self, batch: list[Delivery]) -> None:
+        for d in batch:
+            self.running[d.entry_id] = d
+        try:
+            links = [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
+            with tracer.start_as_current_span(
+                "worker.batch", links=links, attributes={"rtai.task": self.task, "rtai.batch_size": len(batch)}
+            ):
+                inputs = [self._input(d.job) for d in batch]
+                groups = (
+                    cut_by_length([self.model.sort_key(i) for i in inputs])
+                    if self.model.info.pads
+                    else [list(range(len(batch)))]
+                )
+                outputs: list[Any] = [None] * len(batch)
+                for group in groups:
+                    results = await self._predict([inputs[i] for i in group])
+                    for i, out in zip(group, results, strict=True):
+                        outputs[i] = out
+            replies = [(d, self._reply_for(d.job, out)) for d, out in zip(batch, outputs, strict=True)]
+            await self.consumer.finish(replies)
+        finally:
+            for d in batch:
+                self.running.pop(d.entry_id, None)
+
+    async def _predict(self, inputs: list[ModelInput]) -> list[Any]:
+        m = self.metrics
+        m.batch_size.labels(self.task).observe(len(inputs))
+        m.busy.set(1)
+        started = time.perf_counter()
+        try:
+            with tracer.start_as_current_span("worker.infer", attributes={"rtai.batch_size": len(inputs)}):
+                return await asyncio.to_thread(self.model.predict, inputs)
+        except Exception as e:
+            # One bad batch must not take the others down: every request in it gets `internal`, logged here.
+            log.exception("model.failed", task=self.task, batch=len(inputs))
+            return [e] * len(inputs)
+        finally:
+            m.inference.labels(self.task).observe(time.perf_counter() - started)
+            m.busy.set(0)
+
+    def _reply_for(self, job: Job, out: Any) -> Reply:
+        with tracer.start_as_current_span(
+            "worker.job", context=extract_context(job.headers), attributes={"rtai.request_id": job.request_id}
+        ):
+            if isinstance(out, ModelError):
+                self.metrics.jobs.labels(self.task, "error").inc()
+                return self._error(job, ErrorCode.INVALID_REQUEST, str(out))
+            if isinstance(out, Exception):
+                self.metrics.jobs.labels(self.task, "error").inc()
+                return self._error(job, ErrorCode.INTERNAL, "the model failed on this request")
+            self.metrics.jobs.labels(self.task, "ok").inc()
+            return self._reply(job, "result", data=out)
+
+    # ---- streaming jobs ------------------------------------------------------------------------------------------
+
+    async def _stream(self, d: Delivery) -> None:
+        job = d.job
+        async with self._streams:
+            try:
+                with tracer.start_as_current_span(
+                    "worker.job",
+                    context=extract_context(job.headers),
+                    attributes={"rtai.request_id": job.request_id, "rtai.stream": True},
+                ):
+                    reply = await self._generate(job)
+                await self.consumer.finish([(d, reply)])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stream.failed", task=self.task)
+                # Left pending: another worker (or this one) reclaims it, and the delivery limit ends a poison job.
+            finally:
+                self.running.pop(d.entry_id, None)
+                self.cancelled_jobs.discard(job.job_id)
+
+    async def _generate(self, job: Job) -> Reply | None:
+        item = self._input(job)
+        gen: Iterator[Any] = self.model.stream(item)
+        index = 0
+        last_check = time.monotonic()
+        started = time.perf_counter()
+        self.metrics.busy.set(1)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, gen, _DONE)
+                if chunk is _DONE:
+                    break
+                if time.monotonic() - last_check > 0.5:
+                    last_check = time.monotonic()
+                    if await self.consumer.cancelled([job]):
+                        self.cancelled_jobs.add(job.job_id)
+                if job.job_id in self.cancelled_jobs:
+                    self.metrics.jobs.labels(self.task, "cancelled").inc()
+                    return None  # the gateway already sent `cancelled`
+                if job.deadline_ms <= _now_ms():
+                    self.metrics.jobs.labels(self.task, "expired").inc()
+                    return self._error(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
+                await self.consumer.send(job, self._reply(job, "chunk", data=chunk, index=index))
+                index += 1
+        finally:
+            await asyncio.to_thread(gen.close)
+            self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
+            self.metrics.busy.set(0)
+        self.metrics.jobs.labels(self.task, "ok").inc()
+        return self._reply(job, "result", data={"chunks": index})
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+
+    def _input(self, job: Job) -> ModelInput:
+        options = dict(job.options)
+        if "max_new_tokens" in options:
+            options["max_new_tokens"] = min(int(options["max_new_tokens"]), self.settings.max_new_tokens)
+        else:
+            options["max_new_tokens"] = self.settings.max_new_tokens
+        options["deadline_ms"] = job.deadline_ms
+        return ModelInput(text=job.input, options=options, seed=job.seed)
+
+    def _reply(
+        self,
+        job: Job,
+        kind: str,
+        *,
+        data: Any = None,
+        index: int = 0,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> Reply:
+        headers: dict[str, str] = {}
+        inject_headers(headers)
+        return Reply(
+            job_id=job.job_id,
+            request_id=job.request_id,
+            owner=job.owner,
+            session=job.session,
+            task=job.task,
+            kind=kind,  # type: ignore[arg-type]
+            index=index,
+            data=data,
+            code=code,
+            message=message,
+            worker=self.consumer.consumer,
+            headers=headers,
+        )
+
+    def _error(self, job: Job, code: ErrorCode, message: str) -> Reply:
+        return self._reply(job, "error", code=str(code), message=message)
+
+    async def wait_streams(self, timeout: float) -> None:
+        if self._stream_tasks:
+            await asyncio.wait(self._stream_tasks, timeout=timeout)
+
+    def cancel_streams(self) -> None:
+        for t in self._stream_tasks:
+            t.cancel()

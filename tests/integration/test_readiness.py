@@ -1,0 +1,51 @@
+"""Readiness proves the data path: it fails while Redis is down and recovers by itself when Redis is back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.support import procs
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisProcess
+
+
+def wait_status(url: str, status: int, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url, timeout=2).status_code == status:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never answered {status} within {timeout}s")
+
+
+def test_readyz_follows_redis(prefix: str, services: list[procs.Service]) -> None:
+    redis = RedisProcess(port=free_port()).start()
+    try:
+        env = procs.redis_env_for_url(redis.url)
+        w = procs.worker(env, prefix).start()
+        services.append(w)
+        g = procs.gateway(env, prefix).start()
+        services.append(g)
+        assert httpx.get(f"{g.base}/readyz").status_code == 200
+        redis.kill()
+        wait_status(f"{g.base}/readyz", 503, 10)
+        wait_status(f"{w.base}/readyz", 503, 10)
+        assert httpx.get(f"{g.base}/healthz").status_code == 200, "liveness must not depend on Redis"
+        redis.start()
+        wait_status(f"{g.base}/readyz", 200, 15)
+        wait_status(f"{w.base}/readyz", 200, 15)
+        # The worker re-registers its task on the restarted (empty) Redis.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if [t["task"] for t in httpx.get(f"{g.base}/v1/tasks").json()["tasks"]] == ["sentiment"]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("task not listed again after Redis came back")
+    finally:
+        redis.kill()

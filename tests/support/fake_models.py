@@ -1,0 +1,76 @@
+"""Models for tests that need to observe or disturb the worker (loaded by import path, like a user's own model).
+
+`counting`: VADER that appends every text it scores to `$RTAI_TEST_COUNT_DIR/<pid>.txt`, so a test can count model
+calls per request across worker processes. `slow`: VADER that sleeps `$RTAI_TEST_SLOW_MS` per batch, so a test can
+kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per chunk, `$RTAI_TEST_TOKEN_MS` apart).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rtai_worker.engine import ModelInfo, ModelInput
+from rtai_worker.models.options import ModelOptions
+from rtai_worker.models.vader import VaderModel
+
+
+class CountingModel(VaderModel):
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        self._out = Path(os.environ["RTAI_TEST_COUNT_DIR"]) / f"{os.getpid()}.txt"
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        with self._out.open("a") as f:
+            for item in batch:
+                f.write(item.text.replace("\n", " ") + "\n")
+        return super().predict(batch)
+
+
+class SlowModel(VaderModel):
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        time.sleep(float(os.environ.get("RTAI_TEST_SLOW_MS", "200")) / 1000)
+        return super().predict(batch)
+
+
+class TokenModel:
+    """Streams the words of its input, uppercased, deterministically; the result is the full text."""
+
+    def __init__(self, options: ModelOptions) -> None:
+        self._delay = float(os.environ.get("RTAI_TEST_TOKEN_MS", "20")) / 1000
+        self.info = ModelInfo(name="tokens", fingerprint="test-tokens/1", max_input_chars=2000, streaming=True)
+
+    def load(self) -> None:
+        pass
+
+    def warmup(self) -> None:
+        pass
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        return [{"text": item.text.upper()} for item in batch]
+
+    def stream(self, item: ModelInput) -> Iterator[Any]:
+        limit = int(item.options.get("max_new_tokens", 1000))
+        for i, word in enumerate(item.text.split()):
+            if i >= limit:
+                return
+            time.sleep(self._delay)
+            yield word.upper()
+
+    def sort_key(self, item: ModelInput) -> int:
+        return len(item.text)
+
+
+def counting(options: ModelOptions) -> CountingModel:
+    return CountingModel(options)
+
+
+def slow(options: ModelOptions) -> SlowModel:
+    return SlowModel(options)
+
+
+def tokens(options: ModelOptions) -> TokenModel:
+    return TokenModel(options)

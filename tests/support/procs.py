@@ -1,0 +1,120 @@
+"""Gateway and worker processes for cross-service tests: started with real env vars, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    env: dict[str, str]
+    module: str
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="rtai-svc-", suffix=".log")[1]))
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> Service:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:  # noqa: PLR2004
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.logs()[-3000:]}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def gateway(redis_env: dict[str, str], prefix: str, **extra: str) -> Service:
+    port = free_port()
+    env = {
+        "RTAI_GW_PORT": str(port),
+        "RTAI_GW_HOST": "127.0.0.1",
+        "RTAI_GW_REDIS__PREFIX": prefix,
+        "RTAI_GW_LOG_JSON": "true",
+    }
+    env.update({f"RTAI_GW_{k}": v for k, v in redis_env.items()})
+    env.update({k if k.startswith(("RTAI_", "OTEL_")) else f"RTAI_GW_{k.upper()}": v for k, v in extra.items()})
+    return Service("gateway", port, env, "rtai_gateway")
+
+
+def worker(redis_env: dict[str, str], prefix: str, tasks: str = "sentiment=vader", **extra: str) -> Service:
+    port = free_port()
+    env = {
+        "RTAI_WORKER_HTTP_PORT": str(port),
+        "RTAI_WORKER_HTTP_HOST": "127.0.0.1",
+        "RTAI_WORKER_REDIS__PREFIX": prefix,
+        "RTAI_WORKER_TASKS": tasks,
+        "RTAI_WORKER_LOG_JSON": "true",
+    }
+    env.update({f"RTAI_WORKER_{k}": v for k, v in redis_env.items()})
+    env.update(
+        {k if k.startswith(("RTAI_", "OTEL_", "PYTHON")) else f"RTAI_WORKER_{k.upper()}": v for k, v in extra.items()}
+    )
+    return Service("worker", port, env, "rtai_worker")
+
+
+def redis_env_for_url(url: str) -> dict[str, str]:
+    return {"REDIS__URL": url}
+
+
+def redis_env_for_sentinels(sentinels: list[str], master: str = "mymaster") -> dict[str, str]:
+    return {"REDIS__SENTINELS": ",".join(sentinels), "REDIS__MASTER": master}

@@ -51,3 +51,8 @@ def scenarios() -> list[Scenario]:
         out += [Scenario(chart, f.stem, (f,)) for f in values_files_for(chart)]
         out += _extra(chart)
     return out
+
+
+SCENARIOS_BY_CHART: dict[str, list[Scenario]] = {}
+for _s in scenarios():
+    SCENARIOS_BY_CHART.setdefault(_s.chart, []).append(_s)

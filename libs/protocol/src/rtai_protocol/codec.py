@@ -25,7 +25,7 @@ def encode(model: BaseModel) -> bytes:
 
 def with_seq(body: bytes, seq: int) -> bytes:
     """Put `"seq": N` first into an encoded JSON object (frames are logged without seq, numbered when sent)."""
-    return b'{"seq":' + str(seq).encode() + (b"," + body[1:] if len(body) > 2 else b"}")  # noqa: PLR2004
+    return b'{"seq":' + str(seq).encode() + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -46,7 +46,7 @@ def _depth(value: Any, limit: int) -> int:
 
 def _request_id_of(data: Any) -> str | None:
     rid = data.get("id") if isinstance(data, dict) else None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None  # noqa: PLR2004
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
 
 
 def _describe(e: ValidationError) -> str:
@@ -62,7 +62,9 @@ def decode_client_frame(raw: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH)
     except orjson.JSONDecodeError as e:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "frame is not valid JSON") from e
     if _depth(data, max_depth) > max_depth:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"JSON nested deeper than {max_depth}", request_id=_request_id_of(data))
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, f"JSON nested deeper than {max_depth}", request_id=_request_id_of(data)
+        )
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "frame must be a JSON object with a 'type'")
     try:
@@ -85,7 +87,9 @@ def decode_internal(raw: bytes | str) -> Job | Reply | Forward:
     except orjson.JSONDecodeError as e:
         raise UnsupportedMessage("internal message is not JSON") from e
     if not isinstance(data, dict) or data.get("v") not in SUPPORTED_VERSIONS:
-        raise UnsupportedMessage(f"unsupported internal message version {data.get('v') if isinstance(data, dict) else None!r}")
+        raise UnsupportedMessage(
+            f"unsupported internal message version {data.get('v') if isinstance(data, dict) else None!r}"
+        )
     try:
         return INTERNAL_MESSAGE.validate_python(data)
     except ValidationError as e:

@@ -20,10 +20,17 @@ class BacklogGauges:
     """rtai_queue_* gauges. Every replica reads the same Redis numbers: aggregate with `max by (task)`, never sum."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.length = Gauge("rtai_queue_length", "Jobs in the task's stream (waiting + pending)", ["task"], registry=registry)
-        self.pending = Gauge("rtai_queue_pending", "Jobs delivered to a worker and not yet acked", ["task"], registry=registry)
+        self.length = Gauge(
+            "rtai_queue_length", "Jobs in the task's stream (waiting + pending)", ["task"], registry=registry
+        )
+        self.pending = Gauge(
+            "rtai_queue_pending", "Jobs delivered to a worker and not yet acked", ["task"], registry=registry
+        )
         self.oldest_age = Gauge(
-            "rtai_queue_oldest_age_seconds", "Age of the oldest job still in the task's stream", ["task"], registry=registry
+            "rtai_queue_oldest_age_seconds",
+            "Age of the oldest job still in the task's stream",
+            ["task"],
+            registry=registry,
         )
         self.workers = Gauge("rtai_queue_workers", "Live workers registered for the task", ["task"], registry=registry)
 
@@ -38,10 +45,14 @@ class BacklogGauges:
 class RedisGauges:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.up = Gauge("rtai_redis_up", "1 when the last Redis round trip succeeded", registry=registry)
-        self.role = Gauge("rtai_redis_role", "1 for the role of the Redis node this process talks to", ["role"], registry=registry)
+        self.role = Gauge(
+            "rtai_redis_role", "1 for the role of the Redis node this process talks to", ["role"], registry=registry
+        )
         self.memory = Gauge("rtai_redis_used_memory_bytes", "Redis used_memory", registry=registry)
         self.clients = Gauge("rtai_redis_connected_clients", "Redis connected_clients", registry=registry)
-        self.lag = Gauge("rtai_redis_replication_lag_bytes", "Largest replica offset lag seen by the master", registry=registry)
+        self.lag = Gauge(
+            "rtai_redis_replication_lag_bytes", "Largest replica offset lag seen by the master", registry=registry
+        )
 
     def set_down(self) -> None:
         self.up.set(0)

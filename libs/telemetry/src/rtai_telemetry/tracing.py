@@ -38,7 +38,9 @@ class JsonLinesExporter(SpanExporter):
                     "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
                     "links": [format(link.context.span_id, "016x") for link in span.links],
                     "service": span.resource.attributes.get("service.name"),
-                    "attributes": {k: v for k, v in (span.attributes or {}).items() if isinstance(v, str | int | float | bool)},
+                    "attributes": {
+                        k: v for k, v in (span.attributes or {}).items() if isinstance(v, str | int | float | bool)
+                    },
                 }
                 self._file.write(json.dumps(record) + "\n")
             self._file.flush()

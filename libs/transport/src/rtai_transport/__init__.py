@@ -5,4 +5,13 @@ from rtai_transport.errors import TaskConfigConflict, TransportError
 from rtai_transport.keys import WORKER_GROUP, Keys
 from rtai_transport.settings import RedisSettings
 
-__all__ = ["WORKER_GROUP", "Keys", "Redis", "RedisSettings", "TaskConfigConflict", "TransportError", "close_redis", "create_redis"]
+__all__ = [
+    "WORKER_GROUP",
+    "Keys",
+    "Redis",
+    "RedisSettings",
+    "TaskConfigConflict",
+    "TransportError",
+    "close_redis",
+    "create_redis",
+]

@@ -22,7 +22,11 @@ RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSEr
 
 
 def _retry(settings: RedisSettings, retries: int) -> Retry:
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_backoff_cap_s), retries, supported_errors=tuple(RETRY_ON))
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_backoff_cap_s),
+        retries,
+        supported_errors=tuple(RETRY_ON),
+    )
 
 
 def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retries: int | None = None) -> Redis:
@@ -41,12 +45,17 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         "decode_responses": False,
     }
     if settings.sentinels:
-        sentinel_kwargs: dict[str, object] = {"socket_timeout": settings.connect_timeout_s, "socket_connect_timeout": settings.connect_timeout_s}
+        sentinel_kwargs: dict[str, object] = {
+            "socket_timeout": settings.connect_timeout_s,
+            "socket_connect_timeout": settings.connect_timeout_s,
+        }
         if settings.sentinel_password:
             sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
         if settings.tls:
             sentinel_kwargs["ssl"] = True
-        sentinel = Sentinel(settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common)
+        sentinel = Sentinel(
+            settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common
+        )
         return sentinel.master_for(settings.master, max_connections=settings.max_connections)
     return aioredis.Redis.from_url(settings.url, max_connections=settings.max_connections, **common)  # type: ignore[arg-type]
 

@@ -30,7 +30,9 @@ end
 # final frame. Returns {seq, or 0 if dropped as a duplicate; the gateway holding the session now, or ''}.
 # KEYS: 1 seq, 2 log, 3 session meta hash, 4 request hash, 5 session inflight hash
 # ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s
-LOG_FRAME = _APPEND + """
+LOG_FRAME = (
+    _APPEND
+    + """
 local holder = redis.call('HGET', KEYS[3], 'gateway') or ''
 if redis.call('HEXISTS', KEYS[4], 'final') == 1 then return {0, holder} end
 if ARGV[2] == 'final' then
@@ -45,13 +47,16 @@ else
 end
 return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5]), holder}
 """
+)
 
 # Admits a request idempotently, enqueues its job and logs its `accepted` frame, in one step.
 # KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
 # ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
 #       8 log maxlen
 # Returns {'new', entry id, seq} | {'done', final frame body} | {'inflight', ''} | {'elsewhere', other session}
-SUBMIT = _APPEND + """
+SUBMIT = (
+    _APPEND
+    + """
 local existing = redis.call('HGET', KEYS[1], 'session')
 if existing then
   local final = redis.call('HGET', KEYS[1], 'final')
@@ -66,6 +71,7 @@ redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8])}
 """
+)
 
 # Registers a worker for a task unless live workers serve that task with another model configuration.
 # KEYS: 1 tasks hash, 2 task workers zset; ARGV: 1 task, 2 config json, 3 fingerprint, 4 worker id, 5 now ms, 6 expiry ms

@@ -18,11 +18,17 @@ class RedisSettings(BaseModel):
         description="Sentinel addresses as a comma-separated `host:port` list. When set, the master is discovered through them.",
     )
     master: str = Field(default="mymaster", description="Sentinel master name.")
-    username: str | None = Field(default=None, description="Redis ACL user name (least-privilege user for this service).")
+    username: str | None = Field(
+        default=None, description="Redis ACL user name (least-privilege user for this service)."
+    )
     password: SecretStr | None = Field(default=None, description="Redis password (never logged).")
-    sentinel_password: SecretStr | None = Field(default=None, description="Password of the Sentinel processes, if they need one.")
+    sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel processes, if they need one."
+    )
     tls: bool = Field(default=False, description="Use TLS to Redis (and Sentinels).")
-    db: int = Field(default=0, ge=0, description="Database number (Sentinel mode); separate environments by `prefix`, not by db.")
+    db: int = Field(
+        default=0, ge=0, description="Database number (Sentinel mode); separate environments by `prefix`, not by db."
+    )
     prefix: str = Field(
         default="rtai",
         min_length=1,
@@ -30,9 +36,13 @@ class RedisSettings(BaseModel):
         pattern=r"^[A-Za-z0-9_\-.]+$",
         description="Prefix of every key and stream name. Separate environments and tests by prefix.",
     )
-    socket_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one Redis command's I/O (blocking reads add their block time).")
+    socket_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of one Redis command's I/O (blocking reads add their block time)."
+    )
     connect_timeout_s: float = Field(default=1.0, gt=0, description="Timeout to open a connection.")
-    retries: int = Field(default=6, ge=0, description="Retries of a failed command (with jittered exponential backoff).")
+    retries: int = Field(
+        default=6, ge=0, description="Retries of a failed command (with jittered exponential backoff)."
+    )
     retry_backoff_cap_s: float = Field(default=1.0, gt=0, description="Longest pause between two retries.")
     max_connections: int = Field(default=64, ge=4, description="Connection pool size per process.")
 

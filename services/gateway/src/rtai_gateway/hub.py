@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
         self.framelog = FrameLog(redis)
+        self.finish_hooks: list[Callable[[Pending], None]] = []
+        """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self._log_frame = redis.register_script(LOG_FRAME)
         self._submit = redis.register_script(SUBMIT)
 
@@ -284,6 +287,8 @@ class Hub:
 
     def _finished(self, p: Pending, outcome: str, headers: dict[str, str] | None = None) -> None:
         self._untrack(p)
+        for hook in self.finish_hooks:
+            hook(p)
         elapsed = time.monotonic() - p.received
         self.metrics.requests.labels(p.job.task, outcome).inc()
         self.metrics.duration.labels(p.job.task, outcome).observe(elapsed)

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from obs_stack import Stack, prom_query
+from obs_stack import Stack, prom_query, wait_until_scraped
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -149,7 +149,7 @@ def recovery(stack: Stack, report: LoadReport, client: Client) -> None:
     process's counters vanish from Prometheus, and the panels must show these). A paused (SIGSTOP) worker is
     silent like a dead one: its pending jobs go idle and are taken over.
 
-    1. Worker A holds slow job X and is paused; worker B (max_deliveries=1) reclaims X: its second delivery is
+    1. Worker A holds slow job X and is paused; a new worker B (max_deliveries=1) reclaims X: its second delivery is
        one too many, so X is dead-lettered (and answered `failed`).
     2. Worker B holds slow job Y and is paused; worker A resumes and reclaims Y (second delivery of three
        allowed): Y is re-run and answered. Then B resumes; late results of X and Y must not reach the client again.
@@ -158,8 +158,11 @@ def recovery(stack: Stack, report: LoadReport, client: Client) -> None:
     x = client.infer("slow", "this job will be dead-lettered", kind="deadletter", deadline_ms=60_000)
     report.steps.append(f"A busy with X: {_wait_busy(stack, port_a)}")
     worker_a.signal(signal.SIGSTOP)
-    worker_b = stack.start_worker(reclaim_idle_ms="1000", max_deliveries="1")
+    # B reclaims only after X has been idle 4 s, so Prometheus scrapes B's counters at 0 before they move (a
+    # counter first seen at 1 shows no increase).
+    worker_b = stack.start_worker(reclaim_idle_ms="4000", max_deliveries="1")
     port_b = stack.workers[-1][1]
+    wait_until_scraped(stack.prometheus_url, [port_b])
     client.pump([x], timeout=30)
     report.steps.append(f"X answered {report.finals[x].get('code') or report.finals[x]['type']}")
     y = client.infer("slow", "this job will be reclaimed and re-run", kind="reclaim", deadline_ms=60_000)

@@ -8,6 +8,7 @@ Killing a pod SIGKILLs its processes and wipes its emptyDirs (the data volume, a
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -31,7 +32,11 @@ def cli(port: int, *args: str, password: str | None = None, timeout: float = 3.0
     env = dict(os.environ, REDISCLI_AUTH=password or "")
     proc = subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--raw", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
     )
     return proc.stdout.strip()
 
@@ -52,7 +57,9 @@ class RedisChartPods:
         (cm,) = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"] == f"{self.name}-scripts"]
         secrets = find(docs, "Secret")
         self.secrets = {
-            (s["metadata"]["name"], k): base64.b64decode(v).decode() for s in secrets for k, v in s.get("data", {}).items()
+            (s["metadata"]["name"], k): base64.b64decode(v).decode()
+            for s in secrets
+            for k, v in s.get("data", {}).items()
         }
         self.root = root
         self.scripts = root / "scripts"
@@ -82,7 +89,7 @@ class RedisChartPods:
     def _rewrite(self, value: str, mounts: dict[str, Path]) -> str:
         for mount, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
             if value == mount or value.startswith(mount + "/"):
-                return str(local) + value[len(mount):]
+                return str(local) + value[len(mount) :]
         return value
 
     def _env(self, pod: LocalPod, container: dict[str, Any], mounts: dict[str, Path]) -> dict[str, str]:
@@ -114,9 +121,13 @@ class RedisChartPods:
         log = self.root / f"{self.name}-{index}-{name}.log"
         self.logs.append(log)
         with log.open("ab") as out:
-            pod.procs[name] = subprocess.Popen(  # noqa: S603
-                self._command(container, mounts), env=self._env(pod, container, mounts), cwd=pod.root,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            pod.procs[name] = subprocess.Popen(
+                self._command(container, mounts),
+                env=self._env(pod, container, mounts),
+                cwd=pod.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def probe(self, index: int, name: str, kind: str = "readinessProbe") -> bool:
@@ -125,8 +136,9 @@ class RedisChartPods:
         mounts = self._mounts(pod, container)
         cmd = [self._rewrite(a, mounts) for a in container[kind]["exec"]["command"]]
         try:
-            proc = subprocess.run(cmd, env=self._env(pod, container, mounts), cwd=pod.root, timeout=10, check=False,
-                                  capture_output=True)
+            proc = subprocess.run(
+                cmd, env=self._env(pod, container, mounts), cwd=pod.root, timeout=10, check=False, capture_output=True
+            )
         except subprocess.TimeoutExpired:
             return False
         return proc.returncode == 0
@@ -162,10 +174,8 @@ class RedisChartPods:
         for pod in self.pods:
             for p in pod.procs.values():
                 if p.poll() is None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 p.wait(timeout=10)
             pod.procs.clear()
 

@@ -67,8 +67,14 @@ def render_chart(
     if helm is None:
         raise FileNotFoundError("helm not found: run `make deploy-tools` (installs it into ./.tools/bin)")
     cmd = [
-        helm, "template", release or chart, str(CHARTS_DIR / chart),
-        "--namespace", namespace, "--kube-version", kube_version,
+        helm,
+        "template",
+        release or chart,
+        str(CHARTS_DIR / chart),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        kube_version,
     ]
     for f in values_files:
         cmd += ["-f", str(f)]
@@ -114,7 +120,9 @@ class ContainerView:
     def port(self, name: str) -> int:
         return self.ports[name]
 
-    def resolved_env(self, secrets: dict[tuple[str, str], str] | None = None, *, pod_name: str = "pod-0") -> dict[str, str]:
+    def resolved_env(
+        self, secrets: dict[tuple[str, str], str] | None = None, *, pod_name: str = "pod-0"
+    ) -> dict[str, str]:
         """env with valueFrom filled in: secretKeyRef from `secrets[(name, key)]`, fieldRef metadata.name = pod_name.
 
         `$(VAR)` references are expanded like the kubelet does. A secret that is not given raises KeyError.

@@ -29,9 +29,13 @@ def _extra(chart: str) -> list[Scenario]:
             Scenario(chart, "skaffold-kind", (v / "sentinel.yaml", v / "kind.yaml")),
             Scenario(chart, "hpa+ingress", set_values={"autoscaling.mode": "hpa", "ingress.enabled": True}),
             Scenario(
-                chart, "keda+monitoring", set_values={
-                    "autoscaling.mode": "keda", "serviceMonitor.enabled": True,
-                    "prometheusRule.enabled": True, "dashboards.enabled": True,
+                chart,
+                "keda+monitoring",
+                set_values={
+                    "autoscaling.mode": "keda",
+                    "serviceMonitor.enabled": True,
+                    "prometheusRule.enabled": True,
+                    "dashboards.enabled": True,
                 },
             ),
         ]

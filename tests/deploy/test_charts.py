@@ -56,10 +56,13 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("chart", CHARTS)
 def test_helm_lint_strict(helm: str, chart: str) -> None:
-    runs = [[]] + [["-f", str(f)] for f in values_files_for(chart)]
+    runs: list[list[str]] = [[], *(["-f", str(f)] for f in values_files_for(chart))]
     for extra in runs:
         proc = subprocess.run(
-            [helm, "lint", "--strict", str(CHARTS_DIR / chart), *extra], capture_output=True, text=True, timeout=60,
+            [helm, "lint", "--strict", str(CHARTS_DIR / chart), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
             check=False,
         )
         assert proc.returncode == 0, f"helm lint --strict {chart} {extra}:\n{proc.stdout}\n{proc.stderr}"
@@ -70,7 +73,8 @@ def test_every_values_file_names_its_charts() -> None:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# charts:"), f"{path.name}: first line must be '# charts: <chart>, ...'"
         named = {c.strip() for c in first.removeprefix("# charts:").split(",")}
-        assert named and named <= set(CHARTS), f"{path.name}: unknown chart in {named}"
+        assert named, f"{path.name}: names no chart"
+        assert named <= set(CHARTS), f"{path.name}: unknown chart in {named}"
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -138,9 +142,13 @@ def test_pods_are_hardened(scenario: Scenario) -> None:
             assert "/tmp" in mounts, f"{name}/{c['name']}: a read-only root needs a writable /tmp"
 
 
-@pytest.mark.parametrize("chart,container,drain_env", [
-    ("gateway", "gateway", "RTAI_GW_DRAIN_S"), ("inference-worker", "inference-worker", "RTAI_WORKER_SHUTDOWN_GRACE_S"),
-])
+@pytest.mark.parametrize(
+    ("chart", "container", "drain_env"),
+    [
+        ("gateway", "gateway", "RTAI_GW_DRAIN_S"),
+        ("inference-worker", "inference-worker", "RTAI_WORKER_SHUTDOWN_GRACE_S"),
+    ],
+)
 def test_probes_and_grace_period(chart: str, container: str, drain_env: str) -> None:
     for s in (s for s in SCENARIOS if s.chart == chart):
         docs = rendered(s.id)
@@ -165,14 +173,17 @@ def test_grace_period_shorter_than_drain_fails_to_render() -> None:
         render_chart("inference-worker", set_values={"terminationGracePeriodSeconds": 20})
 
 
-@pytest.mark.parametrize(("chart", "bad"), [
-    ("gateway", {"autoscaling.mode": "both"}),
-    ("gateway", {"securityContext.readOnlyRootFilesystem": False}),
-    ("gateway", {"typo": "1"}),
-    ("inference-worker", {"worker.tasks": "sentiment"}),
-    ("inference-worker", {"worker.device": "tpu"}),
-    ("redis", {"redis.maxmemoryPolicy": "allkeys-lru"}),
-])
+@pytest.mark.parametrize(
+    ("chart", "bad"),
+    [
+        ("gateway", {"autoscaling.mode": "both"}),
+        ("gateway", {"securityContext.readOnlyRootFilesystem": False}),
+        ("gateway", {"typo": "1"}),
+        ("inference-worker", {"worker.tasks": "sentiment"}),
+        ("inference-worker", {"worker.device": "tpu"}),
+        ("redis", {"redis.maxmemoryPolicy": "allkeys-lru"}),
+    ],
+)
 def test_values_schema_rejects(chart: str, bad: dict[str, Any]) -> None:
     with pytest.raises(RuntimeError, match="schema"):
         render_chart(chart, set_values=bad)
@@ -198,14 +209,17 @@ def test_selectors_and_autoscalers_wire_up(scenario: Scenario) -> None:
     for np in find(docs, "NetworkPolicy"):
         assert selects(np["spec"]["podSelector"]["matchLabels"])
     for sm in find(docs, "ServiceMonitor"):
-        svc = [s for s in services if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
-        assert svc, "ServiceMonitor selects no Service"
-        assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc[0]["spec"]["ports"]}
+        picked = [
+            s for s in services if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]
+        assert picked, "ServiceMonitor selects no Service"
+        assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in picked[0]["spec"]["ports"]}
 
     targets: dict[str, list[str]] = {}
     for d in find(docs, "HorizontalPodAutoscaler") + find(docs, "ScaledObject"):
         ref = d["spec"]["scaleTargetRef"]
-        assert ref["name"] in workloads and workloads[ref["name"]]["kind"] == ref.get("kind", "Deployment")
+        assert ref["name"] in workloads
+        assert workloads[ref["name"]]["kind"] == ref.get("kind", "Deployment")
         targets.setdefault(ref["name"], []).append(d["kind"])
     for name, kinds in targets.items():
         assert len(kinds) == 1, f"{name} is scaled by {kinds}: never KEDA and an HPA together"
@@ -226,12 +240,14 @@ def test_keda_queries_follow_the_metric_contract() -> None:
     assert any("rtai_gateway_connections" in q for q in queries)
     assert all(t["type"] == "prometheus" for t in gw["spec"]["triggers"])
     docs = render_chart(
-        "inference-worker", set_values={"autoscaling.mode": "keda", "worker.tasks": "sentiment=vader,embed=minilm-embed"},
+        "inference-worker",
+        set_values={"autoscaling.mode": "keda", "worker.tasks": "sentiment=vader,embed=minilm-embed"},
     )
     (wk,) = find(docs, "ScaledObject")
     trig = {t["name"]: t for t in wk["spec"]["triggers"]}
     backlog = trig["backlog"]["metadata"]["query"]
-    assert "max by (task) (rtai_queue_length{" in backlog and "max by (task) (rtai_queue_pending{" in backlog
+    assert "max by (task) (rtai_queue_length{" in backlog
+    assert "max by (task) (rtai_queue_pending{" in backlog
     assert 'task=~"sentiment|embed"' in backlog
     assert trig["backlog"]["metricType"] == "AverageValue"
     assert "rtai_queue_oldest_age_seconds" in trig["oldest-age"]["metadata"]["query"]
@@ -241,7 +257,9 @@ def test_redis_network_policy_admits_only_gateway_and_worker() -> None:
     (np,) = find(rendered("redis:default"), "NetworkPolicy")
     peers = np["spec"]["ingress"][0]["from"]
     comps = [e for p in peers for e in p.get("podSelector", {}).get("matchExpressions", [])]
-    assert comps == [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["gateway", "inference-worker"]}]
+    assert comps == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["gateway", "inference-worker"]}
+    ]
     for chart in ("gateway", "inference-worker"):
         (dep,) = find(rendered(f"{chart}:default"), "Deployment")
         labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -267,7 +285,11 @@ def test_dashboards_and_rules_ship_from_the_chart_folders(chart: str) -> None:
     assert len(cms) == len(files)
     shipped = {k: json.loads(v) for cm in cms for k, v in cm["data"].items()}
     assert shipped == {f.name: json.loads(f.read_text()) for f in files}
-    groups = [g for f in sorted((CHARTS_DIR / chart / "rules").glob("*.yaml")) for g in yaml.safe_load(f.read_text())["groups"]]
+    groups = [
+        g
+        for f in sorted((CHARTS_DIR / chart / "rules").glob("*.yaml"))
+        for g in yaml.safe_load(f.read_text())["groups"]
+    ]
     rules = find(docs, "PrometheusRule")
     assert (rules[0]["spec"]["groups"] if rules else []) == groups
 
@@ -282,7 +304,9 @@ def test_dashboard_glob_takes_any_number_of_files(tmp_path: Path, count: int) ->
         f.unlink()
     for i in range(count):
         (chart / "dashboards" / f"Board_{i}.json").write_text(json.dumps({"title": f"b{i}", "panels": []}))
-    (chart / "rules" / "extra.yaml").write_text("groups:\n  - name: extra\n    rules:\n      - record: a:b\n        expr: vector(1)\n")
+    (chart / "rules" / "extra.yaml").write_text(
+        "groups:\n  - name: extra\n    rules:\n      - record: a:b\n        expr: vector(1)\n"
+    )
     import tests.deploy.render as r
 
     old = r.CHARTS_DIR

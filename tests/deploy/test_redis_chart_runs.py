@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,7 +40,8 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, pods: RedisC
 @pytest.fixture
 def pods(tmp_path: Path) -> Iterator[RedisChartPods]:
     docs = render_chart(
-        "redis", set_values={
+        "redis",
+        set_values={
             "auth.password": PASSWORD,
             "sentinel.downAfterMilliseconds": 1000,
             "sentinel.failoverTimeout": 5000,
@@ -76,10 +78,28 @@ def gateway_roundtrip(sentinels: list[str], master: str, password: str, key: str
     """SET then GET through rtai_transport's Sentinel client, in a separate process like a gateway would."""
     cfg = {"sentinels": sentinels, "master": master, "password": password, "key": key, "value": value}
     proc = subprocess.run(
-        [sys.executable, "-c", _ROUNDTRIP, json.dumps(cfg)], capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-c", _ROUNDTRIP, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
+
+
+def replicating(pods: RedisChartPods, index: int, master_index: int) -> bool:
+    role = pods.role(index)
+    return role[:3] == ["slave", "127.0.0.1", str(pods.redis_ports[master_index])] and role[3:4] == ["connected"]
+
+
+def sentinel_sees_all(pods: RedisChartPods, index: int) -> bool:
+    info = pods.sentinel_master_info(index)
+    return info.get("num-other-sentinels") == "2" and info.get("num-slaves") == "2"
+
+
+def sees_master(pods: RedisChartPods, index: int, master: str) -> bool:
+    return pods.master_seen_by(index) == master
 
 
 def gateway_sentinel_settings(pods: RedisChartPods) -> tuple[list[str], str]:
@@ -103,13 +123,20 @@ def test_redis_chart_bootstraps_fails_over_and_rejoins(pods: RedisChartPods) -> 
     # pod 0 is master, the others replicate it, every sentinel agrees and knows the other two
     assert pods.role(0)[0] == "master"
     for i in (1, 2):
-        wait_for(f"pod {i} replicating pod 0", lambda i=i: pods.role(i)[:3] == ["slave", "127.0.0.1", str(pods.redis_ports[0])]
-                 and pods.role(i)[3] == "connected", 15, pods)
+        wait_for(
+            f"pod {i} replicating pod 0",
+            partial(replicating, pods, i, 0),
+            15,
+            pods,
+        )
     for i in range(3):
         assert pods.master_seen_by(i) == pods.addr(0)
-        wait_for(f"sentinel {i} sees 2 sentinels and 2 replicas", lambda i=i: (
-            pods.sentinel_master_info(i).get("num-other-sentinels") == "2"
-            and pods.sentinel_master_info(i).get("num-slaves") == "2"), 20, pods)
+        wait_for(
+            f"sentinel {i} sees 2 sentinels and 2 replicas",
+            partial(sentinel_sees_all, pods, i),
+            20,
+            pods,
+        )
 
     # the gateway's transport, configured like the gateway chart configures it, finds the master via Sentinel
     sentinels, master_name = gateway_sentinel_settings(pods)
@@ -118,6 +145,7 @@ def test_redis_chart_bootstraps_fails_over_and_rejoins(pods: RedisChartPods) -> 
     # SIGKILL pod 0: the two remaining sentinels elect a new master among pods 1 and 2
     t0 = time.monotonic()
     pods.kill_pod(0)
+
     def elected() -> str | None:
         m = pods.master_seen_by(1)
         return m if m and m != pods.addr(0) and m == pods.master_seen_by(2) else None
@@ -130,9 +158,13 @@ def test_redis_chart_bootstraps_fails_over_and_rejoins(pods: RedisChartPods) -> 
 
     # pod 0 is recreated (fresh emptyDirs, same data volume): it asks the sentinels and rejoins as a replica
     pods.start_pod(0)
-    wait_for("pod 0 replicating the new master", lambda: pods.role(0)[:3] == ["slave", "127.0.0.1", str(pods.redis_ports[new_index])]
-             and pods.role(0)[3] == "connected", 20, pods)
+    wait_for(
+        "pod 0 replicating the new master",
+        partial(replicating, pods, 0, new_index),
+        20,
+        pods,
+    )
     for i in range(3):
-        wait_for(f"sentinel {i} agrees on the new master", lambda i=i: pods.master_seen_by(i) == new_master, 20, pods)
+        wait_for(f"sentinel {i} agrees on the new master", partial(sees_master, pods, i, new_master), 20, pods)
     assert pods.master_seen_by(0) == new_master
-    print(f"failover took {failover_s:.1f} s")  # noqa: T201
+    print(f"failover took {failover_s:.1f} s")

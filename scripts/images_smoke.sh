@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Image build smoke test without a Docker engine: build the gateway and CPU worker images with buildah from a locally
+# made Debian base (mmdebstrap), then run each entrypoint inside its image (buildah run --isolation chroot) until its
+# /healthz answers. All container storage lives in a scratch folder (default build/images-smoke), never the system's.
+#
+# Network: mmdebstrap fetches Debian packages through apt; uv resolves offline from the host's uv cache (mounted
+# into the build). Usage: scripts/images_smoke.sh [gateway|inference-worker ...]
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="${SMOKE_DIR:-$root/build/images-smoke}"
+driver="${SMOKE_STORAGE_DRIVER:-vfs}"
+suite="${SMOKE_SUITE:-bookworm}"
+services=("$@")
+[[ ${#services[@]} -gt 0 ]] || services=(gateway inference-worker)
+
+for cmd in buildah mmdebstrap redis-server curl uv; do
+  command -v "$cmd" >/dev/null || { echo "images-smoke: '$cmd' is required" >&2; exit 1; }
+done
+
+mkdir -p "$work"
+export TMPDIR="$work/tmp"
+mkdir -p "$TMPDIR"
+bah() { buildah --root "$work/storage" --runroot "$work/run" --storage-driver "$driver" "$@"; }
+
+pids=()
+ctrs=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  sleep 1
+  for pid in "${pids[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for c in "${ctrs[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+step() { echo "images-smoke: [$((SECONDS - t0))s] $*"; }
+
+# 1. base image: Debian minbase + python3 (3.11 on bookworm), made locally
+base="localhost/rtai-smoke-base:$suite"
+if ! bah inspect --type image "$base" >/dev/null 2>&1; then
+  step "mmdebstrap $suite -> $base"
+  tarball="$work/base-$suite.tar"
+  [[ -s "$tarball" ]] || mmdebstrap --quiet --variant=minbase --include=python3,ca-certificates,passwd \
+    "$suite" "$tarball"
+  c="$(bah from scratch)"; ctrs+=("$c")
+  bah add "$c" "$tarball" / >/dev/null
+  bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
+  bah commit --quiet "$c" "$base" >/dev/null
+fi
+
+# 2. uv "image": the host's uv binary at /uv (what ghcr.io/astral-sh/uv provides)
+uv_real="$(command -v uv)"
+if [[ "$(head -c 4 "$uv_real" | od -An -c | tr -d ' ')" != '177ELF' ]] && command -v pyenv >/dev/null; then
+  uv_real="$(pyenv which uv)"   # pyenv shim -> the real binary
+fi
+uvimg="localhost/rtai-smoke-uv:$(uv --version | awk '{print $2}')"
+if ! bah inspect --type image "$uvimg" >/dev/null 2>&1; then
+  step "uv image $uvimg"
+  c="$(bah from scratch)"; ctrs+=("$c")
+  bah copy "$c" "$uv_real" /uv >/dev/null
+  bah commit --quiet "$c" "$uvimg" >/dev/null
+fi
+uv_cache="$(uv cache dir)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# a Redis for the readiness checks
+rport="$(free_port)"
+setsid redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+
+for svc in "${services[@]}"; do
+  tag="localhost/rtai-$svc:smoke"
+  step "buildah bud $svc"
+  bah bud --quiet --isolation chroot --layers \
+    -f "$root/services/$svc/Dockerfile" \
+    --build-arg "BASE_IMAGE=$base" --build-arg "UV_IMAGE=$uvimg" \
+    --build-arg UV_CACHE_DIR=/uv-cache --build-arg UV_OFFLINE=true \
+    -v "$uv_cache:/uv-cache" \
+    -t "$tag" "$root" >/dev/null
+  step "built $tag ($(bah inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo '?') bytes)"
+
+  port="$(free_port)"
+  case "$svc" in
+    gateway) env=(--env "RTAI_GW_PORT=$port" --env "RTAI_GW_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_GW_HOST=127.0.0.1) ;;
+    inference-worker) env=(--env "RTAI_WORKER_HTTP_PORT=$port" --env "RTAI_WORKER_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_WORKER_HTTP_HOST=127.0.0.1) ;;
+  esac
+  entry="$(bah inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' "$tag")"
+  user="$(bah inspect --type image --format '{{.OCIv1.Config.User}}' "$tag")"
+  [[ "${user%%:*}" =~ ^[1-9][0-9]*$ ]] || { echo "images-smoke: $tag runs as '$user', not a non-root uid" >&2; exit 1; }
+  mapfile -t argv < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$entry")
+  c="$(bah from --pull-never "$tag")"; ctrs+=("$c")
+  step "run $svc: ${argv[*]} (user $user) on :$port"
+  setsid buildah --root "$work/storage" --runroot "$work/run" --storage-driver "$driver" \
+    run --isolation chroot --user "$user" "${env[@]}" "$c" -- "${argv[@]}" >"$work/$svc.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  ok=""
+  for _ in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then ok=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if [[ -z "$ok" ]]; then
+    echo "images-smoke: $svc did not answer /healthz; log:" >&2
+    tail -n 40 "$work/$svc.log" >&2
+    exit 1
+  fi
+  ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
+  step "$svc /healthz 200, /readyz $ready"
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+done
+step "done"

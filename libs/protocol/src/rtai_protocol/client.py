@@ -59,7 +59,16 @@ class Cancel(_ClientFrame):
     id: RequestId
 
 
-ClientFrame = Annotated[Hello | Infer | Cancel, Field(discriminator="type")]
+class Auth(_ClientFrame):
+    """Credentials sent as the first frame, for clients that cannot put a token in the handshake (browsers without
+    the `bearer.<token>` subprotocol). Must arrive within the server's auth timeout; never needed with auth off."""
+
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=8192)
+    """An API key or a JWT, as the server's auth mode expects."""
+
+
+ClientFrame = Annotated[Hello | Infer | Cancel | Auth, Field(discriminator="type")]
 
 
 class Welcome(_ServerFrame):

@@ -125,3 +125,14 @@ def test_backlog_gauges_are_exported_by_gateway_and_worker_alike(live: LiveRun) 
             if not {"sentiment", "slow", "stream"} <= by_job.get(job, set()):
                 problems.append(f"{job} exports {name} for tasks {sorted(by_job.get(job, set()))}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_final_frame_the_client_received_is_counted(live: LiveRun) -> None:
+    """rtai_gateway_requests_total counts final frames sent, refusals included: what the error-ratio panel and alert
+    read must match what clients saw."""
+    counted = {
+        s["metric"]["outcome"]: round(float(s["value"][1]))
+        for s in live.query("sum by (outcome) (rtai_gateway_requests_total)")
+    }
+    received = dict(live.report.outcomes())
+    assert counted == received

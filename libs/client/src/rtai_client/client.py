@@ -1,0 +1,456 @@
+"""The async Python SDK: one WebSocket to a gateway, reconnected with jittered backoff and resumed from the last seq.
+
+    async with Client("ws://127.0.0.1:8000/v1/ws") as c:
+        r = await c.infer("sentiment", "I love it")        # rtai_protocol.Result
+        async for chunk in c.stream("generate", "Hello"):   # rtai_protocol.Chunk
+            print(chunk.data, end="")
+
+What the client does for you:
+- numbers: it remembers the session token and the highest `seq` seen; after a drop (1012 restart, 1013 slow, network)
+  it reconnects with `Backoff` and sends `hello{session,last_seq}`, so the server replays what was missed; requests
+  without a final frame are sent again under the same id, which the server never runs twice;
+- refusals: `overloaded`, `rate_limited` and `unavailable` for requests never accepted are retried after the server's
+  `retry_after_ms` (plus jitter), at most `retries` times and only within the request's deadline;
+- deadlines: `deadline_ms` goes to the server; the client itself gives up `timeout_grace_s` later (RequestTimeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from rtai_client._calls import Call
+from rtai_client.backoff import Backoff, retry_delay
+from rtai_client.errors import ConnectionLost, RequestError, RequestTimeout, RtaiError, SessionLost
+from rtai_protocol import Accepted, Chunk, Error, Result, Welcome, decode_server_frame
+
+log = logging.getLogger("rtai_client")
+
+State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
+FATAL_CLOSE_CODES = frozenset({1008, 1009})
+"""Policy violation and message too big: reconnecting would only repeat them."""
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One entry of `GET /v1/tasks`."""
+
+    task: str
+    model: str
+    streaming: bool
+    max_input_chars: int
+    workers: int
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        retries: int = 5,
+        open_timeout: float = 10.0,
+        default_timeout_s: float = 60.0,
+        timeout_grace_s: float = 5.0,
+        on_state: Callable[[State], None] | None = None,
+    ) -> None:
+        """`url`: the gateway's WebSocket endpoint (ws://host:port/v1/ws). `token`: sent as `Authorization: Bearer`.
+        `retries`: how often a refused request is sent again. `default_timeout_s`: client-side limit of a request
+        that names no deadline. `on_state`: called with each connection state change (for progress displays)."""
+        self.url = url
+        self.token = token
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.retries = retries
+        self.open_timeout = open_timeout
+        self.default_timeout_s = default_timeout_s
+        self.timeout_grace_s = timeout_grace_s
+        self.on_state = on_state
+        self.session: str | None = None
+        """The resume token of the current session (treat it as a secret)."""
+        self.last_seq = 0
+        self.gateway = ""
+        self.state: State = "idle"
+        self.reconnects = 0
+        """Successful reconnects so far."""
+        self.resumed = False
+        """Whether the latest reconnect resumed the session (False after a fresh start)."""
+        self.retried = 0
+        """Requests sent again after a retryable refusal."""
+        self._ws: ClientConnection | None = None
+        self._gen = 0
+        self._calls: dict[str, Call] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._lost: ConnectionLost | None = None
+
+    # ---- connection ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> Welcome:
+        """Open the socket and start (or, if `session` is set, resume) a session."""
+        self._set_state("connecting")
+        welcome = await self._open()
+        self._set_state("open")
+        self._runner = asyncio.create_task(self._run(), name="rtai-client")
+        return welcome
+
+    async def close(self) -> None:
+        """Close normally (code 1000): the server cancels this session's unfinished requests."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._fail_all(ConnectionLost("the client was closed", 1000))
+        self._set_state("closed")
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_state is not None:
+                self.on_state(state)
+
+    async def _open(self) -> Welcome:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        ws = await connect(
+            self.url, additional_headers=headers, open_timeout=self.open_timeout, max_size=2**24, close_timeout=2
+        )
+        try:
+            hello: dict[str, Any] = {"type": "hello"}
+            if self.session:
+                hello.update(session=self.session, last_seq=self.last_seq)
+            await ws.send(json.dumps(hello))
+            welcome = await asyncio.wait_for(self._await_welcome(ws), self.open_timeout)
+        except BaseException:
+            await ws.close()
+            raise
+        if not welcome.resumed:
+            self.last_seq = 0  # a new session numbers its frames from 1
+        self.session = welcome.session
+        self.gateway = welcome.gateway
+        self.resumed = welcome.resumed
+        self._ws = ws
+        self._gen += 1
+        return welcome
+
+    async def _await_welcome(self, ws: ClientConnection) -> Welcome:
+        while True:
+            try:
+                raw = await ws.recv()
+            except ConnectionClosed as e:
+                code = e.rcvd.code if e.rcvd else None
+                reason = e.rcvd.reason if e.rcvd else ""
+                raise ConnectionLost(f"closed before welcome ({code} {reason})", code) from e
+            frame = decode_server_frame(raw)
+            if isinstance(frame, Welcome):
+                return frame
+            if isinstance(frame, Error) and frame.id is None:
+                log.warning("rtai.refused %s: %s", frame.code, frame.message)
+
+    async def _run(self) -> None:
+        """Read frames; after an unexpected close, reconnect and resume (or fail every request in flight)."""
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                async for raw in ws:
+                    self._dispatch(raw)
+            except ConnectionClosed:
+                pass
+            if self._closing:
+                return
+            code = ws.close_code
+            log.info("rtai.disconnected code=%s reason=%s", code, ws.close_reason)
+            if not self.reconnect or code in FATAL_CLOSE_CODES:
+                self._lose(ConnectionLost(f"connection closed ({code} {ws.close_reason})", code))
+                return
+            if not await self._reconnect():
+                self._lose(ConnectionLost(f"could not reconnect after close {code}", code))
+                return
+
+    def _lose(self, exc: ConnectionLost) -> None:
+        self._lost = exc
+        self._fail_all(exc)
+        self._set_state("closed")
+
+    async def _reconnect(self) -> bool:
+        self._set_state("reconnecting")
+        attempt = 0
+        while not self.backoff.exhausted(attempt):
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+            try:
+                welcome = await self._open()
+            except ConnectionLost as e:
+                if e.close_code in FATAL_CLOSE_CODES:
+                    return False
+                continue
+            except (OSError, TimeoutError, WebSocketException) as e:
+                log.info("rtai.reconnect_failed attempt=%d error=%s", attempt, type(e).__name__)
+                continue
+            self.reconnects += 1
+            self._set_state("open")
+            log.info("rtai.reconnected resumed=%s last_seq=%d", welcome.resumed, self.last_seq)
+            await self._resend_unfinished(welcome.resumed)
+            return True
+        return False
+
+    async def _resend_unfinished(self, resumed: bool) -> None:
+        """Send again every request without a final frame: the server answers each id once (idempotency)."""
+        for call in list(self._calls.values()):
+            if call.done:
+                continue
+            if not resumed:
+                if call.next_index > 0:
+                    call.fail(SessionLost(f"session lost while request {call.id!r} was streaming"))
+                    continue
+                call.accepted = False
+            await self._send_call(call)
+            if call.cancel_requested:
+                await self._send_raw({"type": "cancel", "id": call.id})
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            frame = decode_server_frame(raw)
+        except ValidationError:
+            log.debug("rtai.unknown_frame %s", str(raw)[:200])
+            return
+        seq = getattr(frame, "seq", None)
+        if seq is not None:
+            if seq <= self.last_seq:
+                return  # already seen (a replay overlap)
+            self.last_seq = seq
+        if isinstance(frame, Welcome):
+            return
+        if frame.id is None:
+            if isinstance(frame, Error):
+                log.warning("rtai.error %s: %s", frame.code, frame.message)
+            return
+        call = self._calls.get(frame.id)
+        if call is None:
+            return
+        if isinstance(frame, Accepted):
+            call.accepted = True
+        else:
+            call.offer(frame)
+
+    def _fail_all(self, exc: RtaiError) -> None:
+        for call in self._calls.values():
+            call.fail(exc)
+
+    # ---- sending ------------------------------------------------------------------------------------------------
+
+    async def _send_raw(self, frame: dict[str, Any]) -> bool:
+        ws = self._ws
+        if ws is None or self.state != "open":
+            return False
+        try:
+            await ws.send(json.dumps(frame))
+        except ConnectionClosed:
+            return False  # the reader reconnects and sends unfinished requests again
+        return True
+
+    async def _send_call(self, call: Call) -> None:
+        if call.sent_gen == self._gen or self.state != "open":
+            return
+        call.sent_gen = self._gen
+        if not await self._send_raw(call.frame()):
+            call.sent_gen = -1
+
+    # ---- requests -----------------------------------------------------------------------------------------------
+
+    def _new_call(
+        self, task: str, text: str, request_id: str | None, stream: bool, deadline_ms: int | None, **opts: Any
+    ) -> Call:
+        if self._lost is not None:
+            raise self._lost
+        if self._closing:
+            raise ConnectionLost("the client was closed", 1000)
+        if self.state == "idle":
+            raise RuntimeError("call `await client.connect()` (or use `async with Client(...)`) first")
+        rid = request_id or f"py-{os.getpid()}-{next(_ids)}"
+        if rid in self._calls:
+            raise ValueError(f"request id {rid!r} is already in use by this client")
+        options: dict[str, Any] = {k: v for k, v in opts.items() if v is not None}
+        if stream:
+            options["stream"] = True
+        if deadline_ms is not None:
+            options["deadline_ms"] = deadline_ms
+        call = Call(id=rid, task=task, input=text, options=options)
+        self._calls[rid] = call
+        return call
+
+    def _timeout(self, deadline_ms: int | None, timeout_s: float | None) -> float:
+        if timeout_s is not None:
+            return timeout_s
+        if deadline_ms is not None:
+            return deadline_ms / 1000 + self.timeout_grace_s
+        return self.default_timeout_s
+
+    async def _drive(self, call: Call, limit_s: float, retries: int) -> AsyncIterator[Chunk]:
+        """Send the request and yield its chunks; set `call.result`, or raise the error that ended it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        attempt = 0
+        budget_ms = call.options.get("deadline_ms")
+        started = loop.time()
+        await self._send_call(call)
+        while True:
+            try:
+                item = await asyncio.wait_for(call.queue.get(), max(end - loop.time(), 0))
+            except TimeoutError:
+                raise RequestTimeout(f"no final frame for {call.id!r} within {limit_s:.1f}s") from None
+            if isinstance(item, RtaiError):
+                raise item
+            if isinstance(item, Chunk):
+                yield item
+            elif isinstance(item, Result):
+                call.result = item
+                return
+            else:
+                delay = retry_delay(item.retry_after_ms, self.backoff.base_s)
+                if attempt >= retries or not call.retryable(item) or loop.time() + delay >= end:
+                    raise RequestError(item)
+                attempt += 1
+                self.retried += 1
+                await asyncio.sleep(delay)
+                if budget_ms is not None:  # the server counts the budget from receipt: send what is left of it
+                    call.options["deadline_ms"] = max(1, int(budget_ms - (loop.time() - started) * 1000))
+                call.rearm()
+                await self._send_call(call)
+
+    async def infer(
+        self,
+        task: str,
+        text: str,
+        *,
+        request_id: str | None = None,
+        deadline_ms: int | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        **options: Any,
+    ) -> Result:
+        """Run one request and return its `Result` (`.output` is the task's output). Raises RequestError (with
+        `.code`), RequestTimeout or ConnectionLost. Extra keyword options (e.g. `max_new_tokens`) go to the task."""
+        call = self._new_call(task, text, request_id, False, deadline_ms, **options)
+        try:
+            async for _ in self._drive(call, self._timeout(deadline_ms, timeout_s), self._retries(retries)):
+                pass
+            assert call.result is not None
+            return call.result
+        finally:
+            self._calls.pop(call.id, None)
+
+    def stream(
+        self,
+        task: str,
+        text: str,
+        *,
+        request_id: str | None = None,
+        deadline_ms: int | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        **options: Any,
+    ) -> Stream:
+        """A streaming request: `async for chunk in client.stream(...)`; then `.result` holds the final Result."""
+        call = self._new_call(task, text, request_id, True, deadline_ms, **options)
+        return Stream(self, call, self._timeout(deadline_ms, timeout_s), self._retries(retries))
+
+    def _retries(self, retries: int | None) -> int:
+        return self.retries if retries is None else retries
+
+    async def cancel(self, request_id: str) -> None:
+        """Ask the server to stop a request; its caller then gets RequestError with code `cancelled`."""
+        call = self._calls.get(request_id)
+        if call is not None:
+            call.cancel_requested = True
+        await self._send_raw({"type": "cancel", "id": request_id})
+
+    async def tasks(self) -> list[TaskInfo]:
+        """The tasks live workers serve now (`GET /v1/tasks` on the same host)."""
+        url = http_url(self.url, "/v1/tasks")
+        body = await asyncio.to_thread(_get_json, url, self.token, self.open_timeout)
+        return [
+            TaskInfo(
+                task=t["task"],
+                model=t.get("model", ""),
+                streaming=bool(t.get("streaming", False)),
+                max_input_chars=int(t.get("max_input_chars", 0)),
+                workers=int(t.get("workers", 0)),
+            )
+            for t in body.get("tasks", [])
+        ]
+
+
+class Stream:
+    """A streaming request. Iterate once for its chunks; `.result` is set when the iteration ends normally."""
+
+    def __init__(self, client: Client, call: Call, timeout: float, retries: int) -> None:
+        self._client = client
+        self._call = call
+        self._timeout = timeout
+        self._retries = retries
+        self._started = False
+
+    @property
+    def id(self) -> str:
+        return self._call.id
+
+    @property
+    def result(self) -> Result | None:
+        return self._call.result
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        if self._started:
+            raise RuntimeError("a Stream can be iterated only once")
+        self._started = True
+        try:
+            async for chunk in self._client._drive(self._call, self._timeout, self._retries):
+                yield chunk
+        finally:
+            self._client._calls.pop(self._call.id, None)
+
+    async def cancel(self) -> None:
+        await self._client.cancel(self._call.id)
+
+
+def http_url(ws_url: str, path: str) -> str:
+    """The HTTP(S) URL of `path` on the gateway a WebSocket URL points at."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _get_json(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data

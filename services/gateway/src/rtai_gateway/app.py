@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from rtai_gateway import health, lifecycle, loops
 from rtai_gateway.catalog import Catalog
+from rtai_gateway.guard import Guard, build_guard
 from rtai_gateway.hub import Hub
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.runtime import Runtime
@@ -29,6 +30,7 @@ STATIC_DIR = files("rtai_gateway") / "static"
 
 class State(TypedDict):
     rt: Runtime
+    guard: Guard
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -49,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         catalog = Catalog(probe, keys, settings.admission, metrics, on_backend_change)
         hub.catalog = catalog
         rt = Runtime(settings=settings, redis=redis, metrics=metrics, hub=hub, catalog=catalog)
+        guard = build_guard(settings, hub)
         app.state.rt = rt  # for the shutdown path in __main__, which has no request to read state from
         reader_started = asyncio.Event()
         await catalog.refresh()  # best effort: a gateway starts (not ready) while Redis is down
@@ -63,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         rt.reader_ready = True
         log.info("gateway.started", gateway=settings.gateway_id, redis=settings.redis.describe(), port=settings.port)
         try:
-            yield {"rt": rt}
+            yield {"rt": rt, "guard": guard}
         finally:
             rt.reader_ready = False
             for t in tasks:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rtai_transport.settings import RedisSettings
 
@@ -45,6 +48,48 @@ class LimitSettings(BaseModel):
     send_queue_frames: int = Field(
         default=1024, ge=8, description="Frames buffered per socket for a slow reader before it is closed with 1013."
     )
+    messages_per_s: float = Field(
+        default=100.0,
+        gt=0,
+        description="Sustained client frames per second per connection (token bucket); over it: `rate_limited`.",
+    )
+    message_burst: int = Field(
+        default=200,
+        ge=1,
+        description="Token bucket size: frames a connection may send at once before the rate applies.",
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, description="Open WebSockets per gateway process; one more is closed with 1013."
+    )
+    max_connections_per_user: int = Field(
+        default=32, ge=1, description="Open WebSockets per authenticated identity on this gateway (more: close 1008)."
+    )
+    max_inflight_per_user: int = Field(
+        default=64,
+        ge=1,
+        description="Requests one identity may have queued at the workers from this gateway; more wait in a per-user "
+        "queue at the gateway, released fairly across users as the identity's requests finish.",
+    )
+    max_queued_per_user: int = Field(
+        default=256, ge=0, description="Requests one identity may have waiting at the gateway; more: `overloaded`."
+    )
+    max_queued_total: int = Field(
+        default=10_000, ge=0, description="Requests waiting in all per-user queues of this gateway; more: `overloaded`."
+    )
+    first_message_timeout_s: float = Field(
+        default=10.0, gt=0, description="A socket that sends no frame this long after connecting is closed with 1008."
+    )
+    idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A socket with nothing in flight that sends no frame this long is closed with 1000.",
+    )
+    ping_interval_s: float = Field(
+        default=20.0, gt=0, description="WebSocket ping interval (keepalive; detects dead peers and proxies)."
+    )
+    ping_timeout_s: float = Field(
+        default=20.0, gt=0, description="A socket whose pong does not come back within this is closed (1011)."
+    )
 
 
 class DeadlineSettings(BaseModel):
@@ -75,7 +120,8 @@ class SessionSettings(BaseModel):
     detach_grace_s: float = Field(
         default=30.0,
         ge=0,
-        description="After an abnormal disconnect, how long in-flight requests wait for the client to resume before they are cancelled.",
+        description="After an abnormal disconnect, how long in-flight requests wait for the client to resume "
+        "before they are cancelled.",
     )
     jobs_maxlen: int = Field(
         default=100_000, ge=1000, description="Safety cap on a task stream's length (admission refuses far earlier)."
@@ -83,8 +129,69 @@ class SessionSettings(BaseModel):
     reply_block_ms: int = Field(default=1000, ge=10, description="How long one read of the reply stream blocks.")
 
 
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "jwt-secret", "test", "example"})
+
+
+class JwtSettings(BaseModel):
+    secret: SecretStr | None = Field(
+        default=None, description="HS256 shared secret (at least 32 bytes). Exclusive with `jwks_file`."
+    )
+    jwks_file: Path | None = Field(
+        default=None,
+        description="JWKS file of RS256/ES256 public keys (a mounted Secret or ConfigMap; re-read when it changes).",
+    )
+    audience: str | None = Field(default=None, description="Required `aud` claim (tokens without it are refused).")
+    issuer: str | None = Field(default=None, description="Required `iss` claim (tokens without it are refused).")
+    leeway_s: float = Field(default=30.0, ge=0, le=300, description="Clock skew allowed on `exp` and `nbf`.")
+    subject_claim: str = Field(default="sub", min_length=1, description="Claim that names the user.")
+    tenant_claim: str | None = Field(
+        default=None, description="Claim naming the tenant; when set the identity is `tenant:subject`."
+    )
+
+    @model_validator(mode="after")
+    def _real_secret(self) -> JwtSettings:
+        # A model validator, not a field one: a field validator's error would echo the rejected secret itself.
+        if self.secret is not None:
+            raw = self.secret.get_secret_value()
+            if raw.strip().lower() in PLACEHOLDER_SECRETS or len(raw.encode()) < 32:
+                raise ValueError("auth.jwt.secret must be a real secret of at least 32 bytes")
+        return self
+
+
+class AuthSettings(BaseModel):
+    mode: Literal["none", "api_key", "jwt"] = Field(
+        default="none",
+        description="`none` (every connection is its own anonymous user; logged loudly), `api_key` or `jwt`.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="For `api_key`: lines of `<sha256 hex of the key> <identity>` (`python -m rtai_gateway.auth`).",
+    )
+    jwt: JwtSettings = Field(default_factory=JwtSettings, description="For `jwt`: how tokens are verified.")
+    timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Time to send the `auth` frame when the handshake carried no token."
+    )
+    allow_query_token: bool = Field(
+        default=False,
+        description="Also accept `?access_token=` in the URL. Off: proxies and access logs record URLs.",
+    )
+
+    @model_validator(mode="after")
+    def _mode_has_its_inputs(self) -> AuthSettings:
+        if self.mode == "api_key" and self.api_keys_file is None:
+            raise ValueError("auth.mode=api_key needs auth.api_keys_file")
+        if self.mode == "jwt" and (self.jwt.secret is None) == (self.jwt.jwks_file is None):
+            raise ValueError("auth.mode=jwt needs exactly one of auth.jwt.secret and auth.jwt.jwks_file")
+        return self
+
+
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RTAI_GW_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RTAI_GW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,  # a rejected value may be a secret (Redis URL with a password, a JWT key)
+    )
 
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP and WebSocket port.")
@@ -105,3 +212,30 @@ class GatewaySettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Per-connection limits.")
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings, description="Request deadlines.")
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Sessions, resume and idempotency.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="Client authentication.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open sockets (comma separated, e.g. `https://app.example.com`), or "
+        "`*`. The gateway's own origin and clients that send no Origin (non-browsers) are always allowed.",
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for origin in v:
+            if origin == "*":
+                out.append(origin)
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"allowed origin {origin!r} must be `*` or scheme://host[:port]")
+            out.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return out

@@ -21,7 +21,10 @@ class BacklogGauges:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.length = Gauge(
-            "rtai_queue_length", "Jobs in the task's stream (waiting + pending)", ["task"], registry=registry
+            "rtai_queue_length",
+            "Jobs waiting in the task's stream, not yet delivered to a worker",
+            ["task"],
+            registry=registry,
         )
         self.pending = Gauge(
             "rtai_queue_pending", "Jobs delivered to a worker and not yet acked", ["task"], registry=registry

@@ -53,14 +53,14 @@ return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5]), holder}
 # KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
 # ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
 #       8 log maxlen
-# Returns {'new', entry id, seq} | {'done', final frame body} | {'inflight', ''} | {'elsewhere', other session}
+# Returns {'new', entry id, seq} | {'done', final frame body, its session} | {'inflight', ''} | {'elsewhere', session}
 SUBMIT = (
     _APPEND
     + """
 local existing = redis.call('HGET', KEYS[1], 'session')
 if existing then
   local final = redis.call('HGET', KEYS[1], 'final')
-  if final then return {'done', final} end
+  if final then return {'done', final, existing} end
   if existing == ARGV[2] then return {'inflight', ''} end
   return {'elsewhere', existing}
 end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, live_tasks
 
 log = get_logger("rtai_gateway.catalog")
+
+STALE_AFTER_S = 2.0
+"""Without a successful round trip for this long, Redis counts as unreachable (not ready; refuse new work)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +53,14 @@ class Catalog:
         self.tasks: dict[str, TaskInfo] = {}
         self.workers: dict[str, int] = {}
         self.backlogs: dict[str, Backlog] = {}
-        self.redis_ok = False
+        self._last_ok: float | None = None
         self.run_id: str | None = None
         self.refreshed = asyncio.Event()
+
+    @property
+    def redis_ok(self) -> bool:
+        """Redis answered a round trip recently. A refresh that hangs (a frozen node) turns this false too."""
+        return self._last_ok is not None and time.monotonic() - self._last_ok < STALE_AFTER_S
 
     def admission(self, task: str) -> Refusal | None:
         s = self._settings
@@ -76,14 +85,14 @@ class Catalog:
             live = await live_tasks(self._redis, self._keys)
             backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
         except Exception as e:
-            if self.redis_ok:
+            if self._last_ok is not None:
                 log.warning("redis.unreachable", error=type(e).__name__, detail=str(e)[:200])
-            self.redis_ok = False
+            self._last_ok = None
             self._metrics.redis.set_down()
             return
-        if not self.redis_ok:
+        if self._last_ok is None:
             log.info("redis.reachable", role=health.role)
-        self.redis_ok = True
+        self._last_ok = time.monotonic()
         self.tasks = {t: info for t, (info, _) in live.items()}
         self.workers = {t: n for t, (_, n) in live.items()}
         self.backlogs = backlogs
@@ -95,8 +104,9 @@ class Catalog:
             lag=health.replication_lag_bytes,
         )
         for task, b in backlogs.items():
+            m.init_task(task)
             m.backlog.set(
-                task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=self.workers[task]
+                task, length=b.waiting, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=self.workers[task]
             )
         changed = self.run_id is not None and health.run_id != self.run_id
         self.run_id = health.run_id

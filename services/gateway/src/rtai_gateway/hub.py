@@ -97,53 +97,52 @@ class Hub:
             with tracer.start_as_current_span("transport.publish"):
                 inject_headers(headers)
                 job = job.model_copy(update={"headers": headers})
-                await self._enqueue_new(session, job, received)
+                await self._enqueue_new(session, req, job, received)
 
     def _admit(self, session: Session, req: Infer) -> bytes | None:
+        """None to go ahead, or the refusal frame (counted as the request's outcome)."""
         info = self.catalog.tasks.get(req.task)
-        m = self.metrics
+        retry = self.settings.admission.retry_after_ms
         if info is None:
             if not self.catalog.redis_ok:
-                m.refusals.labels(req.task, "unavailable").inc()
-                return refusal(
-                    req.id,
-                    ErrorCode.UNAVAILABLE,
-                    "the queue backend is unreachable",
-                    self.settings.admission.retry_after_ms,
+                return self._refused(
+                    req, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", retry, "unavailable"
                 )
-            m.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
+            # Unknown task names come from clients: one "unknown" label keeps the metric's cardinality bounded.
+            self.metrics.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
+            self.metrics.duration.labels("unknown", ErrorCode.UNKNOWN_TASK).observe(0)
             return refusal(
                 req.id, ErrorCode.UNKNOWN_TASK, f"no live worker serves task {req.task!r}; see GET /v1/tasks"
             )
         if len(req.input) > info.max_input_chars:
-            m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
-            return refusal(
-                req.id,
-                ErrorCode.INVALID_REQUEST,
-                f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}",
-            )
+            msg = f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}"
+            return self._refused(req, ErrorCode.INVALID_REQUEST, msg)
         if req.options.stream and not info.streaming:
-            m.requests.labels(req.task, ErrorCode.INVALID_REQUEST).inc()
-            return refusal(
-                req.id, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false"
+            return self._refused(
+                req, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false"
             )
         if (session.identity, req.id) in self.pending:
             return None  # a retry of a request in flight: _enqueue_new answers it without new work
-        if len(session.requests) >= self.settings.admission.max_inflight_per_connection:
-            m.refusals.labels(req.task, "inflight").inc()
-            cap = self.settings.admission.max_inflight_per_connection
-            return refusal(
-                req.id,
-                ErrorCode.OVERLOADED,
-                f"at most {cap} requests in flight per connection",
-                self.settings.admission.retry_after_ms,
+        cap = self.settings.admission.max_inflight_per_connection
+        if len(session.requests) >= cap:
+            return self._refused(
+                req, ErrorCode.OVERLOADED, f"at most {cap} requests in flight per connection", retry, "inflight"
             )
         refused = self.catalog.admission(req.task)
         if refused is not None:
-            m.refusals.labels(req.task, refused.reason).inc()
             code = ErrorCode.UNAVAILABLE if refused.reason == "unavailable" else ErrorCode.OVERLOADED
-            return refusal(req.id, code, refused.message, refused.retry_after_ms)
+            return self._refused(req, code, refused.message, refused.retry_after_ms, refused.reason)
         return None
+
+    def _refused(
+        self, req: Infer, code: ErrorCode, message: str, retry_after_ms: int | None = None, reason: str | None = None
+    ) -> bytes:
+        m = self.metrics
+        m.requests.labels(req.task, code).inc()
+        m.duration.labels(req.task, code).observe(0)
+        if reason is not None:
+            m.refusals.labels(req.task, reason).inc()
+        return refusal(req.id, code, message, retry_after_ms)
 
     def _make_job(self, session: Session, req: Infer) -> Job:
         d = self.settings.deadlines
@@ -166,7 +165,7 @@ class Hub:
             seed=zlib.crc32(f"{session.identity}\x00{req.id}".encode()),
         )
 
-    async def _enqueue_new(self, session: Session, job: Job, received: float) -> None:
+    async def _enqueue_new(self, session: Session, req: Infer, job: Job, received: float) -> None:
         s = self.settings.sessions
         k = self.keys
         accepted = encode(Accepted(id=job.request_id, task=job.task, deadline_ms=job.deadline_ms))
@@ -174,17 +173,18 @@ class Hub:
         def then(res: Any) -> None:
             if isinstance(res, Exception):
                 log.warning("submit.failed", request_id=job.request_id, error=type(res).__name__)
-                self.metrics.refusals.labels(job.task, "unavailable").inc()
                 retry = self.settings.admission.retry_after_ms
-                session.send(refusal(job.request_id, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", retry))
+                msg = "the queue backend is unreachable"
+                session.send(self._refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable"))
                 return
             status = res[0].decode()
             if status == "new":
                 self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
                 self.catalog.note_enqueued(job.task)
                 session.deliver(int(res[2]), accepted)
-            elif status == "done":
-                # Finished earlier (a retry after a lost final frame): send the stored final frame again, unnumbered.
+            elif status == "done" and res[2].decode() != session.id:
+                # Finished earlier in a session the client lost: send the stored final frame again, unnumbered.
+                # In the same session it is in the session log, and the client has it or gets it on resume.
                 session.send(res[1])
             elif status == "elsewhere":
                 msg = "this request id is in flight in another session; resume that session"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rtai_protocol import ErrorCode
 from rtai_telemetry.metrics import LATENCY_BUCKETS, BacklogGauges, RedisGauges
+
+
+OUTCOMES = ("ok", *(str(c) for c in ErrorCode))
+REFUSAL_REASONS = ("backlog", "age", "inflight", "unavailable")
+INVALID_FRAME_REASONS = ("shape", "binary", "late_hello")
 
 
 class GatewayMetrics:
@@ -50,3 +56,23 @@ class GatewayMetrics:
         )
         self.backlog = BacklogGauges(r)
         self.redis = RedisGauges(r)
+
+        self._tasks: set[str] = set()
+        # Series exist at zero from the start: a counter first seen at 1 shows no rate() or increase().
+        for reason in INVALID_FRAME_REASONS:
+            self.invalid_frames.labels(reason)
+        self.requests.labels("unknown", ErrorCode.UNKNOWN_TASK)
+        self.duration.labels("unknown", ErrorCode.UNKNOWN_TASK)
+
+    def init_task(self, task: str) -> None:
+        """Create a task's series at zero, once, when the gateway first learns of the task."""
+        if task in self._tasks:
+            return
+        self._tasks.add(task)
+        for outcome in OUTCOMES:
+            self.requests.labels(task, outcome)
+            self.duration.labels(task, outcome)
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(task, reason)
+        self.first_chunk.labels(task)
+        self.resubmits.labels(task)

@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rtai_telemetry.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BacklogGauges, RedisGauges
 
 
+JOB_OUTCOMES = ("ok", "error", "expired", "cancelled", "dead_lettered")
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -46,3 +49,17 @@ class WorkerMetrics:
         self.busy = Gauge("rtai_worker_busy", "1 while a batch is running", registry=r)
         self.backlog = BacklogGauges(r)
         self.redis = RedisGauges(r)
+
+    def init_task(self, task: str) -> None:
+        """Create a task's series at zero: a counter first seen at 1 shows no rate() or increase()."""
+        for outcome in JOB_OUTCOMES:
+            self.jobs.labels(task, outcome)
+        for metric in (
+            self.reclaimed,
+            self.reruns,
+            self.dead_lettered,
+            self.queue_wait,
+            self.inference,
+            self.batch_size,
+        ):
+            metric.labels(task)

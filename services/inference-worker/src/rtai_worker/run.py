@@ -14,7 +14,7 @@ from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, close_redis, create_redis
 from rtai_transport.backlog import read_backlog
 from rtai_transport.health import read_health, round_trip
-from rtai_transport.registry import TaskInfo, deregister_task, register_task
+from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
 from rtai_worker.consumer import Consumer
 from rtai_worker.engine import Model
 from rtai_worker.health import HealthServer
@@ -71,6 +71,7 @@ class Worker:
             )
             consumer = Consumer(self.redis, self.keys, task, self.settings.worker_id)
             self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics)
+            self.metrics.init_task(task)
             log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)
 
     async def register(self) -> None:
@@ -175,16 +176,22 @@ class Worker:
         )
         if not self.stopping.is_set():
             await self.register()
+        live = await live_tasks(self.redis, self.keys)
         for task, server in self.servers.items():
             await server.consumer.keep_claimed(list(server.running))
             b = await read_backlog(self.redis, self.keys, task)
-            self.metrics.backlog.set(task, length=b.length, pending=b.pending, oldest_age_s=b.oldest_age_s)
+            workers = live[task][1] if task in live else 0
+            self.metrics.backlog.set(
+                task, length=b.waiting, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=workers
+            )
 
     async def _reclaim(self) -> None:
         for task, server in self.servers.items():
             if server.stopping.is_set():
                 continue
             claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
+            # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost.
+            claimed = [d for d in claimed if d.entry_id not in server.running]
             if not claimed:
                 continue
             log.info("jobs.reclaimed", task=task, count=len(claimed))

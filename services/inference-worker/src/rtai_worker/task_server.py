@@ -17,16 +17,25 @@ from opentelemetry.trace import Link
 from rtai_protocol import ErrorCode, Job, Reply
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers
-from rtai_worker.batching import cut_by_length
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.models.microbatch import cut_by_length
 from rtai_worker.settings import WorkerSettings
 
 log = get_logger("rtai_worker.task")
+
+CANCEL_POLL_S = 0.5
+"""A running stream re-reads its cancel key this often, in case the Pub/Sub wake-up was missed."""
 tracer = trace.get_tracer("rtai_worker")
 
-_DONE = object()
+
+def _advance(gen: Iterator[Any]) -> tuple[bool, Any]:
+    """One step of a model's stream: (False, chunk), or (True, the generator's return value) at its end."""
+    try:
+        return False, next(gen)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 def _now_ms() -> int:
@@ -212,10 +221,14 @@ class TaskServer:
         self.metrics.busy.set(1)
         try:
             while True:
-                chunk = await asyncio.to_thread(next, gen, _DONE)
-                if chunk is _DONE:
+                try:
+                    finished, value = await asyncio.to_thread(_advance, gen)
+                except ModelError as e:
+                    self.metrics.jobs.labels(self.task, "error").inc()
+                    return self._error(job, ErrorCode.INVALID_REQUEST, str(e))
+                if finished:
                     break
-                if time.monotonic() - last_check > 0.5:
+                if time.monotonic() - last_check > CANCEL_POLL_S:
                     last_check = time.monotonic()
                     if await self.consumer.cancelled([job]):
                         self.cancelled_jobs.add(job.job_id)
@@ -225,14 +238,15 @@ class TaskServer:
                 if job.deadline_ms <= _now_ms():
                     self.metrics.jobs.labels(self.task, "expired").inc()
                     return self._error(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
-                await self.consumer.send(job, self._reply(job, "chunk", data=chunk, index=index))
+                await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))
                 index += 1
         finally:
             await asyncio.to_thread(gen.close)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
             self.metrics.busy.set(0)
         self.metrics.jobs.labels(self.task, "ok").inc()
-        return self._reply(job, "result", data={"chunks": index})
+        # The generator's return value is the result; a model that returns nothing gets the chunk count.
+        return self._reply(job, "result", data=value if value is not None else {"chunks": index})
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+"""Chaos on real processes over a real Sentinel topology. Every scenario must end with 0 requests without a final
+frame and 0 duplicate final frames; documented errors (unavailable, overloaded, deadline_exceeded) are allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import procs
+from tests.support.chaos import LoadDriver
+from tests.support.sentinel import SentinelTopology
+
+FAST_RECLAIM = {"RECLAIM_IDLE_MS": "1000", "MAX_BATCH_DELAY_MS": "5"}
+
+
+def ws(g: procs.Service) -> str:
+    return f"ws://127.0.0.1:{g.port}/v1/ws"
+
+
+def assert_clean(report: dict[str, Any]) -> None:
+    assert report["lost"] == 0, report
+    assert report["duplicates"] == 0, report
+    assert report["results"] > 0, report
+
+
+@pytest.mark.timeout(120)
+async def test_worker_sigkill_mid_batch(
+    topology: SentinelTopology, prefix: str, services: list[procs.Service], record: Any
+) -> None:
+    env = topology.env()
+    slow = {"RTAI_TEST_SLOW_MS": "30", **FAST_RECLAIM}
+    workers = [
+        procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **slow).start() for _ in range(2)
+    ]
+    services.extend(workers)
+    g = procs.gateway(env, prefix).start()
+    services.append(g)
+    driver = LoadDriver([ws(g)], connections=20, rate=150)
+    await driver.start()
+    load = asyncio.create_task(driver.drive(12))
+    fault_at = None
+    for _ in range(3):
+        await asyncio.sleep(3)
+        victim = workers.pop(0)
+        fault_at = fault_at or time.monotonic()
+        victim.kill()  # SIGKILL mid-batch: its pending jobs must be reclaimed by the survivor
+        fresh = procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **slow).start()
+        services.append(fresh)
+        workers.append(fresh)
+    await load
+    await driver.settle(20)
+    await driver.stop()
+    report = record(driver.report("worker SIGKILL x3", fault_at))
+    assert_clean(report)
+    # Killed workers took their counters with them: count the takeovers in every worker's log instead.
+    all_workers = [s for s in services if s.name == "worker"]
+    reclaimed = sum(
+        json.loads(line).get("count", 0)
+        for w in all_workers
+        for line in w.logs().splitlines()
+        if '"jobs.reclaimed"' in line
+    )
+    assert reclaimed >= 1, "no job was reclaimed from a killed worker"
+    report["reclaimed"] = reclaimed
+
+
+@pytest.mark.timeout(120)
+async def test_redis_master_sigkill_failover(
+    topology: SentinelTopology, prefix: str, services: list[procs.Service], record: Any
+) -> None:
+    env = topology.env()
+    services.append(procs.worker(env, prefix, **FAST_RECLAIM).start())
+    g = procs.gateway(env, prefix).start()
+    services.append(g)
+    driver = LoadDriver([ws(g)], connections=20, rate=200)
+    await driver.start()
+    load = asyncio.create_task(driver.drive(14))
+    await asyncio.sleep(3)
+    old = topology.master_port()
+    fault_at = time.monotonic()
+    topology.master().kill()
+    await asyncio.to_thread(topology.wait_new_master, old)
+    await load
+    await driver.settle(25)
+    await driver.stop()
+    report = record(driver.report("redis master SIGKILL", fault_at))
+    assert_clean(report)
+    assert httpx.get(f"{g.base}/readyz").status_code == 200
+
+
+@pytest.mark.timeout(120)
+async def test_gateway_restart_clients_resume(
+    topology: SentinelTopology, prefix: str, services: list[procs.Service], record: Any
+) -> None:
+    env = topology.env()
+    services.append(
+        procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", RTAI_TEST_SLOW_MS="20").start()
+    )
+    a = procs.gateway(env, prefix, DRAIN_S="1").start()
+    b = procs.gateway(env, prefix, DRAIN_S="1").start()
+    services.extend([a, b])
+    driver = LoadDriver([ws(a), ws(b)], connections=20, rate=150)
+    await driver.start()
+    load = asyncio.create_task(driver.drive(12))
+    await asyncio.sleep(3)
+    fault_at = time.monotonic()
+    a.signal(signal.SIGTERM)  # drains, closes sockets with 1012; clients move to b and resume
+    await asyncio.to_thread(a.proc.wait, 30)  # type: ignore[union-attr]
+    a2 = procs.gateway(env, prefix, DRAIN_S="1").start()
+    services.append(a2)
+    await asyncio.sleep(2)
+    b.signal(signal.SIGTERM)
+    await asyncio.to_thread(b.proc.wait, 30)  # type: ignore[union-attr]
+    driver.urls[:] = [ws(a2)]
+    await load
+    await driver.settle(20)
+    await driver.stop()
+    report = record(driver.report("gateway SIGTERM restart", fault_at))
+    assert_clean(report)
+    assert report["resumed"] > 0, "no client resumed its session"
+
+
+@pytest.mark.timeout(150)
+async def test_all_redis_nodes_down_for_ten_seconds(
+    topology: SentinelTopology, prefix: str, services: list[procs.Service], record: Any
+) -> None:
+    env = topology.env()
+    services.append(procs.worker(env, prefix, **FAST_RECLAIM).start())
+    g = procs.gateway(env, prefix).start()
+    services.append(g)
+    driver = LoadDriver([ws(g)], connections=10, rate=100, deadline_ms=60_000)
+    await driver.start()
+    load = asyncio.create_task(driver.drive(22))
+    await asyncio.sleep(3)
+    fault_at = time.monotonic()
+    for node in [*topology.sentinels, *topology.nodes]:
+        node.stop()  # SIGTERM: Redis flushes its append-only file, as a pod's redis would on shutdown
+    t0 = time.monotonic()
+    while httpx.get(f"{g.base}/readyz").status_code != 503:  # noqa: ASYNC210
+        assert time.monotonic() - t0 < 10, "readiness stayed green while Redis was down"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(10)
+    for node in [*topology.nodes, *topology.sentinels]:
+        node.start()
+    await load
+    await driver.settle(40)
+    await driver.stop()
+    report = record(driver.report("all Redis nodes down 10 s", fault_at))
+    assert_clean(report)
+    assert report["errors"].get("unavailable", 0) > 0, "requests during the outage should be refused as unavailable"
+    assert httpx.get(f"{g.base}/readyz").status_code == 200
+
+
+def _metric(svc: procs.Service, name: str) -> float:
+    total = 0.0
+    try:
+        text = httpx.get(f"{svc.base}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -133,7 +133,8 @@ class FairScheduler:
 
     def _next(self) -> _Waiting | None:
         """The next waiting request whose user has a free slot, taking users in turn."""
-        for _ in range(len(self._turns)):
+        at_cap = 0  # users passed over since a request last left a queue; all of them: nothing to release now
+        while self._turns and at_cap < len(self._turns):
             user = self._turns.popleft()
             queue = self._queues.get(user)
             if not queue:
@@ -141,7 +142,9 @@ class FairScheduler:
                 continue
             if self.inflight.get(user, 0) >= self._cap:
                 self._turns.append(user)
+                at_cap += 1
                 continue
+            at_cap = 0
             w = queue.popleft()
             self._count(-1)
             if queue:
@@ -151,9 +154,8 @@ class FairScheduler:
             if w.session.conn is None:
                 continue  # the client went away before its turn; it resumes and retries with the same id
             frame = self._with_remaining_budget(w)
-            if frame is None:
-                continue
-            return _Waiting(w.session, frame, w.since)
+            if frame is not None:
+                return _Waiting(w.session, frame, w.since)
         return None
 
     def _with_remaining_budget(self, w: _Waiting) -> Infer | None:

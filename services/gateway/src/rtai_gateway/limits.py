@@ -22,13 +22,13 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1:
+        if self._tokens >= 1 - 1e-9:  # float dust must not refuse a frame the rate allows
             self._tokens -= 1
             return True
         return False
 
     def retry_after_ms(self) -> int:
-        return max(1, math.ceil((1 - self._tokens) / self.rate * 1000))
+        return max(1, math.ceil((1 - self._tokens) / self.rate * 1000 - 1e-6))
 
 
 class UserConnections:

@@ -1,0 +1,153 @@
+"""Fair admission: per-user caps, per-user queues, round-robin release, bounded queues, deadlines while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from rtai_gateway.fairness import FairScheduler
+from rtai_gateway.guard_metrics import GuardMetrics
+from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.session import Session
+from rtai_gateway.settings import GatewaySettings, LimitSettings
+from rtai_protocol import Infer
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def offer(self, body: bytes) -> bool:
+        self.frames.append(body)
+        return True
+
+
+@dataclass(eq=False)
+class FakePending:
+    key: tuple[str, str]
+
+
+@dataclass
+class FakeHub:
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    pending: dict[tuple[str, str], Any] = field(default_factory=dict)
+    finish_hooks: list[Any] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+
+    async def submit(self, session: Session, frame: Infer) -> None:
+        self.order.append(frame.id)
+        if frame.id not in self.refuse:
+            self.pending[(session.identity, frame.id)] = FakePending((session.identity, frame.id))
+
+    def finish(self, identity: str, rid: str) -> None:
+        p = self.pending.pop((identity, rid))
+        for hook in self.finish_hooks:
+            hook(p)
+
+
+def make(cap: int = 2, queued: int = 100, total: int = 1000) -> tuple[FakeHub, FairScheduler]:
+    hub = FakeHub()
+    limits = LimitSettings(max_inflight_per_user=cap, max_queued_per_user=queued, max_queued_total=total)
+    return hub, FairScheduler(hub, limits, GuardMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+
+
+def user(name: str) -> Session:
+    return Session(id=name, identity=name, conn=FakeConn())  # type: ignore[arg-type]
+
+
+def infer(rid: str, **options: Any) -> Infer:
+    return Infer(type="infer", id=rid, task="sentiment", input="x", options=options or {})
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_light_user_overtakes_a_heavy_users_backlog() -> None:
+    hub, sched = make(cap=2)
+    heavy, light = user("heavy"), user("light")
+    for i in range(10):
+        await sched.submit(heavy, infer(f"h{i}"))
+    await sched.submit(light, infer("l0"))
+    assert hub.order == ["h0", "h1", "l0"]
+    assert sched.queued == 8
+    for i in range(10):
+        hub.finish("heavy", f"h{i}")
+        await settle()
+    assert hub.order == ["h0", "h1", "l0", *(f"h{i}" for i in range(2, 10))]
+    assert sched.queued == 0 and sched.inflight == {"light": 1}
+
+
+async def test_waiting_users_are_released_in_turn() -> None:
+    hub, sched = make(cap=1)
+    a, b = user("a"), user("b")
+    for i in range(3):
+        await sched.submit(a, infer(f"a{i}"))
+        await sched.submit(b, infer(f"b{i}"))
+    assert hub.order == ["a0", "b0"]
+    for i in range(2):
+        hub.finish("a", f"a{i}")
+        hub.finish("b", f"b{i}")
+        await settle()
+    assert hub.order == ["a0", "b0", "a1", "b1", "a2", "b2"]
+
+
+async def test_refused_or_duplicate_requests_do_not_leak_slots() -> None:
+    hub, sched = make(cap=1)
+    u = user("u")
+    hub.refuse.add("bad")
+    await sched.submit(u, infer("bad"))  # refused by the hub (unknown task, overloaded...): slot given back at once
+    await sched.submit(u, infer("ok"))
+    await sched.submit(u, infer("ok"))  # a retry of a request in flight: passed through, no second slot
+    assert hub.order == ["bad", "ok", "ok"] and sched.inflight == {"u": 1}
+    await sched.submit(u, infer("w"))
+    await sched.submit(u, infer("w"))  # a retry of a waiting request: it waits once
+    assert sched.queued == 1
+    hub.finish("u", "ok")
+    await settle()
+    assert hub.order[-1] == "w" and sched.queued == 0
+
+
+async def test_queues_are_bounded_per_user_and_in_total() -> None:
+    hub, sched = make(cap=1, queued=2, total=3)
+    a, b = user("a"), user("b")
+    for i in range(4):
+        await sched.submit(a, infer(f"a{i}"))
+    assert sched.queued == 2 and b"overloaded" in a.conn.frames[-1]  # type: ignore[union-attr]
+    assert sched.high_water == 2
+    for i in range(3):
+        await sched.submit(b, infer(f"b{i}"))
+    assert sched.queued == 3 and b'"id":"b2"' in b.conn.frames[-1]  # type: ignore[union-attr]
+
+
+async def test_cancel_and_deadline_while_waiting() -> None:
+    hub, sched = make(cap=1)
+    u = user("u")
+    await sched.submit(u, infer("first"))
+    await sched.submit(u, infer("cancel-me"))
+    await sched.submit(u, infer("expires", deadline_ms=1))
+    await sched.submit(u, infer("runs"))
+    assert sched.cancel_waiting(u, "cancel-me") is not None
+    assert sched.cancel_waiting(u, "cancel-me") is None
+    await asyncio.sleep(0.01)
+    hub.finish("u", "first")
+    await settle()
+    assert hub.order == ["first", "runs"]
+    assert any(b"deadline_exceeded" in f and b"expires" in f for f in u.conn.frames)  # type: ignore[union-attr]
+
+
+async def test_waiting_requests_of_a_gone_client_are_dropped() -> None:
+    hub, sched = make(cap=1)
+    u = user("u")
+    await sched.submit(u, infer("a"))
+    await sched.submit(u, infer("b"))
+    u.conn = None
+    hub.finish("u", "a")
+    await settle()
+    assert hub.order == ["a"] and sched.queued == 0

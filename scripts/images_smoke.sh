@@ -3,8 +3,8 @@
 # made Debian base (mmdebstrap), then run each entrypoint inside its image (buildah run --isolation chroot) until its
 # /healthz answers. All container storage lives in a scratch folder (default build/images-smoke), never the system's.
 #
-# Network: mmdebstrap fetches Debian packages through apt; uv resolves offline from the host's uv cache (mounted
-# into the build). Usage: scripts/images_smoke.sh [gateway|inference-worker ...]
+# Network: mmdebstrap fetches Debian packages through apt; uv installs from uv.lock through the host's uv cache (mounted
+# into the build; wheels missing there come from PyPI, or fail with SMOKE_UV_OFFLINE=true). Usage: scripts/images_smoke.sh [gateway|inference-worker ...]
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,21 +78,26 @@ pids+=($!)
 for svc in "${services[@]}"; do
   tag="localhost/rtai-$svc:smoke"
   step "buildah bud $svc"
-  bah bud --quiet --isolation chroot --layers \
+  ca=()
+  if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then   # the host's CA bundle (TLS proxies) for uv's downloads
+    ca=(-v /etc/ssl/certs/ca-certificates.crt:/etc/rtai-build-ca.crt:ro --build-arg SSL_CERT_FILE=/etc/rtai-build-ca.crt)
+  fi
+  bah bud --quiet --isolation chroot --layers "${ca[@]}" \
     -f "$root/services/$svc/Dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "UV_IMAGE=$uvimg" \
-    --build-arg UV_CACHE_DIR=/uv-cache --build-arg UV_OFFLINE=true \
+    --build-arg UV_CACHE_DIR=/uv-cache --build-arg "UV_OFFLINE=${SMOKE_UV_OFFLINE:-false}" \
     -v "$uv_cache:/uv-cache" \
     -t "$tag" "$root" >/dev/null
-  step "built $tag ($(bah inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo '?') bytes)"
+  step "built $tag"
 
   port="$(free_port)"
   case "$svc" in
     gateway) env=(--env "RTAI_GW_PORT=$port" --env "RTAI_GW_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_GW_HOST=127.0.0.1) ;;
     inference-worker) env=(--env "RTAI_WORKER_HTTP_PORT=$port" --env "RTAI_WORKER_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_WORKER_HTTP_HOST=127.0.0.1) ;;
   esac
-  entry="$(bah inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' "$tag")"
-  user="$(bah inspect --type image --format '{{.OCIv1.Config.User}}' "$tag")"
+  bah inspect --type image "$tag" >"$work/$svc.inspect.json"
+  entry="$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["OCIv1"]["config"]["Entrypoint"]))' "$work/$svc.inspect.json")"
+  user="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["OCIv1"]["config"].get("User", ""))' "$work/$svc.inspect.json")"
   [[ "${user%%:*}" =~ ^[1-9][0-9]*$ ]] || { echo "images-smoke: $tag runs as '$user', not a non-root uid" >&2; exit 1; }
   mapfile -t argv < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$entry")
   c="$(bah from --pull-never "$tag")"; ctrs+=("$c")

@@ -81,7 +81,8 @@ async def test_a_light_user_overtakes_a_heavy_users_backlog() -> None:
         hub.finish("heavy", f"h{i}")
         await settle()
     assert hub.order == ["h0", "h1", "l0", *(f"h{i}" for i in range(2, 10))]
-    assert sched.queued == 0 and sched.inflight == {"light": 1}
+    assert sched.queued == 0
+    assert sched.inflight == {"light": 1}
 
 
 async def test_waiting_users_are_released_in_turn() -> None:
@@ -105,25 +106,29 @@ async def test_refused_or_duplicate_requests_do_not_leak_slots() -> None:
     await sched.submit(u, infer("bad"))  # refused by the hub (unknown task, overloaded...): slot given back at once
     await sched.submit(u, infer("ok"))
     await sched.submit(u, infer("ok"))  # a retry of a request in flight: passed through, no second slot
-    assert hub.order == ["bad", "ok", "ok"] and sched.inflight == {"u": 1}
+    assert hub.order == ["bad", "ok", "ok"]
+    assert sched.inflight == {"u": 1}
     await sched.submit(u, infer("w"))
     await sched.submit(u, infer("w"))  # a retry of a waiting request: it waits once
     assert sched.queued == 1
     hub.finish("u", "ok")
     await settle()
-    assert hub.order[-1] == "w" and sched.queued == 0
+    assert hub.order[-1] == "w"
+    assert sched.queued == 0
 
 
 async def test_queues_are_bounded_per_user_and_in_total() -> None:
-    hub, sched = make(cap=1, queued=2, total=3)
+    _hub, sched = make(cap=1, queued=2, total=3)
     a, b = user("a"), user("b")
     for i in range(4):
         await sched.submit(a, infer(f"a{i}"))
-    assert sched.queued == 2 and b"overloaded" in a.conn.frames[-1]  # type: ignore[union-attr]
+    assert sched.queued == 2
+    assert b"overloaded" in a.conn.frames[-1]
     assert sched.high_water == 2
     for i in range(3):
         await sched.submit(b, infer(f"b{i}"))
-    assert sched.queued == 3 and b'"id":"b2"' in b.conn.frames[-1]  # type: ignore[union-attr]
+    assert sched.queued == 3
+    assert b'"id":"b2"' in b.conn.frames[-1]
 
 
 async def test_cancel_and_deadline_while_waiting() -> None:
@@ -150,4 +155,5 @@ async def test_waiting_requests_of_a_gone_client_are_dropped() -> None:
     u.conn = None
     hub.finish("u", "a")
     await settle()
-    assert hub.order == ["a"] and sched.queued == 0
+    assert hub.order == ["a"]
+    assert sched.queued == 0

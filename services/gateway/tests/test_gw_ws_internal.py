@@ -79,7 +79,9 @@ def test_rate_limit_answers_with_the_request_id_and_retry_after(client: TestClie
         assert [f["type"] for f in frames].count("result") == 5
         ws.send_json({"type": "infer", "id": "over", "task": "t", "input": "fine"})
         err = ws.receive_json()
-        assert err["code"] == "rate_limited" and err["id"] == "over" and err["retry_after_ms"] > 0
+        assert err["code"] == "rate_limited"
+        assert err["id"] == "over"
+        assert err["retry_after_ms"] > 0
 
 
 def test_foreign_origin_is_refused_at_the_handshake(client: TestClient) -> None:
@@ -100,6 +102,7 @@ def test_auth_frame_when_auth_is_off_is_answered_and_does_not_start_a_session(cl
     with client.websocket_connect("/v1/ws") as ws:
         ws.send_json({"type": "auth", "token": "abc"})
         err = ws.receive_json()
-        assert err["code"] == "invalid_request" and "off" in err["message"]
+        assert err["code"] == "invalid_request"
+        assert "off" in err["message"]
         ws.send_json({"type": "hello"})
         assert ws.receive_json()["type"] == "welcome"

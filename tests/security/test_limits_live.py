@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 import websockets
@@ -34,9 +33,7 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    redis_server: RedisHandle, module_prefix: str, module_services: list[procs.Service]
-) -> Iterator[procs.Service]:
+def gateway(redis_server: RedisHandle, module_prefix: str, module_services: list[procs.Service]) -> procs.Service:
     env = procs.redis_env_for_url(redis_server.url)
     tasks = "sentiment=vader,slow=tests.support.fake_models:slow"
     start(module_services, procs.worker(env, module_prefix, tasks=tasks, RTAI_TEST_SLOW_MS=str(SLOW_MS)))

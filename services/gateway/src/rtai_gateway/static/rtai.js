@@ -1,0 +1,317 @@
+// rtai browser client: a dependency-free ES module (docs/browser-client.md).
+//
+//   import { RtaiClient } from "/static/rtai.js";
+//   const client = new RtaiClient(wsUrlFor(location));
+//   client.addEventListener("state", (e) => console.log(e.detail.state));
+//   client.connect();
+//   const req = client.request("generate", "Hello", { stream: true, onChunk: (c) => out.append(c.data) });
+//   const result = await req.done;   // the `result` frame; rejects with RtaiError (err.code) on an `error` frame
+//
+// Reconnects with jittered exponential backoff, resumes the session from the last seq seen (missed chunks and results
+// are replayed by the server), sends unfinished requests again under the same id (the server never runs an id twice),
+// and retries `overloaded` / `rate_limited` / `unavailable` refusals after the server's retry_after_ms.
+
+export const FATAL_CLOSE_CODES = new Set([1008, 1009]);
+const RETRY_CODES = new Set(["overloaded", "rate_limited", "unavailable"]);
+
+/** An `error` frame that ended a request, or a client-side failure (code "timeout", "connection_lost"). */
+export class RtaiError extends Error {
+  constructor(code, message, frame = null) {
+    super(message || code);
+    this.name = "RtaiError";
+    this.code = code;
+    this.frame = frame;
+    this.retryAfterMs = frame && frame.retry_after_ms != null ? frame.retry_after_ms : null;
+  }
+}
+
+/** Delay before reconnect attempt `attempt` (0-based): random in [cap/2, cap], cap = min(maxMs, baseMs * factor^n). */
+export function backoffDelay(attempt, { baseMs = 250, factor = 2, maxMs = 10000 } = {}, random = Math.random) {
+  const cap = Math.min(maxMs, baseMs * Math.pow(factor, Math.min(attempt, 64)));
+  return cap / 2 + random() * (cap / 2);
+}
+
+/** The gateway's WebSocket URL for a page served by the gateway (ws: for http:, wss: for https:). */
+export function wsUrlFor(loc, path = "/v1/ws") {
+  return (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + path;
+}
+
+let counter = 0;
+function newId() {
+  counter += 1;
+  const rand = Math.floor(Math.random() * 0xffffffff).toString(36);
+  return `web-${Date.now().toString(36)}-${rand}-${counter}`;
+}
+
+export class RtaiClient extends EventTarget {
+  /**
+   * @param {string} url  ws(s)://host/v1/ws
+   * @param {object} [opts]
+   * @param {object} [opts.backoff]  {baseMs, factor, maxMs, maxAttempts}; maxAttempts defaults to Infinity
+   * @param {number} [opts.retries]  how often a refused (never accepted) request is sent again (default 5)
+   * @param {number} [opts.defaultTimeoutMs]  client-side limit of a request without a deadline (default 60000)
+   * @param {string[]} [opts.protocols]  WebSocket subprotocols (e.g. to carry a token where the server expects one)
+   * @param {Function} [opts.WebSocket]  a WebSocket implementation (default: the global one)
+   */
+  constructor(url, opts = {}) {
+    super();
+    this.url = url;
+    this.backoff = { baseMs: 250, factor: 2, maxMs: 10000, maxAttempts: Infinity, ...(opts.backoff || {}) };
+    this.retries = opts.retries ?? 5;
+    this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 60000;
+    this.graceMs = opts.graceMs ?? 5000;
+    this.protocols = opts.protocols;
+    this.WebSocketImpl = opts.WebSocket || globalThis.WebSocket;
+    this.session = null;
+    this.lastSeq = 0;
+    this.gateway = "";
+    this.state = "idle";
+    this.reconnects = 0;
+    this._ws = null;
+    this._gen = 0;
+    this._attempt = 0;
+    this._timer = null;
+    this._closing = false;
+    this._calls = new Map();
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, ...extra } }));
+  }
+
+  /** Open the socket (and keep it open until close()). */
+  connect() {
+    this._closing = false;
+    this._open();
+  }
+
+  /** Close normally (1000): the server cancels this session's unfinished requests. */
+  close() {
+    this._closing = true;
+    clearTimeout(this._timer);
+    if (this._ws) this._ws.close(1000, "bye");
+    this._failAll(new RtaiError("connection_lost", "the client was closed"));
+    this._setState("closed", { reason: "closed by the page" });
+  }
+
+  /** Reconnect now instead of waiting for the backoff timer (e.g. when the browser comes back online). */
+  reconnectNow() {
+    if (this.state === "reconnecting") {
+      clearTimeout(this._timer);
+      this._open();
+    }
+  }
+
+  _open() {
+    if (this.state !== "reconnecting") this._setState("connecting");
+    let ws;
+    try {
+      ws = this.protocols ? new this.WebSocketImpl(this.url, this.protocols) : new this.WebSocketImpl(this.url);
+    } catch (err) {
+      this._scheduleReconnect(null, String(err));
+      return;
+    }
+    this._ws = ws;
+    let welcomed = false;
+    ws.onopen = () => {
+      const hello = { type: "hello" };
+      if (this.session) {
+        hello.session = this.session;
+        hello.last_seq = this.lastSeq;
+      }
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => {
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (frame.type === "welcome") {
+        welcomed = true;
+        this._onWelcome(frame);
+      } else {
+        this._dispatch(frame);
+      }
+    };
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      if (this._closing) return;
+      if (FATAL_CLOSE_CODES.has(ev.code)) {
+        this._failAll(new RtaiError("connection_lost", `closed by the server (${ev.code} ${ev.reason})`));
+        this._setState("closed", { closeCode: ev.code, reason: ev.reason });
+        return;
+      }
+      if (welcomed) this._attempt = 0;
+      this._scheduleReconnect(ev.code, ev.reason);
+    };
+  }
+
+  _scheduleReconnect(code, reason) {
+    if (this._attempt >= this.backoff.maxAttempts) {
+      this._failAll(new RtaiError("connection_lost", "could not reconnect"));
+      this._setState("closed", { closeCode: code, reason: "gave up reconnecting" });
+      return;
+    }
+    const delayMs = backoffDelay(this._attempt, this.backoff);
+    this._attempt += 1;
+    this._setState("reconnecting", { attempt: this._attempt, delayMs, closeCode: code, reason });
+    this._timer = setTimeout(() => this._open(), delayMs);
+  }
+
+  _onWelcome(w) {
+    const wasConnected = this.session !== null;
+    if (!w.resumed) this.lastSeq = 0;
+    this.session = w.session;
+    this.gateway = w.gateway || "";
+    this._gen += 1;
+    this._attempt = 0;
+    if (wasConnected) this.reconnects += 1;
+    this._setState("open", { resumed: !!w.resumed, gateway: this.gateway });
+    this.dispatchEvent(new CustomEvent("welcome", { detail: w }));
+    for (const call of this._calls.values()) {
+      if (call.done) continue;
+      if (!w.resumed) {
+        if (call.nextIndex > 0) {
+          this._finish(call, new RtaiError("session_lost", "the session expired while this request was streaming"));
+          continue;
+        }
+        call.accepted = false;
+      }
+      this._sendCall(call);
+      if (call.cancelRequested) this._send({ type: "cancel", id: call.id });
+    }
+  }
+
+  _dispatch(f) {
+    if (f.seq != null) {
+      if (f.seq <= this.lastSeq) return; // already seen
+      this.lastSeq = f.seq;
+    }
+    this.dispatchEvent(new CustomEvent("frame", { detail: f }));
+    if (f.id == null) return;
+    const call = this._calls.get(f.id);
+    if (!call || call.done) return;
+    if (f.type === "accepted") {
+      call.accepted = true;
+      if (call.onAccepted) call.onAccepted(f);
+    } else if (f.type === "chunk") {
+      if (f.index < call.nextIndex) return; // a repeat
+      call.nextIndex = f.index + 1;
+      if (call.onChunk) call.onChunk(f);
+    } else if (f.type === "result") {
+      this._finish(call, null, f);
+    } else if (f.type === "error") {
+      this._onError(call, f);
+    }
+  }
+
+  _onError(call, f) {
+    const retryable = f.seq == null && RETRY_CODES.has(f.code) && !call.accepted && !call.cancelRequested;
+    const delayMs = (f.retry_after_ms ?? this.backoff.baseMs) * (1 + 0.2 * Math.random());
+    if (retryable && call.attempt < call.retries && Date.now() + delayMs < call.deadline) {
+      call.attempt += 1;
+      call.waiting = true;
+      this.dispatchEvent(new CustomEvent("retry", { detail: { id: call.id, code: f.code, delayMs, attempt: call.attempt } }));
+      if (call.onRetry) call.onRetry({ code: f.code, message: f.message, delayMs, attempt: call.attempt });
+      call.retryTimer = setTimeout(() => {
+        call.waiting = false;
+        call.sentGen = -1;
+        if (call.budgetMs != null) {
+          call.options.deadline_ms = Math.max(1, Math.round(call.budgetMs - (Date.now() - call.started)));
+        }
+        this._sendCall(call);
+      }, delayMs);
+      return;
+    }
+    this._finish(call, new RtaiError(f.code, f.message, f));
+  }
+
+  _finish(call, err, result) {
+    if (call.done) return;
+    call.done = true;
+    clearTimeout(call.timer);
+    clearTimeout(call.retryTimer);
+    this._calls.delete(call.id);
+    if (err) call.reject(err);
+    else call.resolve(result);
+  }
+
+  _failAll(err) {
+    for (const call of [...this._calls.values()]) this._finish(call, err);
+  }
+
+  _send(frame) {
+    if (!this._ws || this.state !== "open" || this._ws.readyState !== 1) return false;
+    this._ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _sendCall(call) {
+    if (call.done || call.waiting || call.sentGen === this._gen || this.state !== "open") return;
+    const frame = { type: "infer", id: call.id, task: call.task, input: call.input };
+    if (Object.keys(call.options).length) frame.options = call.options;
+    if (this._send(frame)) call.sentGen = this._gen;
+  }
+
+  /**
+   * Send a request. Returns {id, done, cancel}: `done` resolves with the `result` frame ({id, seq, output}) or
+   * rejects with RtaiError. While disconnected the request waits and is sent once the socket is back.
+   * @param {object} [o] {id, stream, deadlineMs, maxNewTokens, retries, onChunk(frame), onAccepted(frame), onRetry(info)}
+   */
+  request(task, input, o = {}) {
+    const id = o.id || newId();
+    if (this._calls.has(id)) throw new Error(`request id ${id} is already in use`);
+    const options = {};
+    if (o.stream) options.stream = true;
+    if (o.deadlineMs != null) options.deadline_ms = o.deadlineMs;
+    if (o.maxNewTokens != null) options.max_new_tokens = o.maxNewTokens;
+    const limitMs = o.deadlineMs != null ? o.deadlineMs + this.graceMs : this.defaultTimeoutMs;
+    const call = {
+      id, task, input, options, budgetMs: o.deadlineMs ?? null, started: Date.now(), deadline: Date.now() + limitMs,
+      retries: o.retries ?? this.retries, attempt: 0, accepted: false, nextIndex: 0, done: false, waiting: false,
+      sentGen: -1, cancelRequested: false, onChunk: o.onChunk, onAccepted: o.onAccepted, onRetry: o.onRetry,
+    };
+    const done = new Promise((resolve, reject) => {
+      call.resolve = resolve;
+      call.reject = reject;
+    });
+    call.timer = setTimeout(
+      () => this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`)),
+      limitMs,
+    );
+    this._calls.set(id, call);
+    if (this.state === "idle" || this.state === "closed") {
+      this._finish(call, new RtaiError("connection_lost", "not connected: call connect() first"));
+    } else {
+      this._sendCall(call);
+    }
+    return { id, done, cancel: () => this.cancel(id) };
+  }
+
+  /** Ask the server to stop a request; its `done` then rejects with code "cancelled". */
+  cancel(id) {
+    const call = this._calls.get(id);
+    if (!call) return;
+    call.cancelRequested = true;
+    if (call.waiting) {
+      // Refused and waiting to retry: it is not on the server, so end it here.
+      this._finish(call, new RtaiError("cancelled", "cancelled by the client"));
+      return;
+    }
+    this._send({ type: "cancel", id });
+  }
+
+  /** The live tasks: GET /v1/tasks on the gateway's HTTP origin. */
+  async tasks() {
+    const u = new URL(this.url);
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = "/v1/tasks";
+    const r = await fetch(u.toString(), { headers: { Accept: "application/json" } });
+    if (!r.ok) throw new RtaiError("unavailable", `GET /v1/tasks: HTTP ${r.status}`);
+    return (await r.json()).tasks;
+  }
+}

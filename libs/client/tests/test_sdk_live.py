@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import secrets
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rtai_client import Backoff, Client, RequestError
+from rtai_client import Backoff, Client, ConnectionLost, RequestError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -143,3 +146,17 @@ async def test_refusal_without_retries_raises_with_retry_after(live: Callable[..
         finally:
             os.kill(w.pid, signal.SIGCONT)
         await asyncio.wait_for(first, 15)
+
+
+async def test_token_is_sent_and_a_refusal_says_unauthenticated(live: Callable[..., Any], tmp_path: Path) -> None:
+    key = "rtai_" + secrets.token_urlsafe(24)
+    keys = tmp_path / "keys"
+    keys.write_text(f"{hashlib.sha256(key.encode()).hexdigest()} bob\n")
+    live("worker")
+    g = live("gateway", RTAI_GW_AUTH__MODE="api_key", RTAI_GW_AUTH__API_KEYS_FILE=str(keys))
+    async with Client(url_of(g), token=key) as c:
+        assert (await c.infer("sentiment", "lovely")).output["label"] == "positive"
+    with pytest.raises(ConnectionLost) as e:
+        await Client(url_of(g), token="rtai_wrong").connect()
+    assert e.value.code == "unauthenticated"
+    assert e.value.close_code == 1008

@@ -71,7 +71,8 @@ class Client:
         timeout_grace_s: float = 5.0,
         on_state: Callable[[State], None] | None = None,
     ) -> None:
-        """`url`: the gateway's WebSocket endpoint (ws://host:port/v1/ws). `token`: sent as `Authorization: Bearer`.
+        """`url`: the gateway's WebSocket endpoint (ws://host:port/v1/ws). `token`: an API key or JWT, sent as
+        `Authorization: Bearer <token>` in the handshake.
         `retries`: how often a refused request is sent again. `default_timeout_s`: client-side limit of a request
         that names no deadline. `on_state`: called with each connection state change (for progress displays)."""
         self.url = url
@@ -147,7 +148,8 @@ class Client:
             hello: dict[str, Any] = {"type": "hello"}
             if self.session:
                 hello.update(session=self.session, last_seq=self.last_seq)
-            await ws.send(json.dumps(hello))
+            with contextlib.suppress(ConnectionClosed):  # refused at once: the reason is in the frames to read
+                await ws.send(json.dumps(hello))
             welcome = await asyncio.wait_for(self._await_welcome(ws), self.open_timeout)
         except BaseException:
             await ws.close()
@@ -162,17 +164,21 @@ class Client:
         return welcome
 
     async def _await_welcome(self, ws: ClientConnection) -> Welcome:
+        refusal: Error | None = None
         while True:
             try:
                 raw = await ws.recv()
             except ConnectionClosed as e:
                 code = e.rcvd.code if e.rcvd else None
+                if refusal is not None:  # e.g. unauthenticated, then a 1008 close
+                    raise ConnectionLost(f"{refusal.code}: {refusal.message}", code, refusal.code) from e
                 reason = e.rcvd.reason if e.rcvd else ""
                 raise ConnectionLost(f"closed before welcome ({code} {reason})", code) from e
             frame = decode_server_frame(raw)
             if isinstance(frame, Welcome):
                 return frame
             if isinstance(frame, Error) and frame.id is None:
+                refusal = frame
                 log.warning("rtai.refused %s: %s", frame.code, frame.message)
 
     async def _run(self) -> None:

@@ -29,9 +29,11 @@ class ConnectionLost(RtaiError):
     """The connection is gone and will not come back: closed by policy (1008, 1009), reconnects exhausted, or closed
     by the application. Requests in flight end with this error."""
 
-    def __init__(self, message: str, close_code: int | None = None) -> None:
+    def __init__(self, message: str, close_code: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.close_code = close_code
+        self.code = code
+        """The error code the server sent before closing (e.g. `unauthenticated`), if any."""
 
 
 class SessionLost(RtaiError):

@@ -29,7 +29,9 @@ const ERROR_TEXT = {
   session_lost: "The session expired while this answer was streaming; send it again.",
 };
 
-const client = new RtaiClient(wsUrlFor(location));
+const TOKEN_KEY = "rtai.token";
+const banner = $("banner");
+const client = new RtaiClient(wsUrlFor(location), { token: sessionStorage.getItem(TOKEN_KEY) });
 window.rtai = client; // for the console and the browser tests
 const tasks = new Map();
 let reconnectTimer = null;
@@ -68,7 +70,31 @@ function showState({ state, delayMs, attempt, resumed, reason, closeCode }) {
   } else if (state === "closed") {
     connText.textContent = `Disconnected${reason ? `: ${reason}` : closeCode ? ` (${closeCode})` : ""}`;
   }
+  if (state === "open") banner.hidden = true;
 }
+
+// A refusal before the session starts (wrong or missing key, gateway full): say what to do about it.
+client.addEventListener("refused", (e) => {
+  const f = e.detail;
+  banner.textContent = `${ERROR_TEXT[f.code] || "The server refused the connection."} ${f.message || ""}`.trim();
+  banner.hidden = false;
+  if (f.code === "unauthenticated") {
+    $("creds").open = true;
+    $("token").focus();
+  }
+});
+
+$("creds-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("token").value.trim();
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  $("token").value = "";
+  $("creds").open = false;
+  banner.hidden = true;
+  client.setToken(token || null);
+  textBox.focus();
+});
 
 client.addEventListener("state", (e) => showState(e.detail));
 window.addEventListener("online", () => client.reconnectNow());

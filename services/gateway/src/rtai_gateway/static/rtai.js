@@ -50,7 +50,7 @@ export class RtaiClient extends EventTarget {
    * @param {object} [opts.backoff]  {baseMs, factor, maxMs, maxAttempts}; maxAttempts defaults to Infinity
    * @param {number} [opts.retries]  how often a refused (never accepted) request is sent again (default 5)
    * @param {number} [opts.defaultTimeoutMs]  client-side limit of a request without a deadline (default 60000)
-   * @param {string[]} [opts.protocols]  WebSocket subprotocols (e.g. to carry a token where the server expects one)
+   * @param {string} [opts.token]  API key or JWT, offered as the `bearer.<token>` subprotocol next to `rtai.v1`
    * @param {Function} [opts.WebSocket]  a WebSocket implementation (default: the global one)
    */
   constructor(url, opts = {}) {
@@ -60,7 +60,7 @@ export class RtaiClient extends EventTarget {
     this.retries = opts.retries ?? 5;
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 60000;
     this.graceMs = opts.graceMs ?? 5000;
-    this.protocols = opts.protocols;
+    this.token = opts.token || null;
     this.WebSocketImpl = opts.WebSocket || globalThis.WebSocket;
     this.session = null;
     this.lastSeq = 0;
@@ -95,6 +95,18 @@ export class RtaiClient extends EventTarget {
     this._setState("closed", { reason: "closed by the page" });
   }
 
+  /** Use another token (or null for none) and connect again with it, keeping the session if the server allows. */
+  setToken(token) {
+    this.token = token || null;
+    clearTimeout(this._timer);
+    this._closing = false;
+    this._attempt = 0;
+    const old = this._ws;
+    this._ws = null;
+    if (old) old.close(4000, "new credentials");
+    this._open();
+  }
+
   /** Reconnect now instead of waiting for the backoff timer (e.g. when the browser comes back online). */
   reconnectNow() {
     if (this.state === "reconnecting") {
@@ -107,13 +119,17 @@ export class RtaiClient extends EventTarget {
     if (this.state !== "reconnecting") this._setState("connecting");
     let ws;
     try {
-      ws = this.protocols ? new this.WebSocketImpl(this.url, this.protocols) : new this.WebSocketImpl(this.url);
+      // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol the server never echoes.
+      ws = this.token
+        ? new this.WebSocketImpl(this.url, ["rtai.v1", `bearer.${this.token}`])
+        : new this.WebSocketImpl(this.url);
     } catch (err) {
       this._scheduleReconnect(null, String(err));
       return;
     }
     this._ws = ws;
     let welcomed = false;
+    let refusal = null;
     ws.onopen = () => {
       const hello = { type: "hello" };
       if (this.session) {
@@ -132,6 +148,9 @@ export class RtaiClient extends EventTarget {
       if (frame.type === "welcome") {
         welcomed = true;
         this._onWelcome(frame);
+      } else if (!welcomed && frame.type === "error" && frame.id == null) {
+        refusal = frame; // e.g. unauthenticated, just before a 1008 close
+        this.dispatchEvent(new CustomEvent("refused", { detail: frame }));
       } else {
         this._dispatch(frame);
       }
@@ -141,8 +160,10 @@ export class RtaiClient extends EventTarget {
       this._ws = null;
       if (this._closing) return;
       if (FATAL_CLOSE_CODES.has(ev.code)) {
-        this._failAll(new RtaiError("connection_lost", `closed by the server (${ev.code} ${ev.reason})`));
-        this._setState("closed", { closeCode: ev.code, reason: ev.reason });
+        const code = refusal ? refusal.code : "connection_lost";
+        const message = refusal ? refusal.message : `closed by the server (${ev.code} ${ev.reason})`;
+        this._failAll(new RtaiError(code, message, refusal));
+        this._setState("closed", { closeCode: ev.code, reason: ev.reason, code, message });
         return;
       }
       if (welcomed) this._attempt = 0;

@@ -41,9 +41,9 @@ class RedisSettings(BaseModel):
     )
     connect_timeout_s: float = Field(default=1.0, gt=0, description="Timeout to open a connection.")
     retries: int = Field(
-        default=6, ge=0, description="Retries of a failed command (with jittered exponential backoff)."
+        default=3, ge=0, description="Retries of a failed command (with jittered exponential backoff)."
     )
-    retry_backoff_cap_s: float = Field(default=1.0, gt=0, description="Longest pause between two retries.")
+    retry_backoff_cap_s: float = Field(default=0.5, gt=0, description="Longest pause between two retries.")
     max_connections: int = Field(default=64, ge=4, description="Connection pool size per process.")
 
     @field_validator("sentinels", mode="before")

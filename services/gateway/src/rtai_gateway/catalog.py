@@ -52,6 +52,8 @@ class Catalog:
         self._on_backend_change = on_backend_change
         self.tasks: dict[str, TaskInfo] = {}
         self.workers: dict[str, int] = {}
+        self.known: set[str] = set()
+        """Tasks ever registered, live or not: a known task without live workers is `unavailable`, not unknown."""
         self.backlogs: dict[str, Backlog] = {}
         self._last_ok: float | None = None
         self.run_id: str | None = None
@@ -83,6 +85,7 @@ class Catalog:
             await round_trip(self._redis, self._keys)
             health = await read_health(self._redis)
             live = await live_tasks(self._redis, self._keys)
+            known = {k.decode() for k in await self._redis.hkeys(self._keys.tasks)}
             backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
         except Exception as e:
             if self._last_ok is not None:
@@ -94,6 +97,7 @@ class Catalog:
             log.info("redis.reachable", role=health.role)
         self._last_ok = time.monotonic()
         self.tasks = {t: info for t, (info, _) in live.items()}
+        self.known = known
         self.workers = {t: n for t, (_, n) in live.items()}
         self.backlogs = backlogs
         m = self._metrics

@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Redis
+from rtai_transport import Redis, RedisSettings, close_redis, create_redis
 
 log = get_logger("rtai_gateway.framelog")
 
@@ -38,8 +38,9 @@ class _Op:
 
 
 class FrameLog:
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._redis: Redis | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
 
     def submit(self, script: AsyncScript, keys: list[str], args: list[Any], then: Callback) -> asyncio.Future[None]:
@@ -49,6 +50,16 @@ class FrameLog:
         return done
 
     async def run(self) -> None:
+        # Its own client, retrying once: one batch stuck in redis-py's nested connect retries during a failover
+        # would hold every request behind it. Failing fast answers `unavailable` (clients retry) and the reply
+        # reader reads again; nothing is lost either way.
+        self._redis = create_redis(self._settings, retries=1)
+        try:
+            await self._loop()
+        finally:
+            await close_redis(self._redis)
+
+    async def _loop(self) -> None:
         while True:
             ops = [await self._queue.get()]
             while len(ops) < MAX_BATCH and not self._queue.empty():
@@ -70,6 +81,7 @@ class FrameLog:
                     op.done.set_result(None)
 
     async def _execute(self, ops: list[_Op]) -> list[Any]:
+        assert self._redis is not None
         results = await self._pipeline(ops)
         # After a failover or restart the node may not know our scripts: those ops did not run; load and re-run them.
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -81,6 +93,7 @@ class FrameLog:
         return results
 
     async def _pipeline(self, ops: list[_Op]) -> list[Any]:
+        assert self._redis is not None
         # EVALSHA directly rather than Script objects in a pipeline: those add a SCRIPT EXISTS round trip per batch.
         async with self._redis.pipeline(transaction=False) as pipe:
             for op in ops:

@@ -75,7 +75,7 @@ class Hub:
         self.reply_stream = keys.replies(settings.gateway_id)
         self.sessions: dict[str, Session] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
-        self.framelog = FrameLog(redis)
+        self.framelog = FrameLog(settings.redis)
         self.finish_hooks: list[Callable[[Pending], None]] = []
         """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self._log_frame = redis.register_script(LOG_FRAME)
@@ -108,6 +108,9 @@ class Hub:
                 return self._refused(
                     req, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", retry, "unavailable"
                 )
+            if req.task in self.catalog.known:
+                msg = f"no live worker serves task {req.task!r} right now"
+                return self._refused(req, ErrorCode.UNAVAILABLE, msg, retry, "no_workers")
             # Unknown task names come from clients: one "unknown" label keeps the metric's cardinality bounded.
             self.metrics.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
             self.metrics.duration.labels("unknown", ErrorCode.UNKNOWN_TASK).observe(0)

@@ -15,6 +15,7 @@ from rtai_gateway.hub import Hub
 from rtai_protocol import Forward, Reply
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger
+from rtai_transport import close_redis, create_redis
 
 log = get_logger("rtai_gateway.loops")
 
@@ -40,11 +41,14 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     """The one reader of this gateway's reply stream. Reads from a cursor, so a Redis reconnect loses nothing."""
     cursor = "0-0"  # the stream is new with this process: everything in it is ours
     block = hub.settings.sessions.reply_block_ms
+    # A client of its own that does not retry: this loop retries with backoff itself, and reconnects to a newly
+    # promoted master as soon as Sentinel names it (redis-py's nested retries could hang a blocked read for ~20 s).
+    redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0)
 
     async def step() -> None:
         nonlocal cursor
         ready.set()
-        resp = await hub.redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
+        resp = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
         if not resp:
             return
         entries = resp[0][1]
@@ -63,9 +67,12 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
             await hub.handle_replies(replies)
         # Advance only after handling: a failure above re-reads the same entries, and the log scripts drop repeats.
         cursor = entries[-1][0].decode()
-        await hub.redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
+        await redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
 
-    await _forever("replies", step, 0.05)
+    try:
+        await _forever("replies", step, 0.05)
+    finally:
+        await close_redis(redis)
 
 
 async def reap(hub: Hub, interval_s: float = 0.05) -> None:

@@ -9,7 +9,7 @@ from rtai_telemetry.metrics import LATENCY_BUCKETS, BacklogGauges, RedisGauges
 
 
 OUTCOMES = ("ok", *(str(c) for c in ErrorCode))
-REFUSAL_REASONS = ("backlog", "age", "inflight", "unavailable")
+REFUSAL_REASONS = ("backlog", "age", "inflight", "unavailable", "no_workers")
 INVALID_FRAME_REASONS = ("shape", "binary", "late_hello")
 
 

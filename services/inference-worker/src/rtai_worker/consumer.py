@@ -30,8 +30,9 @@ class Delivery:
 
 
 class Consumer:
-    def __init__(self, redis: Redis, keys: Keys, task: str, consumer: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, task: str, consumer: str, *, reader: Redis | None = None) -> None:
         self.redis = redis
+        self.reader = reader or redis
         self.keys = keys
         self.task = task
         self.stream = keys.jobs(task)
@@ -47,7 +48,7 @@ class Consumer:
     async def read(self, count: int, block_ms: int | None) -> tuple[list[Delivery], list[str]]:
         """New jobs for this consumer. Returns (jobs, ids of entries that could not be decoded)."""
         try:
-            resp = await self.redis.xreadgroup(
+            resp = await self.reader.xreadgroup(
                 WORKER_GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
             )
         except ResponseError as e:

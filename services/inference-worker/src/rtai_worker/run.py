@@ -34,7 +34,10 @@ class Worker:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self.metrics = WorkerMetrics()
-        self.redis: Redis = create_redis(settings.redis, block_timeout_s=1.0)
+        self.redis: Redis = create_redis(settings.redis)
+        # Blocking reads get a client that does not retry: the read loops back off and retry themselves, and pick
+        # up a newly promoted master at once instead of sitting in redis-py's nested connect retries.
+        self.reader: Redis = create_redis(settings.redis, block_timeout_s=1.0, retries=0)
         self.probe: Redis = create_redis(settings.redis, retries=0)
         self.servers: dict[str, TaskServer] = {}
         self.infos: dict[str, TaskInfo] = {}
@@ -69,7 +72,7 @@ class Worker:
                 streaming=info.streaming,
                 device=info.device,
             )
-            consumer = Consumer(self.redis, self.keys, task, self.settings.worker_id)
+            consumer = Consumer(self.redis, self.keys, task, self.settings.worker_id, reader=self.reader)
             self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics)
             self.metrics.init_task(task)
             log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)
@@ -147,6 +150,7 @@ class Worker:
                 log.info("worker.handed_back", task=task, jobs=len(unfinished))
         await self.health.stop()
         await close_redis(self.probe)
+        await close_redis(self.reader)
         await close_redis(self.redis)
         log.info("worker.stopped")
 

@@ -1,0 +1,41 @@
+"""The benchmark suite's smoke run: every scenario for a second or two, nothing judged, the report written.
+
+Keeps `make bench` working without making `make test` a benchmark: it checks that each scenario produced figures
+from real requests, not that the figures are good (the cores are shared; see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_smoke_suite_writes_a_report(tmp_path: Path) -> None:
+    # B (embed) needs the MiniLM weights; the other scenarios need only redis-server and VADER.
+    proc = subprocess.run(
+        [sys.executable, "bench/run.py", "--profile", "smoke", "--only", "L,T,N,R,S", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report,) = tmp_path.glob("*.json")
+    data = json.loads(report.read_text())
+    rows = data["rows"]
+    assert {r["scenario"] for r in rows} == {"C", "L", "T", "R", "N", "S"}
+    for row in rows:
+        assert row["ok"] > 0, row
+        assert row["req_s"] > 0, row
+    assert (tmp_path / report.name.replace(".json", ".md")).read_text().startswith("# rtai benchmark")
+    assert list(tmp_path.glob("*.png")), "no latency plot written"

@@ -1,0 +1,311 @@
+"""Delivery guarantees, one behaviour per test, on real Redis and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+import redis as redis_sync
+import websockets
+
+from tests.support import procs
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+TOKENS = "generate=tests.support.fake_models:tokens"
+LONG_TEXT = " ".join(f"w{i}" for i in range(40))
+
+
+def ws_url(g: procs.Service) -> str:
+    return f"ws://127.0.0.1:{g.port}/v1/ws"
+
+
+def start(services: list[procs.Service], svc: procs.Service) -> procs.Service:
+    services.append(svc.start())
+    return svc
+
+
+async def test_cancel_stops_a_running_stream(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="50"))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    rid = await c.infer("generate", LONG_TEXT, stream=True)
+    await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == rid and f["index"] >= 2, 10)
+    await c.send({"type": "cancel", "id": rid})
+    final = await c.final(rid)
+    assert final["type"] == "error"
+    assert final["code"] == "cancelled"
+    await asyncio.sleep(1.0)
+    chunks = [f for f in c.by_id[rid] if f["type"] == "chunk"]
+    assert len(chunks) < 20, "generation went on after the cancel"
+    assert len(c.finals(rid)) == 1
+    await c.close()
+
+
+async def test_cancel_removes_a_queued_job(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    w.signal(signal.SIGSTOP)  # nothing is consumed: the job stays queued
+    try:
+        rid = await c.infer("sentiment", "queued then cancelled")
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
+        await c.send({"type": "cancel", "id": rid})
+        assert (await c.final(rid))["code"] == "cancelled"
+        r = redis_sync.Redis.from_url(redis_server.url)  # noqa: TID251
+        assert r.xlen(f"{prefix}:v1:jobs:sentiment") == 0, "the cancelled job is still queued"
+    finally:
+        w.signal(signal.SIGCONT)
+    assert (await c.call("sentiment", "still works"))["type"] == "result"
+    assert len(c.finals(rid)) == 1
+    await c.close()
+
+
+async def test_deadline_answered_by_gateway_with_no_worker_alive(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    w.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        final = await c.call("sentiment", "too late", deadline_ms=300)
+        elapsed = time.monotonic() - t0
+    finally:
+        w.signal(signal.SIGCONT)
+    assert final["code"] == "deadline_exceeded"
+    assert elapsed < 3
+    # The worker, once running again, drops the expired job instead of running it; still one final frame.
+    await asyncio.sleep(1.5)
+    assert len(c.finals(final["id"])) == 1
+    metrics = httpx.get(f"{w.base}/metrics").text
+    assert 'rtai_worker_jobs_total{outcome="expired",task="sentiment"} 1.0' in metrics
+    await c.close()
+
+
+async def test_retried_request_id_runs_once(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service], tmp_path: object
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    count_dir = str(tmp_path)
+    start(
+        services,
+        procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:counting", RTAI_TEST_COUNT_DIR=count_dir),
+    )
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    for _ in range(3):  # while in flight and after it finished
+        await c.infer("sentiment", "once-only please", rid="same-id")
+    await c.final("same-id")
+    await asyncio.sleep(0.5)
+    await c.infer("sentiment", "once-only please", rid="same-id")
+    await asyncio.sleep(0.5)
+    assert len(c.finals("same-id")) == 1, c.by_id["same-id"]
+    from pathlib import Path
+
+    lines = [
+        ln for f in Path(count_dir).glob("*.txt") for ln in f.read_text().splitlines() if ln.startswith("once-only")
+    ]
+    assert len(lines) == 1
+    await c.close()
+
+
+async def test_resume_on_another_gateway_replays_missed_frames(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="30"))
+    a = start(services, procs.gateway(env, prefix))
+    b = start(services, procs.gateway(env, prefix))
+    # A clean close cancels the session's work by design; resume is for connections that drop.
+    c2 = await Conn(ws_url(a)).open()
+    rid2 = await c2.infer("generate", LONG_TEXT, stream=True)
+    await c2.wait_for(lambda f: f["type"] == "chunk" and f.get("id") == rid2 and f["index"] >= 3, 10)
+    session, last_seq = c2.session, c2.last_seq
+    c2.ws.transport.abort()  # the network drops: no close frame
+    await asyncio.sleep(0.5)
+    c3 = await Conn(ws_url(b)).open(hello={"type": "hello", "session": session, "last_seq": last_seq})
+    welcome = c3.frames[0]
+    assert welcome["resumed"] is True
+    final = await c3.final(rid2, timeout=20)
+    assert final["type"] == "result"
+    before = [f for f in c2.frames if f.get("id") == rid2]
+    after = [f for f in c3.frames if f.get("id") == rid2]
+    indices = [f["index"] for f in before + after if f["type"] == "chunk"]
+    assert indices == list(range(40)), "chunks missing or repeated across the reconnect"
+    seqs = [f["seq"] for f in after if f.get("seq") is not None]
+    assert seqs == sorted(seqs)
+    assert min(seqs) == last_seq + 1
+    await c3.close()
+
+
+async def test_worker_killed_mid_stream_rerun_skips_delivered_chunks(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RTAI_TEST_TOKEN_MS": "40", "RECLAIM_IDLE_MS": "800"}
+    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    rid = await c.infer("generate", LONG_TEXT, stream=True)
+    await c.wait_for(lambda f: f["type"] == "chunk" and f["index"] >= 5, 10)
+    w1.kill()
+    start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    final = await c.final(rid, timeout=30)
+    assert final["type"] == "result"
+    indices = [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"]
+    assert indices == list(range(40)), indices
+    assert len(c.finals(rid)) == 1
+    await c.close()
+
+
+async def test_long_stream_keeps_its_claim(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RTAI_TEST_TOKEN_MS": "60", "RECLAIM_IDLE_MS": "600"}
+    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    w2 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    final = await c.call("generate", LONG_TEXT, timeout=30, stream=True)  # ~2.4 s, four times the reclaim idle
+    assert final["type"] == "result"
+    reruns = 0.0
+    for w in (w1, w2):
+        for line in httpx.get(f"{w.base}/metrics").text.splitlines():
+            if line.startswith(("rtai_worker_reruns_total", "rtai_worker_reclaimed_total")):
+                reruns += float(line.rsplit(" ", 1)[1])
+    assert reruns == 0, "a live stream was taken over by the reclaimer"
+    await c.close()
+
+
+async def test_poison_job_is_dead_lettered_and_answered_failed(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RECLAIM_IDLE_MS": "500", "MAX_DELIVERIES": "2", "RTAI_TEST_SLOW_MS": "3000"}
+    g = start(services, procs.gateway(env, prefix))
+    workers = []
+    c = None
+    rid = "poison"
+    for _ in range(3):  # each worker dies while running the job
+        w = start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **extra))
+        workers.append(w)
+        if c is None:
+            c = await Conn(ws_url(g)).open()
+            await c.infer("sentiment", "poison", rid=rid, deadline_ms=60000)
+        await asyncio.sleep(1.0)
+        w.kill()
+    assert c is not None
+    start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **extra))
+    final = await c.final(rid, timeout=20)
+    assert final["code"] == "failed", final
+    r = redis_sync.Redis.from_url(redis_server.url)  # noqa: TID251
+    dead = r.xrange(f"{prefix}:v1:dlq:sentiment")
+    assert len(dead) == 1
+    assert json.loads(dead[0][1][b"m"])["request_id"] == rid
+    await c.close()
+
+
+async def test_slow_reader_is_closed_with_1013(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    start(services, procs.worker(env, prefix, MAX_BATCH_SIZE="128"))
+    g = start(
+        services,
+        procs.gateway(env, prefix, LIMITS__SEND_QUEUE_FRAMES="32", ADMISSION__MAX_INFLIGHT_PER_CONNECTION="100000"),
+    )
+    sock = socket.create_connection(("127.0.0.1", g.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws = await websockets.connect(ws_url(g), sock=sock, max_size=None, max_queue=1)
+    await ws.send(json.dumps({"type": "hello"}))
+    # Send without reading: the server's frames pile up in its bounded queue until it gives up on us.
+    closed = None
+    for i in range(20000):
+        try:
+            await ws.send(json.dumps({"type": "infer", "id": f"s{i}", "task": "sentiment", "input": "x" * 200}))
+        except websockets.ConnectionClosed as e:
+            closed = e
+            break
+        if i % 200 == 0:
+            await asyncio.sleep(0.01)
+    metrics = httpx.get(f"{g.base}/metrics").text
+    assert "rtai_gateway_slow_client_closes_total 1.0" in metrics, "the slow reader was not closed"
+    if closed is None:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            for _ in range(10000):
+                await ws.recv()
+        closed = info.value
+    assert closed.rcvd is None or closed.rcvd.code == 1013
+    # The gateway keeps serving others.
+    c = await Conn(ws_url(g)).open()
+    assert (await c.call("sentiment", "fine")).get("type") == "result"
+    await c.close()
+
+
+async def test_flood_past_backlog_is_refused_not_queued(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix))
+    unlimited = {
+        "LIMITS__MESSAGES_PER_S": "100000",
+        "LIMITS__MESSAGE_BURST": "100000",
+        "LIMITS__MAX_INFLIGHT_PER_USER": "1000",
+    }
+    g = start(services, procs.gateway(env, prefix, ADMISSION__MAX_BACKLOG="50", **unlimited))
+    c = await Conn(ws_url(g)).open()
+    w.signal(signal.SIGSTOP)
+    try:
+        rids = [await c.infer("sentiment", f"flood {i}") for i in range(300)]
+        await asyncio.sleep(1.0)
+        refused = [c.finals(r)[0] for r in rids if c.finals(r)]
+        assert len(refused) >= 200
+        assert {f["code"] for f in refused} == {"overloaded"}
+        assert all(f["retry_after_ms"] > 0 for f in refused)
+        r = redis_sync.Redis.from_url(redis_server.url)  # noqa: TID251
+        assert r.xlen(f"{prefix}:v1:jobs:sentiment") <= 60, "the queue grew past its limit"
+    finally:
+        w.signal(signal.SIGCONT)
+    for rid in rids:
+        assert (await c.final(rid, timeout=20))["type"] in ("result", "error")
+        assert len(c.finals(rid)) == 1
+    await c.close()
+
+
+async def test_worker_sigterm_finishes_its_batch_and_exits(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(
+        services,
+        procs.worker(
+            env, prefix, tasks="sentiment=tests.support.fake_models:slow", RTAI_TEST_SLOW_MS="700", SHUTDOWN_GRACE_S="5"
+        ),
+    )
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    rids = [await c.infer("sentiment", f"drain {i}") for i in range(5)]
+    await asyncio.sleep(0.3)  # the batch is running
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    code = await asyncio.to_thread(w.proc.wait, 15)  # type: ignore[union-attr]
+    assert code == 0
+    assert time.monotonic() - t0 < 6
+    finals = [await c.final(r, timeout=10) for r in rids]
+    assert all(f["type"] == "result" for f in finals), finals
+    await c.close()

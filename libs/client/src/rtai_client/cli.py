@@ -1,0 +1,202 @@
+"""The `rtai` command line: run a local stack, send requests, chat, list tasks; `dlq` and `bench` in cli_ops.
+
+Every command that talks to a gateway takes `--url` (env RTAI_URL, default ws://127.0.0.1:8000/v1/ws) and `--token`
+(env RTAI_TOKEN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rtai_client import cli_ops
+from rtai_client.client import Client
+from rtai_client.errors import RtaiError
+
+app = typer.Typer(help="rtai: real-time inference over WebSockets.", no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/ws"
+Url = Annotated[str, typer.Option("--url", envvar="RTAI_URL", help="Gateway WebSocket URL.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="RTAI_TOKEN", help="API key or JWT.", show_default=False)]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    port: Annotated[int, typer.Option(envvar="RTAI_PORT", help="Gateway port.")] = 8000,
+    host: Annotated[str, typer.Option(envvar="RTAI_HOST", help="Gateway listen address.")] = "127.0.0.1",
+    tasks: Annotated[
+        str, typer.Option(envvar="RTAI_TASKS", help="Worker tasks, e.g. sentiment=vader,embed=minilm-embed.")
+    ] = "sentiment=vader",
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="RTAI_REDIS_URL", help="Use this Redis instead of starting one.")
+    ] = None,
+    redis_port: Annotated[
+        int | None, typer.Option(envvar="RTAI_REDIS_PORT", help="Port for the Redis it starts (0: any free one).")
+    ] = None,
+) -> None:
+    """Start Redis, a worker and a gateway (like `make run`); Ctrl-C stops them all."""
+    from rtai_client.launcher import RunConfig
+    from rtai_client.launcher import run as run_stack
+
+    cfg = RunConfig.from_env()
+    cfg.port, cfg.host, cfg.tasks, cfg.redis_url, cfg.redis_port = port, host, tasks, redis_url, redis_port
+    raise typer.Exit(run_stack(cfg))
+
+
+def _render(output: Any, task: str) -> None:
+    if isinstance(output, dict) and "label" in output and "scores" in output:
+        console.print(
+            f"[bold]{output['label']}[/bold]  " + "  ".join(f"{k}={v:.3f}" for k, v in output["scores"].items())
+        )
+    elif isinstance(output, dict) and isinstance(output.get("embedding"), list):
+        vec = output["embedding"]
+        preview = ", ".join(f"{x:.4f}" for x in vec[:6])
+        console.print(f"{len(vec)} dimensions: [{preview}, …]")
+    elif isinstance(output, dict) and isinstance(output.get("text"), str):
+        console.print(output["text"])
+    else:
+        console.print_json(json.dumps(output))
+
+
+async def _streaming(c: Client, task: str) -> bool:
+    try:
+        return any(t.task == task and t.streaming for t in await c.tasks())
+    except OSError:
+        return False
+
+
+@app.command()
+def send(
+    text: Annotated[str, typer.Argument(help="The input text.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name (see `rtai tasks`).")] = "sentiment",
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    deadline_ms: Annotated[int | None, typer.Option(help="Request deadline in ms.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="For generation: at most this many tokens.")] = None,
+    raw: Annotated[bool, typer.Option("--json", help="Print the final frame as JSON.")] = False,
+) -> None:
+    """Send one request and print its result (streaming tasks print tokens as they arrive)."""
+
+    async def go() -> None:
+        async with Client(url, token=token) as c:
+            opts: dict[str, Any] = {"deadline_ms": deadline_ms, "max_new_tokens": max_new_tokens}
+            streamed = await _streaming(c, task)
+            if streamed:
+                s = c.stream(task, text, **opts)
+                async for chunk in s:
+                    if not raw:
+                        console.print(chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data), end="")
+                if not raw:
+                    console.print()
+                result = s.result
+            else:
+                result = await c.infer(task, text, **opts)
+            assert result is not None
+            if raw:
+                console.print_json(result.model_dump_json())
+            elif not streamed:  # a stream's tokens are its output, printed above
+                _render(result.output, task)
+
+    try:
+        asyncio.run(go())
+    except (RtaiError, OSError) as e:
+        raise fail(str(e)) from None
+
+
+@app.command()
+def tasks(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """List the tasks live workers serve."""
+
+    async def go() -> None:
+        c = Client(url, token=token)
+        table = Table("task", "model", "streams", "max input", "workers")
+        for t in await c.tasks():
+            table.add_row(t.task, t.model, "yes" if t.streaming else "no", f"{t.max_input_chars:,}", str(t.workers))
+        console.print(table)
+
+    try:
+        asyncio.run(go())
+    except OSError as e:
+        raise fail(f"cannot reach the gateway: {e}") from None
+
+
+async def _answer(client: Client, task: str, line: str, max_new_tokens: int | None) -> None:
+    if await _streaming(client, task):
+        s = client.stream(task, line, max_new_tokens=max_new_tokens)
+        async for chunk in s:
+            console.print(chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data), end="")
+        console.print()
+    else:
+        _render((await client.infer(task, line)).output, task)
+
+
+@app.command()
+def chat(
+    task: Annotated[str, typer.Option("--task", "-t", help="Task to chat with.")] = "generate",
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="At most this many tokens per answer.")] = None,
+) -> None:
+    """Interactive: type a line, see the answer stream in. `/task NAME` switches task, Ctrl-D quits."""
+
+    def state(s: str) -> None:
+        if s == "reconnecting":
+            err.print("[yellow]connection lost: reconnecting…[/yellow]")
+        elif s == "open" and client.reconnects:
+            err.print(
+                "[green]reconnected (session resumed)[/green]" if client.resumed else "[green]reconnected[/green]"
+            )
+
+    client = Client(url, token=token, on_state=state)
+
+    async def go() -> None:
+        nonlocal task
+        await client.connect()
+        console.print(f"[dim]connected to {url}; task {task}. /task NAME switches, Ctrl-D quits.[/dim]")
+        try:
+            while True:
+                try:
+                    line = (await asyncio.to_thread(input, f"{task}> ")).strip()
+                except EOFError:
+                    console.print()
+                    return
+                if not line:
+                    continue
+                if line.startswith("/task "):
+                    task = line.split(None, 1)[1].strip()
+                    continue
+                try:
+                    await _answer(client, task, line, max_new_tokens)
+                except RtaiError as e:
+                    err.print(f"[red]{e}[/red]")
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        console.print()
+    except (RtaiError, OSError) as e:
+        raise fail(str(e)) from None
+
+
+def main() -> None:
+    app()
+
+
+cli_ops.register(app)
+
+if __name__ == "__main__":
+    main()

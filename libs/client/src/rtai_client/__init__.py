@@ -4,9 +4,11 @@ The core SDK depends only on `rtai_protocol` and `websockets`: no Redis, no serv
 lazily, `rtai bench` uses `rtai_client.loadgen`.
 """
 
+from rtai_client._http import TaskInfo
 from rtai_client.backoff import Backoff
-from rtai_client.client import Client, Stream, TaskInfo
+from rtai_client.client import Client
 from rtai_client.errors import ConnectionLost, RequestError, RequestTimeout, RtaiError, SessionLost
+from rtai_client.stream import Stream
 from rtai_protocol import Accepted, Chunk, Error, Result, Welcome
 
 __all__ = [

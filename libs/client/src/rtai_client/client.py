@@ -22,20 +22,19 @@ import itertools
 import json
 import logging
 import os
-import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtai_client._calls import Call
+from rtai_client._http import TaskInfo, get_json, http_url, parse_tasks
 from rtai_client.backoff import Backoff, retry_delay
 from rtai_client.errors import ConnectionLost, RequestError, RequestTimeout, RtaiError, SessionLost
+from rtai_client.stream import Stream
 from rtai_protocol import Accepted, Chunk, Error, Result, Welcome, decode_server_frame
 
 log = logging.getLogger("rtai_client")
@@ -44,17 +43,6 @@ State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 FATAL_CLOSE_CODES = frozenset({1008, 1009})
 """Policy violation and message too big: reconnecting would only repeat them."""
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """One entry of `GET /v1/tasks`."""
-
-    task: str
-    model: str
-    streaming: bool
-    max_input_chars: int
-    workers: int
 
 
 class Client:
@@ -403,60 +391,5 @@ class Client:
     async def tasks(self) -> list[TaskInfo]:
         """The tasks live workers serve now (`GET /v1/tasks` on the same host)."""
         url = http_url(self.url, "/v1/tasks")
-        body = await asyncio.to_thread(_get_json, url, self.token, self.open_timeout)
-        return [
-            TaskInfo(
-                task=t["task"],
-                model=t.get("model", ""),
-                streaming=bool(t.get("streaming", False)),
-                max_input_chars=int(t.get("max_input_chars", 0)),
-                workers=int(t.get("workers", 0)),
-            )
-            for t in body.get("tasks", [])
-        ]
-
-
-class Stream:
-    """A streaming request. Iterate once for its chunks; `.result` is set when the iteration ends normally."""
-
-    def __init__(self, client: Client, call: Call, timeout: float, retries: int) -> None:
-        self._client = client
-        self._call = call
-        self._timeout = timeout
-        self._retries = retries
-        self._started = False
-
-    @property
-    def id(self) -> str:
-        return self._call.id
-
-    @property
-    def result(self) -> Result | None:
-        return self._call.result
-
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        if self._started:
-            raise RuntimeError("a Stream can be iterated only once")
-        self._started = True
-        try:
-            async for chunk in self._client._drive(self._call, self._timeout, self._retries):
-                yield chunk
-        finally:
-            self._client._calls.pop(self._call.id, None)
-
-    async def cancel(self) -> None:
-        await self._client.cancel(self._call.id)
-
-
-def http_url(ws_url: str, path: str) -> str:
-    """The HTTP(S) URL of `path` on the gateway a WebSocket URL points at."""
-    parts = urlsplit(ws_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def _get_json(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        data: dict[str, Any] = json.loads(r.read())
-        return data
+        body = await asyncio.to_thread(get_json, url, self.token, self.open_timeout)
+        return parse_tasks(body)

@@ -26,12 +26,13 @@ import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import orjson
 
-from rtai_client.report import BenchResult, latency_summary
+if TYPE_CHECKING:
+    from rtai_client.report import BenchResult
 
 try:
     from websockets.speedups import apply_mask as _apply_mask
@@ -379,7 +380,7 @@ def _raise_nofile(want: int) -> None:
 
 
 def _child_main() -> None:
-    """Entry point of one generator process (`python -m rtai_client.loadgen`): the spec arrives as one JSON line on
+    """Entry point of one generator process (`python .../loadgen.py`): the spec arrives as one JSON line on
     stdin; it connects, prints `ready`, waits for `go <unix time>`, runs, and prints its result as one JSON line."""
     raw = orjson.loads(sys.stdin.readline())
     raw["frames"] = [(t, base64.b64decode(p), base64.b64decode(x)) for t, p, x in raw["frames"]]
@@ -572,6 +573,8 @@ def _merge(
     connected: int,
     wall: float,
 ) -> BenchResult:
+    from rtai_client.report import BenchResult, latency_summary
+
     samples = array("d")
     errors: dict[str, int] = {}
     for o in outs:
@@ -608,8 +611,10 @@ def _merge(
 def _spawn(spec: _Spec) -> subprocess.Popen[str]:
     raw = dict(spec.__dict__)
     raw["frames"] = [(t, base64.b64encode(p).decode(), base64.b64encode(x).decode()) for t, p, x in spec.frames]
+    # Run by file path, not `-m rtai_client.loadgen`: the child needs nothing else from the package, so it starts
+    # fast and does not pay for (or depend on) whatever the package's __init__ imports.
     p = subprocess.Popen(
-        [sys.executable, "-m", "rtai_client.loadgen"],
+        [sys.executable, os.path.abspath(__file__)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

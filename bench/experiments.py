@@ -1,0 +1,120 @@
+"""Side-by-side measurements of candidate optimisations (docs/performance.md), each prototyped by monkeypatching in
+bench/patched.py, against the unpatched services, interleaved in rounds on one Redis so drift hits all variants alike.
+
+    python bench/experiments.py [--rounds 2] [--seconds 5] [--only base,uvloop,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scenarios as sc
+import stack as st
+
+from rtai_client.loadgen import run_bench
+from rtai_client.report import text_table, write_json
+
+PATCHED = str(Path(__file__).resolve().parent / "patched.py")
+
+# name -> (gateway flags, worker flags, worker env)
+VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
+    "base": ([], [], {}),
+    "uvloop": (["--uvloop"], ["--uvloop"], {}),
+    "no-spans": (["--no-spans"], ["--no-spans"], {}),
+    "inline-predict": ([], ["--inline-predict"], {}),
+    "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
+    "all": (
+        ["--uvloop", "--no-spans"],
+        ["--uvloop", "--no-spans", "--inline-predict"],
+        {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"},
+    ),
+}
+
+
+def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
+    gflags, wflags, wenv = VARIANTS[variant]
+    gw = st.gateway(url, prefix, **sc.GATEWAY_ENV)
+    wk = st.worker(url, prefix, **wenv)
+    if variant != "base":
+        gw.argv = [gw.argv[0], PATCHED, "gateway", *gflags]
+        wk.argv = [wk.argv[0], PATCHED, "worker", *wflags]
+    return gw, wk
+
+
+def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int) -> dict[str, Any]:
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant)
+    gw, wk = s.start(gw_p), s.start(wk_p)
+    try:
+        ws = f"ws://127.0.0.1:{gw.port}/v1/ws"
+        run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0)
+        lat = run_bench(ws, connections=1, requests=600, warmup_requests=100)
+        meter = st.CpuMeter([gw, wk, redis])
+        thr = run_bench(
+            ws,
+            connections=connections,
+            duration_s=seconds,
+            warmup_s=1.0,
+            on_measure_start=meter.start,
+            on_measure_end=meter.stop,
+        )
+        cpu = meter.per_request_us(thr.ok)
+        return {
+            "L p50 ms": lat.latency_ms["p50"],
+            "L p99 ms": lat.latency_ms["p99"],
+            "T req/s": thr.throughput,
+            "T p50 ms": thr.latency_ms["p50"],
+            "T p99 ms": thr.latency_ms["p99"],
+            "gateway us/req": cpu.get("gateway", 0.0),
+            "worker us/req": cpu.get("worker", 0.0),
+            "redis us/req": cpu.get("redis", 0.0),
+            "total us/req": cpu.get("total", 0.0),
+            "errors": thr.error_count + lat.error_count,
+        }
+    finally:
+        s.stop(wk)
+        s.stop(gw)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.only.split(",") if v.strip()]
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    with st.Stack(Path(tempfile.mkdtemp(prefix="rtai-exp-"))) as s:
+        redis = s.start(st.redis())
+        for _ in range(args.rounds):
+            for v in variants:
+                runs[v].append(one(s, redis, v, args.seconds, args.connections))
+                print(v, runs[v][-1], flush=True)
+    base = runs.get("base")
+    rows = []
+    for v, rs in runs.items():
+        row: dict[str, Any] = {"variant": v}
+        for k in rs[0]:
+            row[k] = round(statistics.median(r[k] for r in rs), 3)
+        if base:
+            b_thr = statistics.median(r["T req/s"] for r in base)
+            row["T vs base"] = round(row["T req/s"] / b_thr, 3) if b_thr else None
+        rows.append(row)
+    print(text_table(rows))
+    if args.out:
+        write_json(args.out, {"rounds": args.rounds, "seconds": args.seconds, "runs": runs, "medians": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

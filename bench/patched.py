@@ -1,0 +1,95 @@
+"""Run the gateway or the worker with candidate optimisations applied by monkeypatching (benchmark-only processes).
+
+    python bench/patched.py gateway|worker [--uvloop] [--no-spans] [--inline-predict]
+
+Nothing here changes the services' code: each flag prototypes a change proposed in docs/performance.md so that
+bench/experiments.py can measure it side by side with the unpatched service, in the same run.
+- `--uvloop`: run the service's `asyncio.run` on uvloop (the gateway calls asyncio.run itself, so uvicorn's
+  `loop="auto"` never applies; the worker does the same).
+- `--no-spans`: skip OpenTelemetry span creation and header propagation on the hot paths when no tracer provider is
+  installed (tracing off, the default), instead of entering no-op spans per request.
+- `--inline-predict` (worker): call a fast model's `predict` on the event loop instead of `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from typing import Any
+
+
+class _NoSpanTracer:
+    def start_as_current_span(self, *_: Any, **__: Any) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+def _no_spans(module: Any) -> None:
+    module.tracer = _NoSpanTracer()
+    if hasattr(module, "inject_headers"):
+        module.inject_headers = lambda headers, ctx=None: None
+    if hasattr(module, "extract_context"):
+        module.extract_context = lambda headers: None
+    if hasattr(module, "Link"):
+        module.Link = lambda ctx: None
+    if hasattr(module, "trace"):
+
+        class _Trace:
+            @staticmethod
+            def get_current_span(*_: Any) -> Any:
+                class _S:
+                    def get_span_context(self) -> None:
+                        return None
+
+                return _S()
+
+        module.trace = _Trace()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("service", choices=["gateway", "worker"])
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--no-spans", action="store_true")
+    parser.add_argument("--inline-predict", action="store_true")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.service == "gateway":
+        from rtai_gateway import __main__ as entry
+        from rtai_gateway import hub
+
+        if args.no_spans:
+            _no_spans(hub)
+        sys.argv = [sys.argv[0]]
+        entry.main()
+        return
+    from rtai_worker import __main__ as wentry
+    from rtai_worker import task_server
+
+    if args.no_spans:
+        _no_spans(task_server)
+    if args.inline_predict:
+        import time
+
+        async def _predict(self: Any, inputs: list[Any]) -> list[Any]:
+            m = self.metrics
+            m.batch_size.labels(self.task).observe(len(inputs))
+            started = time.perf_counter()
+            try:
+                return list(self.model.predict(inputs))
+            except Exception as e:
+                return [e] * len(inputs)
+            finally:
+                m.inference.labels(self.task).observe(time.perf_counter() - started)
+
+        task_server.TaskServer._predict = _predict  # type: ignore[method-assign]
+    sys.argv = [sys.argv[0]]
+    raise SystemExit(wentry.main())
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,8 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a disabled debug line costs one level check, not the whole processor chain.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -59,6 +60,9 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
         lg.propagate = True
     # One line per HTTP request is noise at our request rates; WebSocket events are logged by the gateway itself.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # At debug, the WebSocket protocol logs every frame with its payload: user text. Never below info for those.
+    for name in ("uvicorn.error", "websockets"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -87,3 +87,9 @@ def inject_headers(headers: MutableMapping[str, str], ctx: context.Context | Non
 
 def extract_context(headers: Mapping[str, str]) -> context.Context:
     return propagate.extract(headers)
+
+
+def trace_id_of(headers: Mapping[str, str]) -> str | None:
+    """The trace id in a message's W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), for log lines."""
+    parts = headers.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None  # noqa: PLR2004

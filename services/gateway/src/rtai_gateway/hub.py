@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Link
 
 from rtai_gateway.catalog import Catalog
 from rtai_gateway.framelog import FrameLog
@@ -25,7 +27,7 @@ from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode
 from rtai_telemetry.logging import get_logger
-from rtai_telemetry.tracing import extract_context, inject_headers
+from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 
@@ -90,8 +92,14 @@ class Hub:
             return
         received = time.monotonic()
         job = self._make_job(session, req)
+        # Each request is its own trace (a root span), linked to whatever span the connection runs under: a
+        # WebSocket lives for hours, and one trace per connection would bury every request in it.
+        connection_span = trace.get_current_span().get_span_context()
         with tracer.start_as_current_span(
-            "gateway.ws.receive", attributes={"rtai.task": req.task, "rtai.request_id": req.id}
+            "gateway.ws.receive",
+            context=otel_context.Context(),
+            links=[Link(connection_span)] if connection_span.is_valid else [],
+            attributes={"rtai.task": req.task, "rtai.request_id": req.id},
         ):
             headers: dict[str, str] = {}
             with tracer.start_as_current_span("transport.publish"):
@@ -182,6 +190,7 @@ class Hub:
                 return
             status = res[0].decode()
             if status == "new":
+                log.debug("request.accepted", request_id=job.request_id, trace_id=trace_id_of(job.headers), task=job.task)
                 self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
                 self.catalog.note_enqueued(job.task)
                 session.deliver(int(res[2]), accepted)
@@ -293,6 +302,14 @@ class Hub:
         for hook in self.finish_hooks:
             hook(p)
         elapsed = time.monotonic() - p.received
+        log.debug(
+            "request.finished",
+            request_id=p.job.request_id,
+            trace_id=trace_id_of(p.job.headers),
+            task=p.job.task,
+            outcome=outcome,
+            ms=round(elapsed * 1000, 2),
+        )
         self.metrics.requests.labels(p.job.task, outcome).inc()
         self.metrics.duration.labels(p.job.task, outcome).observe(elapsed)
         if headers:

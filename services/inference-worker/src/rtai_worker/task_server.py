@@ -16,7 +16,7 @@ from opentelemetry.trace import Link
 
 from rtai_protocol import ErrorCode, Job, Reply
 from rtai_telemetry.logging import get_logger
-from rtai_telemetry.tracing import extract_context, inject_headers
+from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
@@ -141,21 +141,40 @@ class TaskServer:
             self.running[d.entry_id] = d
         try:
             links = [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
+            started_ns = time.time_ns()
+            timing: list[tuple[int, int]] = [(started_ns, started_ns)] * len(batch)
+            outputs: list[Any] = [None] * len(batch)
             with tracer.start_as_current_span(
                 "worker.batch", links=links, attributes={"rtai.task": self.task, "rtai.batch_size": len(batch)}
-            ):
+            ) as batch_span:
                 inputs = [self._input(d.job) for d in batch]
                 groups = (
                     cut_by_length([self.model.sort_key(i) for i in inputs])
                     if self.model.info.pads
                     else [list(range(len(batch)))]
                 )
-                outputs: list[Any] = [None] * len(batch)
                 for group in groups:
+                    t0 = time.time_ns()
                     results = await self._predict([inputs[i] for i in group])
+                    t1 = time.time_ns()
                     for i, out in zip(group, results, strict=True):
                         outputs[i] = out
-            replies = [(d, self._reply_for(d.job, out)) for d, out in zip(batch, outputs, strict=True)]
+                        timing[i] = (t0, t1)
+            batch_link = [Link(batch_span.get_span_context())]
+            replies = []
+            for d, out, (t0, t1) in zip(batch, outputs, timing, strict=True):
+                # One trace per request: its own worker.job span (from the batch's start) with the inference it
+                # shared as a child, linked to the batch span that ran it.
+                job_span = tracer.start_span(
+                    "worker.job",
+                    context=extract_context(d.job.headers),
+                    start_time=started_ns,
+                    attributes={"rtai.request_id": d.job.request_id, "rtai.task": self.task},
+                )
+                with trace.use_span(job_span, end_on_exit=True):
+                    infer = tracer.start_span("worker.infer", start_time=t0, links=batch_link)
+                    infer.end(end_time=t1)
+                    replies.append((d, self._reply_for(d.job, out)))
             await self.consumer.finish(replies)
         finally:
             for d in batch:
@@ -167,8 +186,7 @@ class TaskServer:
         m.busy.set(1)
         started = time.perf_counter()
         try:
-            with tracer.start_as_current_span("worker.infer", attributes={"rtai.batch_size": len(inputs)}):
-                return await asyncio.to_thread(self.model.predict, inputs)
+            return await asyncio.to_thread(self.model.predict, inputs)
         except Exception as e:
             # One bad batch must not take the others down: every request in it gets `internal`, logged here.
             log.exception("model.failed", task=self.task, batch=len(inputs))
@@ -178,17 +196,15 @@ class TaskServer:
             m.busy.set(0)
 
     def _reply_for(self, job: Job, out: Any) -> Reply:
-        with tracer.start_as_current_span(
-            "worker.job", context=extract_context(job.headers), attributes={"rtai.request_id": job.request_id}
-        ):
-            if isinstance(out, ModelError):
-                self.metrics.jobs.labels(self.task, "error").inc()
-                return self._error(job, ErrorCode.INVALID_REQUEST, str(out))
-            if isinstance(out, Exception):
-                self.metrics.jobs.labels(self.task, "error").inc()
-                return self._error(job, ErrorCode.INTERNAL, "the model failed on this request")
-            self.metrics.jobs.labels(self.task, "ok").inc()
-            return self._reply(job, "result", data=out)
+        if isinstance(out, ModelError):
+            self.metrics.jobs.labels(self.task, "error").inc()
+            return self._error(job, ErrorCode.INVALID_REQUEST, str(out))
+        if isinstance(out, Exception):
+            self.metrics.jobs.labels(self.task, "error").inc()
+            return self._error(job, ErrorCode.INTERNAL, "the model failed on this request")
+        self.metrics.jobs.labels(self.task, "ok").inc()
+        log.debug("job.done", request_id=job.request_id, task=self.task, trace_id=trace_id_of(job.headers))
+        return self._reply(job, "result", data=out)
 
     # ---- streaming jobs ------------------------------------------------------------------------------------------
 

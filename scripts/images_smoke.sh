@@ -122,4 +122,11 @@ for svc in "${services[@]}"; do
   kill -TERM -- "-$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 done
-step "done"
+# vfs storage copies every layer in full (~16 GB for both builds): keep only the base images unless SMOKE_KEEP=1
+if [[ "${SMOKE_KEEP:-0}" != 1 ]]; then
+  for c in "${ctrs[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
+  ctrs=()
+  for svc in "${services[@]}"; do bah rmi -f "localhost/rtai-$svc:smoke" >/dev/null 2>&1 || true; done
+  bah rmi --prune >/dev/null 2>&1 || true
+fi
+step "done ($(du -sh "$work" | cut -f1) in $work)"

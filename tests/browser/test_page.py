@@ -82,7 +82,7 @@ def test_each_live_task_shows_its_result(browser: Browser, stack: Stack) -> None
     if os.environ.get("RTAI_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
         page.set_viewport_size({"width": 1000, "height": 900})
-        page.screenshot(path=str(ROOT / "docs" / "img" / "page.png"))
+        page.screenshot(path=str(ROOT / "docs" / "img" / "page.png"), full_page=True)
     assert watch.errors == []
     page.context.close()
 

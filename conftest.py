@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.support.redis_server import RedisHandle, start_redis
 
 ROOT = Path(__file__).resolve().parent

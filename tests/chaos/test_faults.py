@@ -143,7 +143,7 @@ async def test_all_redis_nodes_down_for_ten_seconds(
     for node in [*topology.sentinels, *topology.nodes]:
         node.stop()  # SIGTERM: Redis flushes its append-only file, as a pod's redis would on shutdown
     t0 = time.monotonic()
-    while httpx.get(f"{g.base}/readyz").status_code != 503:  # noqa: ASYNC210
+    while httpx.get(f"{g.base}/readyz").status_code != 503:
         assert time.monotonic() - t0 < 10, "readiness stayed green while Redis was down"
         await asyncio.sleep(0.1)
     await asyncio.sleep(10)

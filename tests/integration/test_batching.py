@@ -11,7 +11,11 @@ from tests.support import procs
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
 
-TEXTS = {"I love it, wonderful": "positive", "This is awful and sad": "negative", "The table is made of wood": "neutral"}
+TEXTS = {
+    "I love it, wonderful": "positive",
+    "This is awful and sad": "negative",
+    "The table is made of wood": "neutral",
+}
 
 
 def histogram(text: str, name: str) -> tuple[float, float]:
@@ -25,7 +29,9 @@ async def test_batches_form_under_load_and_results_stay_with_their_requests(
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
     # 40 ms per model call: while one batch runs, the next requests pile up and are read together.
-    w = procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", RTAI_TEST_SLOW_MS="40", MAX_BATCH_SIZE="16")
+    w = procs.worker(
+        env, prefix, tasks="sentiment=tests.support.fake_models:slow", RTAI_TEST_SLOW_MS="40", MAX_BATCH_SIZE="16"
+    )
     services.append(w.start())
     g = procs.gateway(env, prefix).start()
     services.append(g)

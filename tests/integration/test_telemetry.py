@@ -35,11 +35,28 @@ async def test_one_trace_follows_a_request_through_gateway_and_worker(
         if any(s["name"] == "gateway.ws.send" for s in spans):
             break
         time.sleep(0.1)
-    by_name = {s["name"]: s for s in spans if s.get("attributes", {}).get("rtai.request_id", final["id"]) == final["id"]}  # type: ignore[union-attr]
-    for name in ("gateway.ws.receive", "transport.publish", "worker.job", "worker.infer", "gateway.ws.send", "worker.batch"):
+    by_name = {
+        s["name"]: s for s in spans if s.get("attributes", {}).get("rtai.request_id", final["id"]) == final["id"]
+    }  # type: ignore[union-attr]
+    for name in (
+        "gateway.ws.receive",
+        "transport.publish",
+        "worker.job",
+        "worker.infer",
+        "gateway.ws.send",
+        "worker.batch",
+    ):
         assert name in by_name, f"missing span {name}; got {sorted(by_name)}"
     receive, publish, job, infer, send, batch = (
-        by_name[n] for n in ("gateway.ws.receive", "transport.publish", "worker.job", "worker.infer", "gateway.ws.send", "worker.batch")
+        by_name[n]
+        for n in (
+            "gateway.ws.receive",
+            "transport.publish",
+            "worker.job",
+            "worker.infer",
+            "gateway.ws.send",
+            "worker.batch",
+        )
     )
     trace_id = receive["trace_id"]
     assert {s["trace_id"] for s in (publish, job, infer, send)} == {trace_id}, "the request's spans are not one trace"
@@ -52,7 +69,9 @@ async def test_one_trace_follows_a_request_through_gateway_and_worker(
     assert receive["service"] == "rtai-gateway" and job["service"] == "rtai-worker"
 
     # Logs: every line about this request names it and its trace.
-    lines = [json.loads(ln) for svc in services for ln in svc.logs().splitlines() if final["id"] in ln and ln.startswith("{")]
+    lines = [
+        json.loads(ln) for svc in services for ln in svc.logs().splitlines() if final["id"] in ln and ln.startswith("{")
+    ]
     assert {ln["event"] for ln in lines} >= {"request.accepted", "request.finished", "job.done"}
     for ln in lines:
         assert ln.get("request_id") == final["id"], ln
@@ -63,7 +82,12 @@ def test_metrics_endpoints_answer_with_the_documented_families(stack: tuple[proc
     gateway, worker = stack
     g = httpx.get(f"{gateway.base}/metrics").text
     w = httpx.get(f"{worker.base}/metrics").text
-    for name in ("rtai_gateway_connections", "rtai_gateway_request_duration_seconds_bucket", "rtai_queue_length", "rtai_redis_up"):
+    for name in (
+        "rtai_gateway_connections",
+        "rtai_gateway_request_duration_seconds_bucket",
+        "rtai_queue_length",
+        "rtai_redis_up",
+    ):
         assert name in g, name
     for name in ("rtai_worker_batch_size_bucket", "rtai_worker_queue_wait_seconds_bucket", "rtai_queue_workers"):
         assert name in w, name

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -85,7 +86,7 @@ class VirtualClient:
             self.reconnects += 1
             attempt += 1
             url_i += 1  # try another gateway next
-            await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311 - jittered backoff
+            await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))
 
     def _on_frame(self, f: dict[str, Any]) -> None:
         if f.get("seq") is not None:
@@ -104,10 +105,8 @@ class VirtualClient:
         ws = self.ws
         if ws is None:
             return  # in `unacked`: sent once connected
-        try:
+        with contextlib.suppress(websockets.WebSocketException):  # still in `unacked`: sent again after a reconnect
             await ws.send(raw)
-        except websockets.WebSocketException:
-            pass  # still in `unacked`: sent again after the reconnect
 
 
 @dataclass
@@ -181,7 +180,7 @@ class LoadDriver:
                     continue
                 ok = bool(r.finals) and r.finals[0]["type"] == "result"
                 streak = streak + 1 if ok else 0
-                if streak >= 20:  # noqa: PLR2004
+                if streak >= 20:
                     recover = r.sent_at - fault_at
                     break
             window_end = fault_at + (recover or 0.0) + 1.0

@@ -52,7 +52,7 @@ class Service:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
             try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:  # noqa: PLR2004
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -63,7 +63,7 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():  # noqa: TID251 - sync client in test setup
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
                     return
             except redis.RedisError:
                 pass
@@ -87,7 +87,7 @@ class RedisProcess:
                 self.kill()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)  # noqa: TID251
+        return redis.Redis(port=self.port, socket_timeout=5)
 
 
 @dataclass

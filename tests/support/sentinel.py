@@ -56,7 +56,7 @@ class SentinelTopology:
         return self
 
     def master_port(self) -> int:
-        s = redis.Redis(port=self.sentinels[0].port, socket_timeout=2)  # noqa: TID251
+        s = redis.Redis(port=self.sentinels[0].port, socket_timeout=2)
         _, port = s.sentinel_get_master_addr_by_name(MASTER_NAME)
         return int(port)
 

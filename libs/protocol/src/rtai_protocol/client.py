@@ -29,7 +29,7 @@ class InferOptions(_ClientFrame):
     stream: bool = False
     """Send partial output as `chunk` frames before the `result` (tasks whose model streams)."""
     deadline_ms: int | None = Field(default=None, ge=1, le=3_600_000)
-    """Budget in ms from the gateway's receipt; capped by the server's maximum; the server default applies when absent."""
+    """Budget in ms from the gateway's receipt, capped by the server's maximum; absent: the server's default."""
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
     """For generation: at most this many tokens (capped by the server)."""
 
@@ -72,7 +72,7 @@ ClientFrame = Annotated[Hello | Infer | Cancel | Auth, Field(discriminator="type
 
 
 class Welcome(_ServerFrame):
-    """First frame of every connection. `session` is the resume token (keep it secret: it grants the session's results)."""
+    """First server frame of a connection. `session` is the resume token: keep it secret, it grants the results."""
 
     type: Literal["welcome"] = "welcome"
     v: int = PROTOCOL_VERSION

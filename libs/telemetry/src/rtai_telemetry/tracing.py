@@ -92,4 +92,4 @@ def extract_context(headers: Mapping[str, str]) -> context.Context:
 def trace_id_of(headers: Mapping[str, str]) -> str | None:
     """The trace id in a message's W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), for log lines."""
     parts = headers.get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None  # noqa: PLR2004
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None

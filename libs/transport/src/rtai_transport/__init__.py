@@ -1,6 +1,6 @@
 """rtai Redis transport: one client factory, all key names, Lua scripts, task registry, backlog and health readers."""
 
-from rtai_transport.client import Redis, close_redis, create_redis
+from rtai_transport.client import Redis, close_redis, create_redis, text
 from rtai_transport.errors import TaskConfigConflict, TransportError
 from rtai_transport.keys import WORKER_GROUP, Keys
 from rtai_transport.settings import RedisSettings
@@ -14,4 +14,5 @@ __all__ = [
     "TransportError",
     "close_redis",
     "create_redis",
+    "text",
 ]

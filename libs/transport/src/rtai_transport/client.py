@@ -21,6 +21,11 @@ Redis = aioredis.Redis
 RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError]
 
 
+def text(value: bytes | str) -> str:
+    """Redis replies are bytes (we never decode responses globally: payloads stay bytes); names and ids are text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _retry(settings: RedisSettings, retries: int) -> Retry:
     return Retry(
         ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_backoff_cap_s),
@@ -53,10 +58,11 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
             sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
         if settings.tls:
             sentinel_kwargs["ssl"] = True
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common
         )
-        return sentinel.master_for(settings.master, max_connections=settings.max_connections)
+        master: Redis = sentinel.master_for(settings.master, max_connections=settings.max_connections)
+        return master
     return aioredis.Redis.from_url(settings.url, max_connections=settings.max_connections, **common)  # type: ignore[arg-type]
 
 

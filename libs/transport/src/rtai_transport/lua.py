@@ -74,7 +74,8 @@ return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8])}
 )
 
 # Registers a worker for a task unless live workers serve that task with another model configuration.
-# KEYS: 1 tasks hash, 2 task workers zset; ARGV: 1 task, 2 config json, 3 fingerprint, 4 worker id, 5 now ms, 6 expiry ms
+# KEYS: 1 tasks hash, 2 task workers zset
+# ARGV: 1 task, 2 config json, 3 fingerprint, 4 worker id, 5 now ms, 6 expiry ms
 # Returns {1, ''} or {0, the registered config}
 REGISTER_TASK = """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])

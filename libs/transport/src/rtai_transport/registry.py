@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 
-from rtai_transport.client import Redis
+from rtai_transport.client import Redis, text
 from rtai_transport.errors import TaskConfigConflict
 from rtai_transport.keys import Keys
 from rtai_transport.lua import REGISTER_TASK
@@ -50,7 +51,7 @@ def now_ms() -> int:
 async def register_task(redis: Redis, keys: Keys, info: TaskInfo, worker_id: str, ttl_s: float) -> None:
     """Register or refresh this worker for a task. Raises TaskConfigConflict if the task is served differently."""
     now = now_ms()
-    ok, current = await redis.eval(
+    result: Any = await redis.eval(
         REGISTER_TASK,
         2,
         keys.tasks,
@@ -61,7 +62,8 @@ async def register_task(redis: Redis, keys: Keys, info: TaskInfo, worker_id: str
         worker_id,
         now,
         now + int(ttl_s * 1000),
-    )  # type: ignore[misc]
+    )
+    ok, current = result
     if not int(ok):
         theirs = TaskInfo.from_json(current)
         raise TaskConfigConflict(
@@ -77,7 +79,7 @@ async def deregister_task(redis: Redis, keys: Keys, task: str, worker_id: str) -
 async def live_tasks(redis: Redis, keys: Keys) -> dict[str, tuple[TaskInfo, int]]:
     """Tasks with at least one live worker: task -> (info, number of live workers)."""
     raw = await redis.hgetall(keys.tasks)
-    infos = {k.decode(): TaskInfo.from_json(v) for k, v in raw.items()}
+    infos = {text(k): TaskInfo.from_json(v) for k, v in raw.items()}
     if not infos:
         return {}
     now = now_ms()

@@ -1,4 +1,4 @@
-"""Redis connection settings, nested into each service's settings (`RTAI_GW_REDIS__URL`, `RTAI_WORKER_REDIS__SENTINELS`...)."""
+"""Redis connection settings, nested in each service's settings (`RTAI_GW_REDIS__URL`, `RTAI_WORKER_REDIS__...`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class RedisSettings(BaseModel):
     )
     sentinels: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Sentinel addresses as a comma-separated `host:port` list. When set, the master is discovered through them.",
+        description="Sentinel addresses (comma-separated `host:port`); when set, the master is found through them.",
     )
     master: str = Field(default="mymaster", description="Sentinel master name.")
     username: str | None = Field(

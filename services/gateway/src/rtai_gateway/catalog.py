@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.settings import AdmissionSettings
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Keys, Redis
+from rtai_transport import Keys, Redis, text
 from rtai_transport.backlog import EMPTY, Backlog, read_backlog
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, live_tasks
@@ -85,7 +85,7 @@ class Catalog:
             await round_trip(self._redis, self._keys)
             health = await read_health(self._redis)
             live = await live_tasks(self._redis, self._keys)
-            known = {k.decode() for k in await self._redis.hkeys(self._keys.tasks)}
+            known = {text(k) for k in await self._redis.hkeys(self._keys.tasks)}
             backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
         except Exception as e:
             if self._last_ok is not None:

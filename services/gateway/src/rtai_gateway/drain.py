@@ -25,7 +25,7 @@ async def drain(rt: Runtime) -> None:
     log.info(
         "gateway.draining", inflight=len(rt.hub.pending), connections=len(rt.connections), drain_s=rt.settings.drain_s
     )
-    while rt.hub.pending and time.monotonic() < deadline:
+    while rt.hub.pending and time.monotonic() < deadline:  # noqa: ASYNC110 - polls two conditions, one a clock
         await asyncio.sleep(0.05)
     for conn in list(rt.connections):
         conn.close(WS_1012_SERVICE_RESTART, "gateway restarting: reconnect and resume")

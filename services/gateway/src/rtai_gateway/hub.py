@@ -190,7 +190,9 @@ class Hub:
                 return
             status = res[0].decode()
             if status == "new":
-                log.debug("request.accepted", request_id=job.request_id, trace_id=trace_id_of(job.headers), task=job.task)
+                log.debug(
+                    "request.accepted", request_id=job.request_id, trace_id=trace_id_of(job.headers), task=job.task
+                )
                 self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
                 self.catalog.note_enqueued(job.task)
                 session.deliver(int(res[2]), accepted)

@@ -9,6 +9,7 @@ one final frame per request).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -30,7 +31,9 @@ def anonymous_identity(session_id: str) -> str:
 
 
 async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: Hello | None) -> tuple[Session, bool]:
-    """Attach a socket to a new session, or to the one `hello` names if it is this identity's. Returns (session, resumed).
+    """Attach a socket to a new session, or to the one `hello` names if it is this identity's.
+
+    Returns (session, resumed).
 
     `identity` is the authenticated subject, or None for anonymous connections.
     """
@@ -58,7 +61,7 @@ async def _claim(hub: Hub, session: Session) -> None:
 
 async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, last_seq: int) -> Session | None:
     k = hub.keys
-    meta = await hub.redis.hgetall(k.session_meta(session_id))
+    meta: Any = await hub.redis.hgetall(k.session_meta(session_id))
     if not meta or meta.get(b"identity", b"").decode() != identity:
         # Unknown, expired, or someone else's: start fresh without saying which (no oracle for guessing tokens).
         log.info("session.resume_refused")
@@ -81,7 +84,9 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
 async def replay(hub: Hub, session: Session) -> None:
     """Send a resumed session's logged frames after the client's last seq, then take over its unfinished requests."""
     try:
-        entries = await hub.redis.xrange(hub.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+")
+        entries: Any = await hub.redis.xrange(
+            hub.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+"
+        )
         for entry_id, fields in entries:
             session.deliver_replay(int(entry_id.split(b"-")[0]), fields[b"f"])
         await _take_over_inflight(hub, session)
@@ -92,7 +97,7 @@ async def replay(hub: Hub, session: Session) -> None:
 
 async def _take_over_inflight(hub: Hub, session: Session) -> None:
     """Make this gateway responsible for the session's unfinished requests."""
-    raw = await hub.redis.hgetall(hub.keys.session_inflight(session.id))
+    raw: Any = await hub.redis.hgetall(hub.keys.session_inflight(session.id))
     for rid_b, job_b in raw.items():
         try:
             job = decode_internal(job_b)
@@ -117,7 +122,7 @@ async def resubmit(hub: Hub, p: Pending) -> None:
     """Enqueue a job again under the same id (its first copy may be lost), replies to this gateway."""
     job = p.job.model_copy(update={"reply_to": hub.reply_stream, "attempt": p.job.attempt + 1})
     p.job = job
-    entry = await hub.redis.xadd(
+    entry: Any = await hub.redis.xadd(
         hub.keys.jobs(job.task),
         {"m": orjson.dumps(job.model_dump(mode="json"))},
         maxlen=hub.settings.sessions.jobs_maxlen,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub
@@ -48,12 +49,12 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     async def step() -> None:
         nonlocal cursor
         ready.set()
-        resp = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
+        resp: Any = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
         if not resp:
             return
         entries = resp[0][1]
         replies: list[Reply] = []
-        for entry_id, fields in entries:
+        for _entry_id, fields in entries:
             try:
                 msg = decode_internal(fields[b"m"])
             except (UnsupportedMessage, KeyError) as e:

@@ -7,7 +7,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rtai_protocol import ErrorCode
 from rtai_telemetry.metrics import LATENCY_BUCKETS, BacklogGauges, RedisGauges
 
-
 OUTCOMES = ("ok", *(str(c) for c in ErrorCode))
 REFUSAL_REASONS = ("backlog", "age", "inflight", "unavailable", "no_workers")
 INVALID_FRAME_REASONS = ("shape", "binary", "late_hello")

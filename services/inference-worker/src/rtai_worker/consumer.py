@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -48,7 +49,7 @@ class Consumer:
     async def read(self, count: int, block_ms: int | None) -> tuple[list[Delivery], list[str]]:
         """New jobs for this consumer. Returns (jobs, ids of entries that could not be decoded)."""
         try:
-            resp = await self.reader.xreadgroup(
+            resp: Any = await self.reader.xreadgroup(
                 WORKER_GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
             )
         except ResponseError as e:
@@ -81,16 +82,17 @@ class Consumer:
 
     async def reclaim(self, min_idle_ms: int, count: int = 64) -> list[Delivery]:
         """Take over jobs a silent consumer left pending, with their delivery counts."""
-        _, entries, _deleted = await self.redis.xautoclaim(
+        claimed: Any = await self.redis.xautoclaim(
             self.stream, WORKER_GROUP, self.consumer, min_idle_ms, "0-0", count=count
         )
+        entries = claimed[1]
         if not entries:
             return []
         good, bad = self._decode([(eid, fields) for eid, fields in entries if fields])
         if bad:
             await self.drop(bad)
         if good:
-            detail = await self.redis.xpending_range(
+            detail: Any = await self.redis.xpending_range(
                 self.stream,
                 WORKER_GROUP,
                 min=good[0].entry_id,

@@ -49,7 +49,8 @@ class HealthServer:
             path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
             status, ctype, body = self._route(path)
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n".encode()
+                + b"Connection: close\r\n\r\n"
                 + body
             )
             await writer.drain()

@@ -6,7 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rtai_telemetry.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BacklogGauges, RedisGauges
 
-
 JOB_OUTCOMES = ("ok", "error", "expired", "cancelled", "dead_lettered")
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 
+from rtai_protocol import ErrorCode
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, close_redis, create_redis
 from rtai_transport.backlog import read_backlog
@@ -201,9 +202,8 @@ class Worker:
             log.info("jobs.reclaimed", task=task, count=len(claimed))
             poisoned = [d for d in claimed if d.deliveries > self.settings.max_deliveries]
             for d in poisoned:
-                reply = server._error(
-                    d.job, "failed", f"job failed {d.deliveries} times; moved to the dead-letter stream"
-                )  # type: ignore[arg-type]
+                msg = f"job failed {d.deliveries} times; moved to the dead-letter stream"
+                reply = server.error_reply(d.job, ErrorCode.FAILED, msg)
                 await server.consumer.dead_letter(d, reply)
                 self.metrics.dead_lettered.labels(task).inc()
                 self.metrics.jobs.labels(task, "dead_lettered").inc()

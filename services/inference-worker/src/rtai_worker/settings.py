@@ -1,4 +1,4 @@
-"""Worker settings, read from `RTAI_WORKER_*` environment variables (nested with `__`, e.g. `RTAI_WORKER_REDIS__URL`)."""
+"""Worker settings, from `RTAI_WORKER_*` environment variables (nested with `__`, e.g. `RTAI_WORKER_REDIS__URL`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class WorkerSettings(BaseSettings):
 
     tasks: str = Field(
         default="sentiment=vader",
-        description="Comma-separated `task=model` pairs this worker serves. A model is a built-in name, `package.module:factory`, or an `rtai.models` entry point.",
+        description="Comma-separated `task=model` pairs this worker serves. A model is a built-in name, "
+        "`package.module:factory`, or an `rtai.models` entry point.",
     )
     worker_id: str = Field(
         default_factory=_default_worker_id, description="Consumer name in the task streams' group; unique per process."

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, Literal, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import Link
@@ -128,7 +128,12 @@ class TaskServer:
             elif d.job.deadline_ms <= now:
                 self.metrics.jobs.labels(self.task, "expired").inc()
                 done.append(
-                    (d, self._error(d.job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before a worker could run it"))
+                    (
+                        d,
+                        self.error_reply(
+                            d.job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before a worker could run it"
+                        ),
+                    )
                 )
             else:
                 live.append(d)
@@ -198,10 +203,10 @@ class TaskServer:
     def _reply_for(self, job: Job, out: Any) -> Reply:
         if isinstance(out, ModelError):
             self.metrics.jobs.labels(self.task, "error").inc()
-            return self._error(job, ErrorCode.INVALID_REQUEST, str(out))
+            return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(out))
         if isinstance(out, Exception):
             self.metrics.jobs.labels(self.task, "error").inc()
-            return self._error(job, ErrorCode.INTERNAL, "the model failed on this request")
+            return self.error_reply(job, ErrorCode.INTERNAL, "the model failed on this request")
         self.metrics.jobs.labels(self.task, "ok").inc()
         log.debug("job.done", request_id=job.request_id, task=self.task, trace_id=trace_id_of(job.headers))
         return self._reply(job, "result", data=out)
@@ -230,7 +235,7 @@ class TaskServer:
 
     async def _generate(self, job: Job) -> Reply | None:
         item = self._input(job)
-        gen: Iterator[Any] = self.model.stream(item)
+        gen = cast(Generator[Any, None, Any], self.model.stream(item))
         index = 0
         last_check = time.monotonic()
         started = time.perf_counter()
@@ -241,7 +246,7 @@ class TaskServer:
                     finished, value = await asyncio.to_thread(_advance, gen)
                 except ModelError as e:
                     self.metrics.jobs.labels(self.task, "error").inc()
-                    return self._error(job, ErrorCode.INVALID_REQUEST, str(e))
+                    return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))
                 if finished:
                     break
                 if time.monotonic() - last_check > CANCEL_POLL_S:
@@ -253,7 +258,7 @@ class TaskServer:
                     return None  # the gateway already sent `cancelled`
                 if job.deadline_ms <= _now_ms():
                     self.metrics.jobs.labels(self.task, "expired").inc()
-                    return self._error(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
+                    return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
                 await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))
                 index += 1
         finally:
@@ -278,7 +283,7 @@ class TaskServer:
     def _reply(
         self,
         job: Job,
-        kind: str,
+        kind: Literal["chunk", "result", "error"],
         *,
         data: Any = None,
         index: int = 0,
@@ -293,7 +298,7 @@ class TaskServer:
             owner=job.owner,
             session=job.session,
             task=job.task,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             index=index,
             data=data,
             code=code,
@@ -302,12 +307,12 @@ class TaskServer:
             headers=headers,
         )
 
-    def _error(self, job: Job, code: ErrorCode, message: str) -> Reply:
+    def error_reply(self, job: Job, code: ErrorCode, message: str) -> Reply:
         return self._reply(job, "error", code=str(code), message=message)
 
-    async def wait_streams(self, timeout: float) -> None:
+    async def wait_streams(self, grace_s: float) -> None:
         if self._stream_tasks:
-            await asyncio.wait(self._stream_tasks, timeout=timeout)
+            await asyncio.wait(self._stream_tasks, timeout=grace_s)
 
     def cancel_streams(self) -> None:
         for t in self._stream_tasks:

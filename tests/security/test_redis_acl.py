@@ -61,9 +61,9 @@ class AclRedis:
     proc: subprocess.Popen[bytes]
     workdir: Path
 
-    def client(self, user: str | None) -> redis.Redis:  # noqa: TID251 - sync admin client in test setup
+    def client(self, user: str | None) -> redis.Redis:
         password = self.passwords[user] if user else None
-        return redis.Redis(port=self.port, username=user, password=password, socket_timeout=5)  # noqa: TID251
+        return redis.Redis(port=self.port, username=user, password=password, socket_timeout=5)
 
     def env(self, user: str) -> dict[str, str]:
         return {
@@ -184,7 +184,7 @@ def test_each_user_is_refused_what_it_does_not_need(acl_redis: AclRedis) -> None
     wk = acl_redis.client(acl.WORKER_USER)
     session_key = f"{PREFIX}:v1:session:{{abc}}:log"
     refusals = [
-        lambda: redis.Redis(port=acl_redis.port, retry=NO_RETRY).ping(),  # noqa: TID251 - no default user
+        lambda: redis.Redis(port=acl_redis.port, retry=NO_RETRY).ping(),
         gw.flushall,
         lambda: gw.keys("*"),
         lambda: gw.config_get("*"),
@@ -205,9 +205,7 @@ def test_each_user_is_refused_what_it_does_not_need(acl_redis: AclRedis) -> None
     assert gw.set(f"{PREFIX}:v1:probe", "1")  # what they need still works
     assert wk.get(f"{PREFIX}:v1:probe") == b"1"
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(  # noqa: TID251
-            port=acl_redis.port, username=acl.GATEWAY_USER, password="wrong-password", retry=NO_RETRY
-        ).ping()
+        redis.Redis(port=acl_redis.port, username=acl.GATEWAY_USER, password="wrong-password", retry=NO_RETRY).ping()
 
 
 def test_a_wrong_redis_password_is_not_logged(acl_redis: AclRedis, sec_services: list[procs.Service]) -> None:

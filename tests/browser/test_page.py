@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import (
+from tests.browser.pages import (
     PHONE,
     ROOT,
     Stack,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser.conftest import new_page, screenshot, start_stack, stop_stack
+from tests.browser.pages import new_page, screenshot, start_stack, stop_stack
 from tests.support.redis_server import RedisHandle
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser.conftest import Stack, new_page, screenshot, start_stack, stop_stack
+from tests.browser.pages import Stack, new_page, screenshot, start_stack, stop_stack
 from tests.support.redis_server import RedisHandle
 
 pytestmark = pytest.mark.timeout(180)

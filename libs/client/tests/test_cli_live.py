@@ -23,7 +23,7 @@ def url_of(g: Any) -> str:
     return f"ws://127.0.0.1:{g.port}/v1/ws"
 
 
-def test_tasks_and_send(live: Callable[..., Any]) -> None:
+def test_tasks_send_and_chat(live: Callable[..., Any]) -> None:
     live("worker", tasks="sentiment=vader,generate=tests.support.fake_models:tokens", RTAI_TEST_TOKEN_MS="5")
     g = live("gateway")
     runner = CliRunner()
@@ -44,6 +44,11 @@ def test_tasks_and_send(live: Callable[..., Any]) -> None:
     assert out.exit_code == 0, out.output
     assert out.output.strip() == "ALPHABETAGAMMA"  # tokens printed as they arrive
 
+    out = runner.invoke(app, ["chat", "--url", url_of(g)], input="one two\n/task sentiment\nso happy\n")
+    assert out.exit_code == 0, out.output
+    assert "ONETWO" in out.output  # streamed answer of `generate`
+    assert "positive" in out.output  # after `/task sentiment`
+
     out = runner.invoke(app, ["send", "x", "--task", "nope", "--url", url_of(g)])
     assert out.exit_code == 1
     assert "unknown_task" in out.output
@@ -52,7 +57,7 @@ def test_tasks_and_send(live: Callable[..., Any]) -> None:
 def test_dlq_list_and_replay(redis_server: Any, prefix: str) -> None:
     import redis as redis_sync
 
-    r = redis_sync.Redis.from_url(redis_server.url)  # noqa: TID251 - the test's own direct look at Redis
+    r = redis_sync.Redis.from_url(redis_server.url)
     job = {
         "type": "job",
         "job_id": "j1",

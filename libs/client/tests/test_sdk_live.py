@@ -22,7 +22,7 @@ TOKENS = "generate=tests.support.fake_models:tokens,sentiment=vader"
 
 async def wait_until(cond: Callable[[], bool], timeout_s: float) -> None:
     async with asyncio.timeout(timeout_s):
-        while not cond():  # noqa: ASYNC110 - polling a plain counter of the client
+        while not cond():
             await asyncio.sleep(0.05)
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from rtai_client import Backoff, Chunk, Error, Result
 from rtai_client._calls import Call
+from rtai_client._http import http_url
 from rtai_client.backoff import retry_delay
 from rtai_client.cli_ops import _weights
-from rtai_client._http import http_url
 from rtai_client.launcher import RunConfig
 
 

@@ -32,8 +32,8 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "inline-predict": ([], ["--inline-predict"], {}),
     "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
     "all": (
-        ["--uvloop", "--no-spans"],
-        ["--uvloop", "--no-spans", "--inline-predict"],
+        ["--uvloop"],
+        ["--uvloop", "--inline-predict"],
         {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"},
     ),
 }

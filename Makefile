@@ -17,7 +17,7 @@ TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: help install install-system install-py install-models lock format lint typecheck check \
-        test test-unit test-integration test-chaos test-fast run bench schema schema-check settings-docs clean
+        test test-unit test-integration test-chaos run schema schema-check settings-docs settings-docs-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ lint: $(STAMP) ## ruff (lint and format check)
 typecheck: $(STAMP) ## mypy --strict over every member
 	$(VENV)/bin/mypy libs/*/src services/*/src
 
-check: lint typecheck schema-check ## static checks
+check: lint typecheck schema-check settings-docs-check ## static checks
 
 test-unit: $(STAMP) ## fast unit tests of every member (no servers)
 	$(PYTEST) libs services -m "not slow"
@@ -75,7 +75,7 @@ test-chaos: install-py ## fault injection: worker kills, Sentinel failover, Redi
 	scripts/install-system.sh redis-server
 	$(PYTEST) tests/chaos
 
-test: install check ## everything: static checks, unit, integration, chaos, deploy, observability, browser
+test: install check models deploy-tools browser-deps ## everything: static checks, unit, models, integration, chaos, deploy, observability, browser, bench smoke
 	$(PYTEST) -p no:cacheprovider
 
 run: install-py ## start redis (unless RTAI_REDIS_URL is set), a gateway and a worker; Ctrl-C stops all
@@ -90,6 +90,9 @@ schema-check: $(STAMP) ## fail if the committed JSON Schema differs from the mod
 
 settings-docs: $(STAMP) ## write docs/config.md from the settings classes
 	$(PY) scripts/settings_docs.py --write
+
+settings-docs-check: $(STAMP) ## fail if docs/config.md differs from the settings classes
+	$(PY) scripts/settings_docs.py
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

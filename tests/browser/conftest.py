@@ -13,7 +13,9 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 from tests.browser.pages import AXE_DIR, AXE_JS, AXE_VERSION, CHROMIUM, CHROMIUM_ARGS
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main thread while it is open,
+# and every asyncio test collected after this package would then fail to start its own loop.
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: `make install-system` installs Debian's chromium")
@@ -21,7 +23,7 @@ def playwright_driver() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     b = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     yield b

@@ -21,7 +21,13 @@ def _default_worker_id() -> str:
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RTAI_WORKER_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RTAI_WORKER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        # A rejected value (a Redis URL with its password) must not be echoed into logs.
+        hide_input_in_errors=True,
+    )
 
     tasks: str = Field(
         default="sentiment=vader",

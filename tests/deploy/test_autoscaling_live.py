@@ -1,0 +1,424 @@
+"""Autoscaling, live: the KEDA ScaledObjects' prometheus queries, as rendered (deploy/values/kind.yaml, the values the
+kind profile installs), evaluated by a real Prometheus scraping a running gateway and worker, rise under load and
+fall after it; the HPA algorithm (tests/deploy/hpa_sim.py) applied to those readings gives the replica counts the
+cluster would choose, printed and asserted.
+
+- The gateway and worker run as the rendered pods do (tests/deploy/local_service.py: rendered env, only the listen
+  port, bind address, Redis address and volume paths changed).
+- Prometheus (/usr/bin/prometheus, loopback, the observability harness's helpers) scrapes them the way the Prometheus
+  Operator would from the rendered ServiceMonitors: job and `service` = the Service the ServiceMonitor selects,
+  `namespace` from its namespaceSelector, `endpoint` = its port name, `pod`/`container` from the Deployment. Only
+  the interval is shortened (15 s -> 1 s) to fit the test in a minute. The queries are used verbatim.
+- Thresholds: the gateway's connectionsPerPod (500) and inflightPerPod (off) are lowered to 10 through --set so a
+  few dozen sockets cross them; the query text is asserted identical to the kind.yaml rendering. The worker's
+  thresholds are the shipped ones (20 jobs per replica, oldest job 5 s).
+- Load: 40 WebSockets held open; the worker paused (SIGSTOP) while 100 requests are sent, so a backlog builds and
+  ages; then SIGCONT, every request answered, sockets closed.
+- The HPA fallback (autoscaling.mode=hpa) scales on CPU from metrics-server, not on a Prometheus query: its metric is
+  sampled from /proc/<pid>/stat (what cAdvisor reads from the cgroup) against the rendered CPU request, and the
+  replica counts it would give are printed, not asserted (2 shared cores make CPU readings noisy).
+- The simulation replays readings of one replica (open loop): more replicas would lower per-pod metrics (connections
+  spread, backlog drains faster), which is what brings the cluster back down in reality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+import yaml
+
+from tests.deploy.hpa_sim import ScaledTarget, Step, Trigger, simulate, table
+from tests.deploy.local_service import SERVICES, LocalService
+from tests.deploy.render import REPO_ROOT, VALUES_DIR, Doc, container_view, find, render_chart
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "observability"))
+from obs_stack import Proc, spawn, start_redis, wait_http, wait_until_scraped
+from obs_support import PROMETHEUS
+
+pytestmark = pytest.mark.skipif(
+    not (os.access(PROMETHEUS, os.X_OK) and shutil.which("redis-server")), reason="needs prometheus and redis-server"
+)
+
+KIND = (VALUES_DIR / "kind.yaml",)
+SET_VALUES: dict[str, dict[str, Any]] = {
+    "gateway": {"autoscaling.keda.connectionsPerPod": 10, "autoscaling.keda.inflightPerPod": 10},
+    "inference-worker": {},
+}
+CONNECTIONS = 40
+REQUESTS = 100
+PAUSE_S = 7.0  # below the gateway's admission age limit (10 s) and the worker registration TTL (10 s)
+SCRAPE = "1s"
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def rendered(chart: str) -> tuple[list[Doc], ScaledTarget]:
+    docs = render_chart(chart, KIND, SET_VALUES[chart])
+    (so,) = find(docs, "ScaledObject")
+    target = ScaledTarget.from_scaled_object(so)
+    # the thresholds are lowered; the queries are the shipped ones
+    (shipped,) = find(render_chart(chart, KIND), "ScaledObject")
+    shipped_queries = {t["name"]: t["metadata"]["query"] for t in shipped["spec"]["triggers"]}
+    for tr in target.triggers:
+        if tr.name in shipped_queries:
+            assert tr.query == shipped_queries[tr.name]
+    return docs, target
+
+
+def scrape_job(docs: list[Doc], svc: LocalService) -> dict[str, Any]:
+    """The scrape config the Prometheus Operator would generate from the rendered ServiceMonitor, for one local pod."""
+    (sm,) = find(docs, "ServiceMonitor")
+    sel = sm["spec"]["selector"]["matchLabels"]
+    (service,) = [s for s in find(docs, "Service") if sel.items() <= s["metadata"]["labels"].items()]
+    (endpoint,) = sm["spec"]["endpoints"]
+    (svc_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    container_port = svc.view.port(svc_port["targetPort"])  # Service targetPort (named) -> container port
+    namespace = sm["spec"]["namespaceSelector"]["matchNames"][0]
+    return {
+        "job_name": service["metadata"]["name"],
+        "metrics_path": endpoint.get("path", "/metrics"),
+        "scrape_interval": SCRAPE,
+        "scrape_timeout": "900ms",
+        "static_configs": [
+            {
+                "targets": [f"127.0.0.1:{svc.local_ports[container_port]}"],
+                "labels": {
+                    "namespace": namespace,
+                    "service": service["metadata"]["name"],
+                    "endpoint": endpoint["port"],
+                    "pod": svc.pod_name,
+                    "container": svc.view.name,
+                },
+            }
+        ],
+    }
+
+
+def start_prometheus(workdir: Path, jobs: list[dict[str, Any]]) -> tuple[Proc, str]:
+    from tests.support.ports import free_port
+
+    port = free_port()
+    cfg = workdir / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": SCRAPE}, "scrape_configs": jobs}, sort_keys=False))
+    proc = spawn(
+        "prometheus",
+        [
+            PROMETHEUS,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(proc, f"{url}/-/ready")
+    except Exception:
+        proc.stop()
+        raise
+    return proc, url
+
+
+def query_range(url: str, query: str, start: float, end: float) -> dict[float, float | None]:
+    """The query evaluated every second over [start, end] (what KEDA's instant queries would have returned)."""
+    r = httpx.get(
+        f"{url}/api/v1/query_range",
+        params={"query": query, "start": f"{start:.0f}", "end": f"{end:.0f}", "step": "1"},
+        timeout=10,
+    )
+    body = r.json()
+    assert body["status"] == "success", body
+    series = body["data"]["result"]
+    assert len(series) <= 1, f"{query} gave {len(series)} series"
+    points = {float(t): float(v) for t, v in series[0]["values"]} if series else {}
+    return {float(t): points.get(float(t)) for t in range(int(start), int(end) + 1)}
+
+
+def instant(url: str, query: str) -> float:
+    body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
+    result = body["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+class CpuSampler(threading.Thread):
+    """CPU of a process as a fraction of its CPU request, every second (utime+stime from /proc/<pid>/stat)."""
+
+    def __init__(self, pid: int, request_cores: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.request = pid, request_cores
+        self.samples: list[tuple[float, float]] = []
+        self.stop_event = threading.Event()
+
+    def _ticks(self) -> int:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def run(self) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(OSError):
+            last_t, last = time.time(), self._ticks()
+            while not self.stop_event.wait(1.0):
+                now_t, now = time.time(), self._ticks()
+                self.samples.append((now_t, (now - last) / hz / (now_t - last_t) / self.request))
+                last_t, last = now_t, now
+
+
+async def drive_load(ws_url: str, worker: LocalService, marks: dict[str, float]) -> Counter[str]:
+    finals: dict[str, dict[str, Any]] = {}
+    done = asyncio.Event()
+    conns = []
+
+    async def reader(ws: Any) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                f = json.loads(raw)
+                if f.get("type") in ("result", "error") and f.get("id"):
+                    finals[f["id"]] = f
+                    if len(finals) >= REQUESTS:
+                        done.set()
+
+    for _ in range(CONNECTIONS):
+        ws = await websockets.connect(ws_url, open_timeout=10, max_size=None)
+        await ws.send(json.dumps({"type": "hello"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+        conns.append(ws)
+    readers = [asyncio.create_task(reader(ws)) for ws in conns]
+    marks["connections open"] = time.time()
+    await asyncio.sleep(3)
+    worker.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    marks["worker paused"] = time.time()
+    try:
+        for i in range(REQUESTS):
+            frame = {"type": "infer", "id": f"r{i}", "task": "sentiment", "input": f"request {i}: I love it"}
+            await conns[i % CONNECTIONS].send(json.dumps(frame))
+        await asyncio.sleep(PAUSE_S)
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    marks["worker resumed"] = time.time()
+    await asyncio.wait_for(done.wait(), 30)
+    marks["all answered"] = time.time()
+    await asyncio.sleep(3)
+    for ws in conns:
+        await ws.close()
+    await asyncio.gather(*readers)
+    marks["connections closed"] = time.time()
+    return Counter(f.get("code") or f["type"] for f in finals.values())
+
+
+# ------------------------------------------------------------------------------------------------ the simulation
+
+
+def _target(*triggers: Trigger, lo: int = 1, hi: int = 4, down: dict[str, Any] | None = None) -> ScaledTarget:
+    return ScaledTarget("t", lo, hi, triggers, scale_down=down or {"stabilizationWindowSeconds": 0, "policies": [
+        {"type": "Percent", "value": 100, "periodSeconds": 15}]})  # fmt: skip
+
+
+def test_hpa_formula_with_keda_threshold_semantics() -> None:
+    backlog = Trigger("backlog", "q", "AverageValue", 20)
+    age = Trigger("age", "q", "Value", 5)
+    assert backlog.desired(100, 1) == 5  # ceil(total / per-replica target)
+    assert backlog.desired(100, 3) == 5  # independent of the current count
+    assert backlog.desired(21, 1) == 1  # ratio 1.05: within the 10 % tolerance
+    assert backlog.desired(None, 2) == 0  # ignoreNullValues: empty result = 0
+    assert age.desired(7.5, 2) == 3  # ceil(current * value / target)
+    steps = simulate(_target(backlog, age), [(0, {"backlog": 100, "age": 0}), (1, {"backlog": 0, "age": 0})])
+    assert [s.replicas for s in steps] == [4, 1]  # bounded by max, back to min without a stabilization window
+    # KEDA with minReplicaCount 0: zero at or below the activation threshold, at least one above it
+    scale_to_zero = _target(Trigger("b", "q", "AverageValue", 20, activation=5), lo=0)
+    steps = simulate(scale_to_zero, [(0, {"b": 5}), (1, {"b": 6}), (2, {"b": 0})], start_replicas=0)
+    assert [s.replicas for s in steps] == [0, 1, 0]
+
+
+def test_hpa_scale_down_window_and_policy() -> None:
+    slow = {"stabilizationWindowSeconds": 100, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
+    target = _target(Trigger("c", "q", "AverageValue", 10), down=slow)
+    readings: list[tuple[float, dict[str, float | None]]] = [(0, {"c": 40})]
+    readings += [(t, {"c": 0}) for t in range(15, 400, 15)]
+    changes = [(s.t, s.replicas) for s in simulate(target, readings)]
+    assert changes[0][1] == 4
+    assert [r for t, r in changes if t < 100] == [4] * 7  # held for the stabilization window
+    down = [t for (t, r), (_, prev) in zip(changes[1:], changes, strict=False) if r < prev]
+    assert down == [105, 165, 225]  # then one pod per 60 s
+
+
+# ------------------------------------------------------------------------------------------------ the test
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """redis-server, the rendered worker and gateway (kind values), Prometheus scraping them as the ServiceMonitors
+    say. Everything stopped by PID."""
+    procs: list[Proc] = []
+    services: list[LocalService] = []
+    try:
+        redis_proc, redis_url = start_redis(tmp_path)
+        procs.append(redis_proc)
+        addrs = {"redis:6379": redis_url.removeprefix("redis://").removesuffix("/0")}
+        out: dict[str, Any] = {}
+        for chart in ("inference-worker", "gateway"):
+            docs, target = rendered(chart)
+            view = container_view(docs, "Deployment", SERVICES[chart].container)
+            svc = LocalService(SERVICES[chart], view, tmp_path / chart, redis_addrs=addrs)
+            services.append(svc)
+            out[chart] = (docs, target, svc)
+        prom, url = start_prometheus(tmp_path, [scrape_job(d, s) for d, _, s in out.values()])
+        procs.append(prom)
+        for chart in ("inference-worker", "gateway"):
+            svc = out[chart][2]
+            svc.start()
+            svc.wait_probe("readiness", 45)
+        wait_until_scraped(url, [s.local_ports[next(iter(s.local_ports))] for s in services])
+        out["prometheus"] = url
+        yield out
+    finally:
+        for svc in reversed(services):
+            svc.terminate(10)
+        for p in reversed(procs):
+            p.stop()
+
+
+def _window(readings: dict[float, float | None], start: float, end: float) -> list[float]:
+    return [v or 0.0 for t, v in readings.items() if start <= t <= end]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_keda_queries_follow_load_and_replicas_follow_them(stack: dict[str, Any]) -> None:
+    t_start = float(int(time.time()))  # whole seconds: the readings are evaluated on this grid
+    url = stack["prometheus"]
+    _, gw_target, gw = stack["gateway"]
+    _, wk_target, wk = stack["inference-worker"]
+    targets = {"gateway": gw_target, "inference-worker": wk_target}
+    queries = {(chart, tr.name): tr.query for chart, t in targets.items() for tr in t.triggers}
+
+    cpu = {chart: CpuSampler(svc.pid, _cpu_request(svc)) for chart, svc in (("gateway", gw), ("inference-worker", wk))}
+    for s in cpu.values():
+        s.start()
+    time.sleep(3)  # baseline
+    marks: dict[str, float] = {"start": t_start}
+    ws_url = gw.url(gw.view.port("http"), "/v1/ws").replace("http://", "ws://")
+    outcomes = asyncio.run(drive_load(ws_url, wk, marks))
+    assert outcomes == Counter({"result": REQUESTS}), outcomes
+
+    # after the load: wait until every query reads 0 again, then two more scrapes
+    deadline = time.time() + 15
+    while time.time() < deadline and any(instant(url, q) > 0 for q in queries.values()):
+        time.sleep(0.5)
+    time.sleep(2)
+    t_end = time.time()
+    for s in cpu.values():
+        s.stop_event.set()
+
+    readings = {key: query_range(url, q, t_start, t_end) for key, q in queries.items()}
+    load_start, load_end = marks["connections open"], marks["connections closed"]
+    print(f"\nphases (s from start): {', '.join(f'{k} {v - t_start:.1f}' for k, v in marks.items())}")
+    for (chart, name), values in readings.items():
+        before = _window(values, t_start, load_start - 1)
+        during = _window(values, load_start, load_end)
+        after = _window(values, t_end - 2, t_end)
+        print(f"{chart}/{name}: before max {max(before):g}, during max {max(during):g}, after {after}")
+        assert max(before) == 0, f"{chart}/{name} not idle before the load"
+        assert max(during) > 0, f"{chart}/{name} did not rise under load"
+        assert max(after) == 0, f"{chart}/{name} did not fall after the load"
+
+    peak = {k: max(_window(s, load_start, load_end)) for k, s in readings.items()}
+    assert peak[("gateway", "connections")] == CONNECTIONS
+    assert peak[("gateway", "inflight")] >= REQUESTS * 0.9
+    assert peak[("inference-worker", "backlog")] >= REQUESTS * 0.9
+    assert peak[("inference-worker", "oldest-age")] >= wk_target.triggers[1].threshold
+
+    # --- what the cluster would do: one HPA sync per reading, then the last reading held to show scale-down
+    for chart, target in targets.items():
+        series = {name: readings[(chart, name)] for name in (tr.name for tr in target.triggers)}
+        times = sorted(next(iter(series.values())))
+        recorded = [(t, {n: s[t] for n, s in series.items()}) for t in times]
+        steps = simulate(target, recorded)
+        print(table(target, steps, t_start))
+        expected_peak = min(
+            target.max_replicas,
+            max(_formula(tr, peak[(chart, tr.name)]) for tr in target.triggers),
+        )
+        assert steps[0].replicas == target.min_replicas
+        assert max(s.replicas for s in steps) == expected_peak >= 2, f"{chart}: expected a scale-up"
+        assert steps[-1].recommendation == target.min_replicas, f"{chart}: the formula falls back to min after load"
+        # within the scale-down stabilization window the cluster keeps the peak (longer than this recording)
+        window = float(target.scale_down["stabilizationWindowSeconds"])
+        assert window > t_end - load_end
+        assert steps[-1].replicas == expected_peak
+        tail = _projection(target, steps, recorded[-1][1])
+        print("after the recording, last reading held:", _replica_changes(tail, t_start, steps[-1].replicas))
+        assert tail[-1].replicas == target.min_replicas
+        first_down = next(s for s in tail if s.replicas < expected_peak)
+        last_high = max(s.t for s in steps if s.recommendation == expected_peak)
+        assert first_down.t - last_high >= window, "scaled down before the stabilization window passed"
+
+    # --- HPA fallback (mode hpa): CPU utilisation against the rendered request, printed only
+    for chart, sampler in cpu.items():
+        hpa_docs = render_chart(chart, KIND, {"autoscaling.mode": "hpa"})
+        (hpa,) = find(hpa_docs, "HorizontalPodAutoscaler")
+        (metric,) = hpa["spec"]["metrics"]
+        target_util = metric["resource"]["target"]["averageUtilization"] / 100
+        cpu_target = ScaledTarget(
+            f"{chart} (hpa, cpu)",
+            int(hpa["spec"]["minReplicas"]),
+            int(hpa["spec"]["maxReplicas"]),
+            (Trigger("cpu", "container cpu / request", "Value", target_util),),
+        )
+        steps = simulate(cpu_target, [(t, {"cpu": u}) for t, u in sampler.samples])
+        peak_cpu = max((u for _, u in sampler.samples), default=0.0)
+        changes = _replica_changes(steps, t_start, cpu_target.min_replicas)
+        print(
+            f"{cpu_target.name}: peak {peak_cpu:.0%} of the CPU request, target {target_util:.0%}, replicas {changes}"
+        )
+
+
+def _cpu_request(svc: LocalService) -> float:
+    container = next(c for c in svc.view.pod_spec["containers"] if c["name"] == svc.view.name)
+    raw = str(container["resources"]["requests"]["cpu"])
+    return float(raw[:-1]) / 1000 if raw.endswith("m") else float(raw)
+
+
+def _formula(tr: Trigger, value: float) -> int:
+    """The replicas one trigger asks for at a reading, from one replica: ceil(value / threshold) for AverageValue
+    (total / per-replica target) and for Value (1 x value / target) alike."""
+    return math.ceil(value / tr.threshold)
+
+
+def _projection(target: ScaledTarget, steps: list[Step], last: dict[str, float | None]) -> list[Step]:
+    """Continue the simulation past the recording with the last (idle) reading every 15 s (the HPA sync period)."""
+    t_last = steps[-1].t
+    horizon = float(target.scale_down["stabilizationWindowSeconds"]) + 60 * target.max_replicas + 60
+    extra = [(t_last + 15 * i, dict(last)) for i in range(1, int(horizon / 15) + 1)]
+    replay = [(s.t, s.values) for s in steps] + extra
+    return simulate(target, replay)[len(steps) :]
+
+
+def _replica_changes(steps: list[Step], t0: float, start: int | None = None) -> str:
+    out: list[str] = []
+    prev = start
+    for s in steps:
+        if s.replicas != prev:
+            out.append(f"t={s.t - t0:.0f}s: {s.replicas}")
+            prev = s.replicas
+    return ", ".join(out) if out else f"stays at {start}"

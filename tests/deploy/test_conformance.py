@@ -171,6 +171,7 @@ def test_charts_run_as_rendered(redis_for: RedisTopology, request: pytest.Fixtur
     services: dict[str, LocalService] = {}
     for chart in ("inference-worker", "gateway"):  # worker first: the gateway answers `unavailable` without one
         view = rendered(chart, values)
+        assert env_problems(chart, view) == [], f"{chart}: env vars its settings class does not read"
         services[chart] = LocalService(
             SERVICES[chart], view, tmp_path / chart, secrets=redis_for.secrets, redis_addrs=redis_for.addrs
         )

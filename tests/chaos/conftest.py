@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support import procs
+from tests.support.redis_server import RedisHandle
 from tests.support.sentinel import SentinelTopology
 
 REPORTS: list[dict[str, Any]] = []
@@ -19,6 +20,12 @@ def topology() -> Iterator[SentinelTopology]:
     t = SentinelTopology().start()
     yield t
     t.stop()
+
+
+@pytest.fixture
+def redis_server_for_chaos(redis_server: RedisHandle) -> str:
+    """A plain Redis (no Sentinel) for scenarios about the edge, not about Redis."""
+    return redis_server.url
 
 
 @pytest.fixture

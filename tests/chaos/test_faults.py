@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
+import psutil
 import pytest
+import websockets
 
 from tests.support import procs
 from tests.support.chaos import LoadDriver
@@ -168,3 +172,78 @@ def _metric(svc: procs.Service, name: str) -> float:
         if line.startswith(name):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@pytest.mark.timeout(120)
+async def test_slow_reader_and_flood_under_load(
+    redis_server_for_chaos: str, prefix: str, services: list[procs.Service], record: Any
+) -> None:
+    env = procs.redis_env_for_url(redis_server_for_chaos)
+    services.append(procs.worker(env, prefix).start())
+    limits = {
+        "ADMISSION__MAX_BACKLOG": "50",
+        "LIMITS__MESSAGES_PER_S": "100000",
+        "LIMITS__MESSAGE_BURST": "100000",
+        "LIMITS__MAX_INFLIGHT_PER_USER": "100000",
+        "ADMISSION__MAX_INFLIGHT_PER_CONNECTION": "100000",
+    }
+    g = procs.gateway(env, prefix, **limits).start()
+    services.append(g)
+    rss_before = psutil.Process(g.pid).memory_info().rss
+    driver = LoadDriver([ws(g)], connections=20, rate=150)
+    await driver.start()
+    load = asyncio.create_task(driver.drive(10))
+    await asyncio.sleep(2)
+    fault_at = time.monotonic()
+    slow_closed, flood_codes = await asyncio.gather(_slow_reader(g), _flood(g, 4000))
+    await load
+    await driver.settle(20)
+    await driver.stop()
+    report = record(driver.report("slow reader + flood past backlog", fault_at))
+    rss_growth_mb = (psutil.Process(g.pid).memory_info().rss - rss_before) / 2**20
+    report.update(slow_reader_close=slow_closed, flood=dict(flood_codes), gateway_rss_growth_mb=round(rss_growth_mb, 1))
+    assert_clean(report)
+    assert slow_closed == 1013, report
+    assert flood_codes["overloaded"] > 0, report
+    assert rss_growth_mb < 100, report
+
+
+async def _slow_reader(g: procs.Service) -> int | None:
+    """A client that sends and never reads: the gateway must close it (1013), not buffer for it."""
+    sock = socket.create_connection(("127.0.0.1", g.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with websockets.connect(ws(g), sock=sock, max_size=None, max_queue=1) as c:
+        await c.send(json.dumps({"type": "hello"}))
+        for i in range(20000):
+            try:
+                await c.send(json.dumps({"type": "infer", "id": f"slow{i}", "task": "sentiment", "input": "y" * 300}))
+            except websockets.ConnectionClosed:
+                break
+            if i % 100 == 0:
+                await asyncio.sleep(0.005)
+        try:
+            for _ in range(50000):
+                await asyncio.wait_for(c.recv(), 5)
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else None
+        except TimeoutError:
+            return None
+    return None
+
+
+async def _flood(g: procs.Service, n: int, window: int = 500) -> Counter[str]:
+    """Far more requests than the backlog admits (up to `window` outstanding), as fast as the answers come back:
+    refused with `overloaded`, never queued without bound."""
+    codes: Counter[str] = Counter()
+    async with websockets.connect(ws(g), max_size=None) as c:
+        await c.send(json.dumps({"type": "hello"}))
+        sent = finals = 0
+        while finals < n:
+            while sent < n and sent - finals < window:
+                await c.send(json.dumps({"type": "infer", "id": f"f{sent}", "task": "sentiment", "input": "flood"}))
+                sent += 1
+            f = json.loads(await asyncio.wait_for(c.recv(), 30))
+            if f["type"] in ("result", "error"):
+                finals += 1
+                codes["ok" if f["type"] == "result" else f["code"]] += 1
+    return codes

@@ -204,6 +204,7 @@ async def test_poison_job_is_dead_lettered_and_answered_failed(
         w = start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **extra))
         workers.append(w)
         if c is None:
+            g.wait_task("sentiment")
             c = await Conn(ws_url(g)).open()
             await c.infer("sentiment", "poison", rid=rid, deadline_ms=60000)
         await asyncio.sleep(1.0)
@@ -307,6 +308,10 @@ async def test_worker_sigterm_finishes_its_batch_and_exits(
     code = await asyncio.to_thread(w.proc.wait, 15)  # type: ignore[union-attr]
     assert code == 0
     assert time.monotonic() - t0 < 6
+    # The batch it was running was answered before it left; what it never read waits for the next worker.
+    answered = [r for r in rids if c.finals(r)]
+    assert answered, "the running batch was not finished before exit"
+    start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", RTAI_TEST_SLOW_MS="50"))
     finals = [await c.final(r, timeout=10) for r in rids]
     assert all(f["type"] == "result" for f in finals), finals
     await c.close()

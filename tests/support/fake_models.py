@@ -7,6 +7,7 @@ kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,11 @@ class CountingModel(VaderModel):
 
 
 class SlowModel(VaderModel):
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        # Slow on purpose: it must run in a thread like any heavy model, never on the worker's event loop.
+        self._info = dataclasses.replace(self._info, name="slow", fingerprint="test-slow/1", inline=False)
+
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
         time.sleep(float(os.environ.get("RTAI_TEST_SLOW_MS", "200")) / 1000)
         return super().predict(batch)

@@ -59,6 +59,16 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.logs()[-3000:]}")
 
+    def wait_task(self, task: str, timeout: float = 15.0) -> None:
+        """Until this gateway lists `task` (a worker registered it and the gateway's catalog refreshed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = httpx.get(f"{self.base}/v1/tasks", timeout=2).json()["tasks"]
+            if any(t["task"] == task for t in tasks):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} does not list task {task!r}")
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -75,6 +75,11 @@ def setup_tracing(service_name: str, env: Mapping[str, str] | None = None) -> bo
     return True
 
 
+def tracing_enabled() -> bool:
+    """Whether spans are recorded: hot paths skip building spans and headers entirely when they are not."""
+    return _provider is not None
+
+
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()

@@ -7,8 +7,9 @@ every client an explicit Retry with jittered exponential backoff long enough to 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
 
@@ -24,6 +25,14 @@ RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSEr
 def text(value: bytes | str) -> str:
     """Redis replies are bytes (we never decode responses globally: payloads stay bytes); names and ids are text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel discovery with a pool that waits for a free connection instead of raising.
+
+    redis-py's default pools raise MaxConnectionsError when every connection is busy: a burst of sockets (a reconnect
+    storm after a gateway restart) then failed with 1011. Waiting up to the command timeout is the right back-pressure.
+    """
 
 
 def _retry(settings: RedisSettings, retries: int) -> Retry:
@@ -61,9 +70,17 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common
         )
-        master: Redis = sentinel.master_for(settings.master, max_connections=settings.max_connections)
+        master: Redis = sentinel.master_for(
+            settings.master,
+            connection_pool_class=BlockingSentinelConnectionPool,
+            max_connections=settings.max_connections,
+            timeout=socket_timeout,
+        )
         return master
-    return aioredis.Redis.from_url(settings.url, max_connections=settings.max_connections, **common)  # type: ignore[arg-type]
+    pool = BlockingConnectionPool.from_url(
+        settings.url, max_connections=settings.max_connections, timeout=socket_timeout, **common
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def close_redis(client: Redis) -> None:

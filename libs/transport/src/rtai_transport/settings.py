@@ -44,7 +44,9 @@ class RedisSettings(BaseModel):
         default=3, ge=0, description="Retries of a failed command (with jittered exponential backoff)."
     )
     retry_backoff_cap_s: float = Field(default=0.5, gt=0, description="Longest pause between two retries.")
-    max_connections: int = Field(default=64, ge=4, description="Connection pool size per process.")
+    max_connections: int = Field(
+        default=128, ge=4, description="Connection pool size per process; a command waits for a free connection."
+    )
 
     @field_validator("sentinels", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode
 from rtai_telemetry.logging import get_logger
-from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of
+from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 
@@ -92,6 +92,9 @@ class Hub:
             return
         received = time.monotonic()
         job = self._make_job(session, req)
+        if not tracing_enabled():
+            await self._enqueue_new(session, req, job, received)
+            return
         # Each request is its own trace (a root span), linked to whatever span the connection runs under: a
         # WebSocket lives for hours, and one trace per connection would bury every request in it.
         connection_span = trace.get_current_span().get_span_context()

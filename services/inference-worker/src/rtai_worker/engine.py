@@ -35,6 +35,9 @@ class ModelInfo:
     max_input_chars: int
     streaming: bool = False
     device: str = "cpu"
+    inline: bool = False
+    """True for models that take microseconds per batch (VADER): the worker calls them on its event loop, since a
+    hand-off to a thread would cost more than the model."""
     pads: bool = False
     """True when a batch costs as much as its longest input times its size (transformers): the worker then sorts a
     batch by `sort_key` and cuts it into micro-batches of similar length."""

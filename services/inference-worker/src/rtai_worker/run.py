@@ -119,6 +119,8 @@ class Worker:
         background = [
             asyncio.create_task(self._every(self.settings.registration_ttl_s / 4, self._heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 2000, self._reclaim), name="reclaim"),
+            # Well inside the reclaim idle time: a long generation must never look abandoned.
+            asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 3000, self._keep_claims), name="claims"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
         ]
         serving = [asyncio.create_task(s.serve(), name=f"serve-{t}") for t, s in self.servers.items()]
@@ -182,13 +184,16 @@ class Worker:
         if not self.stopping.is_set():
             await self.register()
         live = await live_tasks(self.redis, self.keys)
-        for task, server in self.servers.items():
-            await server.consumer.keep_claimed(list(server.running))
+        for task in self.servers:
             b = await read_backlog(self.redis, self.keys, task)
             workers = live[task][1] if task in live else 0
             self.metrics.backlog.set(
                 task, length=b.waiting, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=workers
             )
+
+    async def _keep_claims(self) -> None:
+        for server in self.servers.values():
+            await server.consumer.keep_claimed(list(server.running))
 
     async def _reclaim(self) -> None:
         for task, server in self.servers.items():

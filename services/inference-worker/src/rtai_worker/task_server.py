@@ -16,7 +16,7 @@ from opentelemetry.trace import Link
 
 from rtai_protocol import ErrorCode, Job, Reply
 from rtai_telemetry.logging import get_logger
-from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of
+from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
@@ -85,7 +85,9 @@ class TaskServer:
         got, bad = await self.consumer.read(size, block_ms=500)
         if bad:
             await self.consumer.drop(bad)
-        if got and len(got) < size and delay_ms > 0:
+        # Waiting for more only pays for models whose cost per batch grows slower than its size (transformers); for
+        # a per-item model like VADER it would add the delay to every lone request and save nothing.
+        if got and len(got) < size and delay_ms > 0 and self.model.info.pads:
             await asyncio.sleep(delay_ms / 1000)
             more, bad = await self.consumer.read(size - len(got), block_ms=None)
             if bad:
@@ -145,7 +147,12 @@ class TaskServer:
         for d in batch:
             self.running[d.entry_id] = d
         try:
-            links = [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
+            traced = tracing_enabled()
+            links = (
+                [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
+                if traced
+                else []
+            )
             started_ns = time.time_ns()
             timing: list[tuple[int, int]] = [(started_ns, started_ns)] * len(batch)
             outputs: list[Any] = [None] * len(batch)
@@ -165,6 +172,11 @@ class TaskServer:
                     for i, out in zip(group, results, strict=True):
                         outputs[i] = out
                         timing[i] = (t0, t1)
+            if not traced:
+                await self.consumer.finish(
+                    [(d, self._reply_for(d.job, out)) for d, out in zip(batch, outputs, strict=True)]
+                )
+                return
             batch_link = [Link(batch_span.get_span_context())]
             replies = []
             for d, out, (t0, t1) in zip(batch, outputs, timing, strict=True):
@@ -191,6 +203,8 @@ class TaskServer:
         m.busy.set(1)
         started = time.perf_counter()
         try:
+            if self.model.info.inline:
+                return self.model.predict(inputs)
             return await asyncio.to_thread(self.model.predict, inputs)
         except Exception as e:
             # One bad batch must not take the others down: every request in it gets `internal`, logged here.
@@ -291,7 +305,8 @@ class TaskServer:
         message: str | None = None,
     ) -> Reply:
         headers: dict[str, str] = {}
-        inject_headers(headers)
+        if tracing_enabled():
+            inject_headers(headers)
         return Reply(
             job_id=job.job_id,
             request_id=job.request_id,

@@ -33,6 +33,7 @@ class VaderModel:
             name="vader",
             fingerprint=f"vader/{version('vadersentiment')}/thresholds={POSITIVE_AT},{NEGATIVE_AT}",
             max_input_chars=5000,
+            inline=True,
         )
 
     @property

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
+
+
+def unknown_env_vars(prefix: str, model: type[BaseModel], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Environment variables under a service's prefix that name no setting (`RTAI_GW_REDIS__URLL`).
+
+    pydantic-settings ignores them even with `extra="forbid"`; a typo in a deployment would then silently fall back
+    to a default, so the services refuse to start instead.
+    """
+    env = os.environ if environ is None else environ
+    known: set[str] = set()
+
+    def walk(cls: type[BaseModel], at: str) -> None:
+        for name, field in cls.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{at}{name.upper()}__")
+            known.add(f"{at}{name.upper()}")
+
+    walk(model, prefix)
+    return sorted(k for k in env if k.upper().startswith(prefix) and k.upper() not in known)
+
+
+def _without_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 class RedisSettings(BaseModel):
@@ -77,9 +104,13 @@ class RedisSettings(BaseModel):
             out.append((host, int(port)))
         return out
 
+    def __repr_args__(self) -> Any:
+        # A URL may carry credentials (redis://user:password@host): never let a repr or a log line show them.
+        for name, value in super().__repr_args__():
+            yield (name, _without_credentials(value)) if name == "url" and isinstance(value, str) else (name, value)
+
     def describe(self) -> str:
         """Where we connect, safe to log (no password)."""
         if self.sentinels:
             return f"sentinel:{','.join(self.sentinels)}/{self.master}"
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return _without_credentials(self.url)

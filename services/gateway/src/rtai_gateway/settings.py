@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from rtai_transport.settings import RedisSettings
+from rtai_transport.settings import RedisSettings, unknown_env_vars
 
 
 def _default_gateway_id() -> str:
@@ -239,3 +239,10 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"allowed origin {origin!r} must be `*` or scheme://host[:port]")
             out.append(f"{parts.scheme}://{parts.netloc}".lower())
         return out
+
+    @model_validator(mode="after")
+    def _no_unknown_env(self) -> GatewaySettings:
+        unknown = unknown_env_vars("RTAI_GW_", type(self))
+        if unknown:
+            raise ValueError(f"unknown settings in the environment: {', '.join(unknown)} (see docs/config.md)")
+        return self

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rtai_transport.settings import RedisSettings
+from rtai_transport.settings import RedisSettings, unknown_env_vars
 
 _TASK = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
@@ -102,3 +102,10 @@ class WorkerSettings(BaseSettings):
         if not out:
             raise ValueError("tasks must name at least one task=model pair")
         return out
+
+    @model_validator(mode="after")
+    def _no_unknown_env(self) -> WorkerSettings:
+        unknown = unknown_env_vars("RTAI_WORKER_", type(self))
+        if unknown:
+            raise ValueError(f"unknown settings in the environment: {', '.join(unknown)} (see docs/config.md)")
+        return self

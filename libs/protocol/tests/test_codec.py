@@ -1,0 +1,88 @@
+"""Client frames are parsed strictly; server and internal messages tolerantly; errors name the problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rtai_protocol import (
+    Accepted,
+    ErrorCode,
+    Infer,
+    Job,
+    ProtocolError,
+    Result,
+    decode_client_frame,
+    decode_internal,
+    decode_server_frame,
+    encode,
+    with_seq,
+)
+from rtai_protocol.codec import UnsupportedMessage
+
+
+def test_valid_infer_parses_with_defaults() -> None:
+    frame = decode_client_frame('{"type":"infer","id":"r-1","task":"sentiment","input":"hi"}')
+    assert isinstance(frame, Infer)
+    assert frame.options.stream is False
+    assert frame.options.deadline_ms is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle", "rid"),
+    [
+        ("{nope", "not valid JSON", None),
+        ('{"type":"infer","id":"a","task":"s","input":1}', "input", "a"),
+        ('{"type":"infer","id":"a","task":"s","input":"x","extra":1}', "extra", "a"),
+        ('{"type":"infer","id":"a","task":"s","input":"x","options":{"deadline_ms":"5"}}', "deadline_ms", "a"),
+        ('{"type":"infer","id":"has space","task":"s","input":"x"}', "id", "has space"),
+        ('{"type":"infer","id":"a","task":"Bad Task","input":"x"}', "task", "a"),
+        ('{"type":"teleport"}', "type", None),
+        ("[1,2]", "JSON object", None),
+        ('{"a":' * 40 + "1" + "}" * 40, "nested deeper", None),
+    ],
+)
+def test_bad_frames_raise_invalid_request_naming_the_problem(raw: str, needle: str, rid: str | None) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_client_frame(raw)
+    assert info.value.code is ErrorCode.INVALID_REQUEST
+    assert needle in info.value.message
+    assert info.value.request_id == rid
+
+
+def test_server_frames_tolerate_unknown_fields_and_codes() -> None:
+    frame = decode_server_frame('{"type":"error","id":"x","code":"brand_new_code","message":"m","future":1}')
+    assert frame.type == "error"
+    assert frame.code == "brand_new_code"  # type: ignore[union-attr]
+
+
+def test_with_seq_puts_seq_into_an_encoded_frame() -> None:
+    body = encode(Result(id="r", output={"label": "positive"}))
+    numbered = json.loads(with_seq(body, 7))
+    assert numbered == {"seq": 7, "type": "result", "id": "r", "output": {"label": "positive"}}
+    assert json.loads(with_seq(encode(Accepted(id="a")), 1))["seq"] == 1
+
+
+def test_internal_messages_accept_this_and_the_previous_version_and_ignore_new_fields() -> None:
+    job = Job(
+        job_id="j",
+        request_id="r",
+        owner="o",
+        session="s",
+        task="t",
+        input="x",
+        deadline_ms=1,
+        enqueued_ms=1,
+        reply_to="q",
+    )
+    data = json.loads(encode(job))
+    data["added_later"] = True
+    assert decode_internal(json.dumps(data)) == job
+    data["v"] = 0
+    assert isinstance(decode_internal(json.dumps(data)), Job)
+    data["v"] = 99
+    with pytest.raises(UnsupportedMessage):
+        decode_internal(json.dumps(data))
+    with pytest.raises(UnsupportedMessage):
+        decode_internal(b'{"v":1,"type":"mystery"}')

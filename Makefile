@@ -64,8 +64,8 @@ typecheck: $(STAMP) ## mypy --strict over every member
 
 check: lint typecheck schema-check settings-docs-check ## static checks
 
-test-unit: $(STAMP) ## fast unit tests of every member (no servers)
-	$(PYTEST) libs services -m "not slow"
+test-unit: $(STAMP) ## fast unit tests of every member (no servers, no model loads)
+	$(PYTEST) libs services -m "not slow and not integration"
 
 test-integration: install-py ## end-to-end tests on real Redis and real processes
 	scripts/install-system.sh redis-server
@@ -75,7 +75,8 @@ test-chaos: install-py ## fault injection: worker kills, Sentinel failover, Redi
 	scripts/install-system.sh redis-server
 	$(PYTEST) tests/chaos
 
-test: install check models deploy-tools browser-deps ## everything: static checks, unit, models, integration, chaos, deploy, observability, browser, bench smoke
+test: install check models deploy-tools browser-deps ## everything: static checks, unit, models, integration, chaos, deploy, observability, browser, bench smoke, image builds
+	$(MAKE) --no-print-directory images-smoke
 	$(PYTEST) -p no:cacheprovider
 
 run: install-py ## start redis (unless RTAI_REDIS_URL is set), a gateway and a worker; Ctrl-C stops all

@@ -148,6 +148,8 @@ async def test_resume_on_another_gateway_replays_missed_frames(
     seqs = [f["seq"] for f in after if f.get("seq") is not None]
     assert seqs == sorted(seqs)
     assert min(seqs) == last_seq + 1
+    # b tracked the request it took over and let go of it when a's final frame was forwarded to it.
+    assert "rtai_gateway_inflight_requests 0.0" in httpx.get(f"{b.base}/metrics").text
     await c3.close()
 
 

@@ -73,3 +73,7 @@ class Forward(_Internal):
     seq: int
     frame: str
     """The frame's JSON body without its `seq` (see codec.with_seq)."""
+    owner: str = ""
+    request_id: str = ""
+    final: bool = False
+    """The request's last frame: the receiving gateway stops tracking it (the sender counted its outcome)."""

@@ -45,6 +45,8 @@ else
   if idx < nxt then return {0, holder} end
   redis.call('HSET', KEYS[4], 'next', idx + 1)
 end
+-- A session that keeps receiving frames stays resumable: its meta lives as long as its log.
+if holder ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
 return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5]), holder}
 """
 )

@@ -294,13 +294,30 @@ class Hub:
             session.deliver(seq, body)
         elif holder and holder != self.gateway_id:
             forwards.append(
-                (self.keys.replies(holder), encode(Forward(session=r.session, seq=seq, frame=body.decode())))
+                (
+                    self.keys.replies(holder),
+                    encode(
+                        Forward(
+                            session=r.session,
+                            seq=seq,
+                            frame=body.decode(),
+                            owner=r.owner,
+                            request_id=r.request_id,
+                            final=kind == "final",
+                        )
+                    ),
+                )
             )
 
-    def deliver_forward(self, session_id: str, seq: int, frame: str) -> None:
-        session = self.sessions.get(session_id)
+    def deliver_forward(self, fwd: Forward) -> None:
+        """A frame another gateway logged for a session this gateway now holds (it took the session over)."""
+        session = self.sessions.get(fwd.session)
         if session is not None:
-            session.deliver(seq, frame.encode())
+            session.deliver(fwd.seq, fwd.frame.encode())
+        if fwd.final:
+            p = self.pending.get((fwd.owner, fwd.request_id))
+            if p is not None:
+                self._untrack(p)
 
     def _finished(self, p: Pending, outcome: str, headers: dict[str, str] | None = None) -> None:
         self._untrack(p)

@@ -63,7 +63,7 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
             if isinstance(msg, Reply):
                 replies.append(msg)
             elif isinstance(msg, Forward):
-                hub.deliver_forward(msg.session, msg.seq, msg.frame)
+                hub.deliver_forward(msg)
         if replies:
             await hub.handle_replies(replies)
         # Advance only after handling: a failure above re-reads the same entries, and the log scripts drop repeats.

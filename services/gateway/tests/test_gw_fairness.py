@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from rtai_gateway.fairness import FairScheduler
 from rtai_gateway.guard_metrics import GuardMetrics
+from rtai_gateway.hub import refusal
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings, LimitSettings
@@ -43,6 +44,11 @@ class FakeHub:
         self.order.append(frame.id)
         if frame.id not in self.refuse:
             self.pending[(session.identity, frame.id)] = FakePending((session.identity, frame.id))
+
+    def refused(
+        self, req: Infer, code: str, message: str, retry_after_ms: int | None = None, reason: str | None = None
+    ) -> bytes:
+        return refusal(req.id, code, message, retry_after_ms)
 
     def finish(self, identity: str, rid: str) -> None:
         p = self.pending.pop((identity, rid))

@@ -69,9 +69,8 @@ class FairScheduler:
             or (queue is not None and len(queue) >= self._queue_cap)
             or not self._queue_cap
         ):
-            self._hub.metrics.refusals.labels(frame.task, "inflight").inc()
             msg = f"at most {self._cap} requests in flight and {self._queue_cap} waiting per user"
-            session.send(refusal(frame.id, ErrorCode.OVERLOADED, msg, self._retry_after_ms))
+            session.send(self._hub.refused(frame, ErrorCode.OVERLOADED, msg, self._retry_after_ms, "inflight"))
             return
         if queue is None:
             queue = self._queues[user] = deque()

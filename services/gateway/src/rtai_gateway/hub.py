@@ -116,12 +116,11 @@ class Hub:
         retry = self.settings.admission.retry_after_ms
         if info is None:
             if not self.catalog.redis_ok:
-                return self._refused(
-                    req, ErrorCode.UNAVAILABLE, "the queue backend is unreachable", retry, "unavailable"
-                )
+                msg = "the queue backend is unreachable"
+                return self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable")
             if req.task in self.catalog.known:
                 msg = f"no live worker serves task {req.task!r} right now"
-                return self._refused(req, ErrorCode.UNAVAILABLE, msg, retry, "no_workers")
+                return self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "no_workers")
             # Unknown task names come from clients: one "unknown" label keeps the metric's cardinality bounded.
             self.metrics.requests.labels("unknown", ErrorCode.UNKNOWN_TASK).inc()
             self.metrics.duration.labels("unknown", ErrorCode.UNKNOWN_TASK).observe(0)
@@ -130,32 +129,35 @@ class Hub:
             )
         if len(req.input) > info.max_input_chars:
             msg = f"input has {len(req.input)} characters; task {req.task!r} takes at most {info.max_input_chars}"
-            return self._refused(req, ErrorCode.INVALID_REQUEST, msg)
+            return self.refused(req, ErrorCode.INVALID_REQUEST, msg)
         if req.options.stream and not info.streaming:
-            return self._refused(
+            return self.refused(
                 req, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false"
             )
         if (session.identity, req.id) in self.pending:
             return None  # a retry of a request in flight: _enqueue_new answers it without new work
         cap = self.settings.admission.max_inflight_per_connection
         if len(session.requests) >= cap:
-            return self._refused(
+            return self.refused(
                 req, ErrorCode.OVERLOADED, f"at most {cap} requests in flight per connection", retry, "inflight"
             )
         refused = self.catalog.admission(req.task)
         if refused is not None:
             code = ErrorCode.UNAVAILABLE if refused.reason == "unavailable" else ErrorCode.OVERLOADED
-            return self._refused(req, code, refused.message, refused.retry_after_ms, refused.reason)
+            return self.refused(req, code, refused.message, refused.retry_after_ms, refused.reason)
         return None
 
-    def _refused(
+    def refused(
         self, req: Infer, code: ErrorCode, message: str, retry_after_ms: int | None = None, reason: str | None = None
     ) -> bytes:
+        """The refusal frame for a request that is not accepted, counted as its outcome."""
         m = self.metrics
-        m.requests.labels(req.task, code).inc()
-        m.duration.labels(req.task, code).observe(0)
+        # Task names come from clients: only names the registry knows become label values.
+        task = req.task if req.task in self.catalog.tasks or req.task in self.catalog.known else "unknown"
+        m.requests.labels(task, code).inc()
+        m.duration.labels(task, code).observe(0)
         if reason is not None:
-            m.refusals.labels(req.task, reason).inc()
+            m.refusals.labels(task, reason).inc()
         return refusal(req.id, code, message, retry_after_ms)
 
     def _make_job(self, session: Session, req: Infer) -> Job:
@@ -189,7 +191,7 @@ class Hub:
                 log.warning("submit.failed", request_id=job.request_id, error=type(res).__name__)
                 retry = self.settings.admission.retry_after_ms
                 msg = "the queue backend is unreachable"
-                session.send(self._refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable"))
+                session.send(self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable"))
                 return
             status = res[0].decode()
             if status == "new":

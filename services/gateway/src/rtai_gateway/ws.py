@@ -196,8 +196,7 @@ async def _dispatch(sock: _Socket, session: Session, frame: Hello | Infer | Canc
     elif isinstance(frame, Cancel):
         waiting = sock.guard.scheduler.cancel_waiting(session, frame.id)
         if waiting is not None:
-            rt.metrics.requests.labels(waiting.task, ErrorCode.CANCELLED).inc()
-            session.send(refusal(frame.id, ErrorCode.CANCELLED, "cancelled by the client"))
+            session.send(rt.hub.refused(waiting, ErrorCode.CANCELLED, "cancelled by the client"))
             return
         p = rt.hub.pending.get((session.identity, frame.id))
         if p is None or p.session is not session:

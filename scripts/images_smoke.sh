@@ -82,7 +82,8 @@ for svc in "${services[@]}"; do
   if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then   # the host's CA bundle (TLS proxies) for uv's downloads
     ca=(-v /etc/ssl/certs/ca-certificates.crt:/etc/rtai-build-ca.crt:ro --build-arg SSL_CERT_FILE=/etc/rtai-build-ca.crt)
   fi
-  bah bud --quiet --isolation chroot --layers "${ca[@]}" \
+  # docker format: the OCI format drops the Dockerfile's SHELL (-eu), and RUN steps would no longer fail fast.
+  bah bud --quiet --isolation chroot --format docker --layers "${ca[@]}" \
     -f "$root/services/$svc/Dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "UV_IMAGE=$uvimg" \
     --build-arg UV_CACHE_DIR=/uv-cache --build-arg "UV_OFFLINE=${SMOKE_UV_OFFLINE:-false}" \

@@ -1,4 +1,4 @@
-"""The real all-MiniLM-L6-v2 on the int8 ONNX path (the artifact `make models` exports into the cache)."""
+"""The real all-MiniLM-L6-v2 on the static int8 ONNX path (the artifact `make models` exports into the cache)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_embeddings_are_384_d_and_unit_length(embed: MiniLMEmbedModel) -> None:
     assert vectors.shape == (2, DIM)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert embed.info.pads
-    assert "onnx-int8-per-channel" in embed.info.fingerprint
+    assert "onnx-int8-static-per-channel" in embed.info.fingerprint
+    assert "export-v2" in embed.info.fingerprint
 
 
 def test_paraphrases_are_closer_than_unrelated_pairs(embed: MiniLMEmbedModel) -> None:
@@ -56,9 +57,8 @@ def test_mixed_length_batch_keeps_request_order(embed: MiniLMEmbedModel) -> None
     single = np.concatenate([_vectors(embed, [t]) for t in texts])
     # Each row is its own text's vector, in request order...
     assert list((batched @ single.T).argmax(axis=1)) == [0, 1, 2, 3]
-    # ...but int8 dynamic quantisation scales activations per batch tensor, so a vector moves slightly with its
-    # batch mates (measured: cosine 0.975 at worst, for one-word texts; see docs/models.md).
-    assert np.all(np.sum(batched * single, axis=1) > 0.95)
+    # ...and the same vector as alone: static int8 scales do not depend on batch mates (test_models_batch_invariance).
+    np.testing.assert_allclose(batched, single, atol=1e-5)
     assert embed.sort_key(ModelInput(text=texts[1])) > embed.sort_key(ModelInput(text=texts[0]))
 
 
@@ -84,4 +84,4 @@ def test_int8_graph_stays_close_to_torch_fp32() -> None:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     cosines = np.sum(onnx_vectors * ref, axis=1)
-    assert np.all(cosines >= 0.98), cosines
+    assert np.all(cosines >= 0.99), cosines  # measured: 0.9993 on average, 0.996 at worst over 202 texts

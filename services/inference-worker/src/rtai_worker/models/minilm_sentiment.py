@@ -3,7 +3,7 @@
 Stronger than VADER off its home ground (see docs/models.md for accuracy); it has its own task name because its
 answers differ from VADER's. The head (`sentiment_head.json`, a few KB) is trained by
 `scripts/train_sentiment_head.py` from the shipped labelled data and committed; the MiniLM backend follows the
-device (int8 ONNX on CPU), and the head was fitted on the CPU backend's embeddings.
+device (static int8 ONNX on CPU), and the head was fitted on the CPU backend's embeddings.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from rtai_transport import close_redis, create_redis
 log = get_logger("rtai_gateway.loops")
 
 READ_COUNT = 512
+TRIM_EVERY_S = 1.0
 
 
 async def _forever(name: str, step: Callable[[], Awaitable[None]], pause_s: float) -> None:
@@ -45,9 +47,10 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     # A client of its own that does not retry: this loop retries with backoff itself, and reconnects to a newly
     # promoted master as soon as Sentinel names it (redis-py's nested retries could hang a blocked read for ~20 s).
     redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0)
+    trimmed_at = 0.0
 
     async def step() -> None:
-        nonlocal cursor
+        nonlocal cursor, trimmed_at
         ready.set()
         resp: Any = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
         if not resp:
@@ -68,7 +71,11 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
             await hub.handle_replies(replies)
         # Advance only after handling: a failure above re-reads the same entries, and the log scripts drop repeats.
         cursor = entries[-1][0].decode()
-        await redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
+        if time.monotonic() - trimmed_at >= TRIM_EVERY_S:
+            # Read entries are ours alone and no longer needed; trimming once a second keeps a round trip off the
+            # path between two reads (workers also cap the stream with MAXLEN).
+            trimmed_at = time.monotonic()
+            await redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
 
     try:
         await _forever("replies", step, 0.05)

@@ -58,6 +58,9 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         "health_check_interval": 10,
         "decode_responses": False,
     }
+    tls = settings.tls or settings.url.startswith("rediss://")
+    if tls and settings.tls_ca_file:
+        common["ssl_ca_certs"] = settings.tls_ca_file
     if settings.sentinels:
         sentinel_kwargs: dict[str, object] = {
             "socket_timeout": settings.connect_timeout_s,
@@ -65,10 +68,12 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         }
         if settings.sentinel_password:
             sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
-        if settings.tls:
+        if tls:
             sentinel_kwargs["ssl"] = True
+            if settings.tls_ca_file:
+                sentinel_kwargs["ssl_ca_certs"] = settings.tls_ca_file
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=settings.tls, db=settings.db, **common
+            settings.sentinel_addresses(), sentinel_kwargs=sentinel_kwargs, ssl=tls, db=settings.db, **common
         )
         master: Redis = sentinel.master_for(
             settings.master,
@@ -77,8 +82,9 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
             timeout=socket_timeout,
         )
         return master
+    url = settings.url.replace("redis://", "rediss://", 1) if settings.tls else settings.url
     pool = BlockingConnectionPool.from_url(
-        settings.url, max_connections=settings.max_connections, timeout=socket_timeout, **common
+        url, max_connections=settings.max_connections, timeout=socket_timeout, **common
     )
     return aioredis.Redis(connection_pool=pool)
 

@@ -52,7 +52,10 @@ class RedisSettings(BaseModel):
     sentinel_password: SecretStr | None = Field(
         default=None, description="Password of the Sentinel processes, if they need one."
     )
-    tls: bool = Field(default=False, description="Use TLS to Redis (and Sentinels).")
+    tls: bool = Field(default=False, description="Use TLS to Redis and Sentinels (a `rediss://` URL implies it).")
+    tls_ca_file: str | None = Field(
+        default=None, description="CA bundle that signed the Redis (and Sentinel) certificates; default: the system's."
+    )
     db: int = Field(
         default=0, ge=0, description="Database number (Sentinel mode); separate environments by `prefix`, not by db."
     )

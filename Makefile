@@ -7,6 +7,8 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 export UV_PYTHON := 3.11
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv's pip --user install lands in ~/.local/bin, which a fresh shell may not have on PATH; scripts call `uv` by name.
+export PATH := $(dir $(UV)):$(PATH)
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_RUN := $(UV) run --no-sync
@@ -77,7 +79,7 @@ test-chaos: install-py ## fault injection: worker kills, Sentinel failover, Redi
 
 test: install check models deploy-tools browser-deps ## everything: static checks, unit, models, integration, chaos, deploy, observability, browser, bench smoke, image builds
 	$(MAKE) --no-print-directory images-smoke
-	$(PYTEST) -p no:cacheprovider
+	RTAI_FORBID_SKIPS=1 $(PYTEST) -p no:cacheprovider
 
 run: install-py ## start redis (unless RTAI_REDIS_URL is set), a gateway and a worker; Ctrl-C stops all
 	scripts/install-system.sh redis-server

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for prefix, marker in MARKERS_BY_DIR.items():
             if rel.startswith(prefix + "/"):
                 item.add_marker(getattr(pytest.mark, marker))
+
+
+# `make test` sets this: there every program and model is installed, so a skip can only hide a broken setup.
+FORBID_SKIPS = os.environ.get("RTAI_FORBID_SKIPS") == "1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under `make test`, which must run every test: {reason}"
+    return report
 
 
 @pytest.fixture(scope="session")

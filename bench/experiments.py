@@ -31,6 +31,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "no-spans": (["--no-spans"], ["--no-spans"], {}),
     "inline-predict": ([], ["--inline-predict"], {}),
     "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
+    "no-cancel-screen": ([], ["--no-cancel-screen"], {}),
     "all": (
         ["--uvloop"],
         ["--uvloop", "--inline-predict"],

@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--no-spans", action="store_true")
     parser.add_argument("--inline-predict", action="store_true")
+    parser.add_argument("--no-cancel-screen", action="store_true")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
@@ -78,6 +79,13 @@ def main() -> None:
                 m.inference.labels(self.task).observe(time.perf_counter() - started)
 
         task_server.TaskServer._predict = _predict  # type: ignore[method-assign]
+    if args.no_cancel_screen:
+        from rtai_worker import consumer
+
+        async def _cancelled(self: Any, jobs: Any) -> set[str]:
+            return set()
+
+        consumer.Consumer.cancelled = _cancelled  # type: ignore[method-assign]
     sys.argv = [sys.argv[0]]
     raise SystemExit(wentry.main())
 

@@ -120,7 +120,10 @@ class TaskServer:
         self, batch: list[Delivery], now: int
     ) -> tuple[list[Delivery], list[tuple[Delivery, Reply | None]]]:
         """Split off jobs that must not run: expired (answered), cancelled (the gateway already answered)."""
-        cancelled = await self.consumer.cancelled([d.job for d in batch])
+        # The cancel flags cost a Redis round trip per batch. A declared-cheap inline model (VADER: ~25 us) costs less
+        # than that, so it runs a job cancelled in the last instant anyway: the gateway has already sent `cancelled`
+        # and drops the late result as a duplicate final (LOG_FRAME). Measured: L p50 -0.3 ms, T +13% (performance.md).
+        cancelled = set() if self.model.info.inline else await self.consumer.cancelled([d.job for d in batch])
         live: list[Delivery] = []
         done: list[tuple[Delivery, Reply | None]] = []
         for d in batch:

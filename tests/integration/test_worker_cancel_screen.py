@@ -1,0 +1,110 @@
+"""The worker's last look at cancel flags before it runs a batch, on a real Redis.
+
+A job the client cancelled after the worker read it (the gateway could no longer XDEL it) is skipped by a model that
+runs in a thread; a declared-cheap inline model runs it anyway, because the check would cost more than the job, and
+the gateway drops that late result as a duplicate final (the last test here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from rtai_protocol import Job, Reply, encode
+from rtai_transport import Keys, Redis, RedisSettings, close_redis, create_redis
+from rtai_worker.consumer import Consumer, Delivery
+from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.models.options import ModelOptions
+from rtai_worker.models.vader import VaderModel
+from rtai_worker.settings import WorkerSettings
+from rtai_worker.task_server import TaskServer
+from tests.support import procs
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+
+@pytest.fixture
+async def redis(redis_server: RedisHandle) -> AsyncIterator[Redis]:
+    client = create_redis(RedisSettings(url=redis_server.url))
+    yield client
+    await close_redis(client)
+
+
+def _job(n: int, reply_to: str) -> Job:
+    now = int(time.time() * 1000)
+    return Job(
+        job_id=uuid.uuid4().hex,
+        request_id=f"r{n}",
+        owner="o",
+        session="s",
+        task="sentiment",
+        input="a fine day",
+        deadline_ms=now + 30_000,
+        enqueued_ms=now,
+        reply_to=reply_to,
+    )
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_cancelled_after_read(redis: Redis, prefix: str, inline: bool) -> None:
+    keys = Keys(prefix)
+    model = VaderModel(ModelOptions())
+    model._info = dataclasses.replace(model.info, inline=inline)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()))
+    jobs = [_job(n, keys.replies("g1")) for n in range(3)]
+    await redis.set(keys.cancelled(jobs[1].job_id), b"1")
+
+    live, done = await server._screen([Delivery(f"0-{n + 1}", j) for n, j in enumerate(jobs)], int(time.time() * 1000))
+
+    if inline:
+        assert [d.job.request_id for d in live] == ["r0", "r1", "r2"]
+        assert done == []
+    else:
+        assert [d.job.request_id for d in live] == ["r0", "r2"]
+        assert [(d.job.request_id, reply) for d, reply in done] == [("r1", None)]
+
+
+async def test_late_result_after_cancel_is_dropped(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service], redis: Redis
+) -> None:
+    """What an inline worker does with a job cancelled after its read: the result reaches the gateway after the
+    client already got `cancelled`. The client sees one final frame, and the connection goes on serving."""
+    env = procs.redis_env_for_url(redis_server.url)
+    w = procs.worker(env, prefix).start()
+    services.append(w)
+    g = procs.gateway(env, prefix).start()
+    services.append(g)
+    c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
+    w.signal(signal.SIGSTOP)  # the job stays queued until the cancel
+    try:
+        rid = await c.infer("sentiment", "cancelled, then answered anyway")
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
+        await c.send({"type": "cancel", "id": rid})
+        assert (await c.final(rid))["code"] == "cancelled"
+    finally:
+        w.signal(signal.SIGCONT)
+    [req_key] = [k async for k in redis.scan_iter(match=f"{prefix}:v1:req:*:{rid}")]
+    job = Job.model_validate_json(await redis.hget(req_key, "job"))
+    late = Reply(
+        job_id=job.job_id,
+        request_id=job.request_id,
+        owner=job.owner,
+        session=job.session,
+        task=job.task,
+        kind="result",
+        data={"label": "positive"},
+    )
+    await redis.xadd(job.reply_to, {"m": encode(late)})
+    # A request sent after the late reply is answered after the gateway has read it (one reply stream, in order).
+    assert (await c.call("sentiment", "still serving"))["type"] == "result"
+    await asyncio.sleep(0.2)
+    assert [f["type"] for f in c.by_id[rid]] == ["accepted", "error"], c.by_id[rid]
+    await c.close()

@@ -199,6 +199,7 @@ class LoadDriver:
             "recover_s": round(recover, 2) if recover is not None else None,
             "reconnects": sum(c.reconnects for c in self.clients),
             "resumed": sum(c.resumed for c in self.clients),
+            "close_codes": dict(sum((c.close_codes for c in self.clients), Counter())),
             "lost_ids": lost[:10],
             "duplicate_ids": dups[:10],
         }

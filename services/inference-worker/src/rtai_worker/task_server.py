@@ -68,17 +68,18 @@ class TaskServer:
         while not self.stopping.is_set():
             try:
                 batch = await self._gather(s.max_batch_size, s.max_batch_delay_ms)
+                if batch:
+                    # Replying and acking can fail too (Redis down or failing over past the client's retries): the
+                    # batch then stays pending and is reclaimed and re-run, and this loop goes on.
+                    await self.run(batch)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 failures += 1
                 if failures == 1:
-                    log.warning("read.failed", task=self.task, error=type(e).__name__)
+                    log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
-                continue
-            if batch:
-                await self.run(batch)
 
     async def _gather(self, size: int, delay_ms: float) -> list[Delivery]:
         """Block for the first job, then wait up to `delay_ms` for more, up to `size` (dynamic batching)."""

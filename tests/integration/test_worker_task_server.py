@@ -1,4 +1,5 @@
-"""The worker's last look at cancel flags before it runs a batch, on a real Redis.
+"""The worker's task server in process, on a real Redis: its last look at cancel flags before it runs a batch, and a
+read loop that outlives a failed reply.
 
 A job the client cancelled after the worker read it (the gateway could no longer XDEL it) is skipped by a model that
 runs in a thread; a declared-cheap inline model runs it anyway, because the check would cost more than the job, and
@@ -8,14 +9,17 @@ the gateway drops that late result as a duplicate final (the last test here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_protocol import Job, Reply, encode
 from rtai_transport import Keys, Redis, RedisSettings, close_redis, create_redis
@@ -108,3 +112,47 @@ async def test_late_result_after_cancel_is_dropped(
     await asyncio.sleep(0.2)
     assert [f["type"] for f in c.by_id[rid]] == ["accepted", "error"], c.by_id[rid]
     await c.close()
+
+
+async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
+    """Redis failing while a batch is answered (MULTI with the reply and the XACK) leaves the batch pending for the
+    reclaimer; the read loop goes on serving instead of ending the worker."""
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    server = TaskServer(
+        "sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+    )
+    real_finish = consumer.finish
+    calls = 0
+
+    async def finish_failing_once(done: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RedisConnectionError("connection lost while replying")
+        await real_finish(done)
+
+    consumer.finish = finish_failing_once  # type: ignore[method-assign]
+    await consumer.ensure_group()
+    serving = asyncio.create_task(server.serve())
+    try:
+        first, second = _job(1, keys.replies("g1")), _job(2, keys.replies("g1"))
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(first)})
+        while calls < 1:
+            await asyncio.sleep(0.01)
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(second)})
+        replies: list[Any] = []
+        for _ in range(300):
+            replies = await redis.xrange(keys.replies("g1"))
+            if replies:
+                break
+            await asyncio.sleep(0.01)
+        assert not serving.done(), "the read loop ended"
+        assert [Reply.model_validate_json(f[b"m"]).request_id for _, f in replies] == ["r2"]
+        pending = await redis.xpending(keys.jobs("sentiment"), "workers")
+        assert pending["pending"] == 1, "the unanswered batch must stay pending, for the reclaimer"
+    finally:
+        server.stopping.set()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving

@@ -1,5 +1,5 @@
 """The worker's task server in process, on a real Redis: its last look at cancel flags before it runs a batch, and a
-read loop that outlives a failed reply.
+read loop that outlives a failed reply, a streaming worker that claims no more than it can start.
 
 A job the client cancelled after the worker read it (the gateway could no longer XDEL it) is skipped by a model that
 runs in a thread; a declared-cheap inline model runs it anyway, because the check would cost more than the job, and
@@ -30,6 +30,7 @@ from rtai_worker.models.vader import VaderModel
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support import procs
+from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
 
@@ -156,3 +157,50 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+
+
+async def test_a_streaming_worker_reads_only_what_it_can_start(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its stream slots full, a worker leaves further generations in the queue (for other replicas) instead of
+    claiming them to wait here; a job whose deadline passed while it waited for a slot is answered, not run."""
+    monkeypatch.setenv("RTAI_TEST_TOKEN_MS", "100")
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "generate", "w1")
+    settings = WorkerSettings(max_streams=2, max_batch_size=32)
+    server = TaskServer("generate", TokenModel(ModelOptions()), consumer, settings, WorkerMetrics(CollectorRegistry()))
+    await consumer.ensure_group()
+    jobs = [
+        _job(n, keys.replies("g1")).model_copy(update={"task": "generate", "stream": True, "input": "a b c d e f"})
+        for n in range(5)
+    ]
+    for j in jobs:
+        await redis.xadd(keys.jobs("generate"), {"m": encode(j)})
+    serving = asyncio.create_task(server.serve())
+    try:
+        await asyncio.sleep(0.3)  # two generations running (6 words x 100 ms each)
+        pending = await redis.xpending(keys.jobs("generate"), "workers")
+        assert pending["pending"] == 2, pending
+        groups = await redis.xinfo_groups(keys.jobs("generate"))
+        assert groups[0]["lag"] == 3, "the other three jobs must stay unread in the queue"
+    finally:
+        server.stopping.set()
+        server.cancel_streams()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "generate", "w1")
+    server = TaskServer(
+        "generate", TokenModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+    )
+    job = _job(1, keys.replies("g1")).model_copy(
+        update={"task": "generate", "stream": True, "deadline_ms": int(time.time() * 1000) - 1}
+    )
+    await server._stream(Delivery("0-1", job))
+    [(_, fields)] = await redis.xrange(keys.replies("g1"))
+    reply = Reply.model_validate_json(fields[b"m"])
+    assert (reply.kind, reply.code) == ("error", "deadline_exceeded")

@@ -163,9 +163,10 @@ class FairScheduler:
         budget = min(w.frame.options.deadline_ms or d.default_ms, d.max_ms)
         left = budget - int((time.monotonic() - w.since) * 1000)
         if left <= 0:
-            self._hub.metrics.requests.labels(w.frame.task, ErrorCode.DEADLINE_EXCEEDED).inc()
+            # Through the hub's refusal: it counts the outcome under a known task name only (client-chosen names
+            # must not become label values).
             w.session.send(
-                refusal(w.frame.id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a slot")
+                self._hub.refused(w.frame, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a slot")
             )
             return None
         return w.frame.model_copy(update={"options": w.frame.options.model_copy(update={"deadline_ms": left})})

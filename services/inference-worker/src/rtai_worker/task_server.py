@@ -67,7 +67,8 @@ class TaskServer:
         failures = 0
         while not self.stopping.is_set():
             try:
-                batch = await self._gather(s.max_batch_size, s.max_batch_delay_ms)
+                size = await self._read_budget(s.max_batch_size)
+                batch = await self._gather(size, s.max_batch_delay_ms)
                 if batch:
                     # Replying and acking can fail too (Redis down or failing over past the client's retries): the
                     # batch then stays pending and is reclaimed and re-run, and this loop goes on.
@@ -80,6 +81,16 @@ class TaskServer:
                 if failures == 1:
                     log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+
+    async def _read_budget(self, size: int) -> int:
+        """How many jobs to read now. A streaming model takes no more than it has free stream slots for: jobs it
+        read but could not start would sit claimed here while other replicas (or new ones scaled up for the
+        backlog) stay idle."""
+        if not self.model.info.streaming:
+            return size
+        while len(self._stream_tasks) >= self.settings.max_streams and not self.stopping.is_set():
+            await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        return max(1, min(size, self.settings.max_streams - len(self._stream_tasks)))
 
     async def _gather(self, size: int, delay_ms: float) -> list[Delivery]:
         """Block for the first job, then wait up to `delay_ms` for more, up to `size` (dynamic batching)."""
@@ -235,12 +246,17 @@ class TaskServer:
         job = d.job
         async with self._streams:
             try:
-                with tracer.start_as_current_span(
-                    "worker.job",
-                    context=extract_context(job.headers),
-                    attributes={"rtai.request_id": job.request_id, "rtai.stream": True},
-                ):
-                    reply = await self._generate(job)
+                reply: Reply | None
+                if job.deadline_ms <= _now_ms():  # it waited for a slot past its deadline: answer, don't run
+                    self.metrics.jobs.labels(self.task, "expired").inc()
+                    reply = self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before a slot was free")
+                else:
+                    with tracer.start_as_current_span(
+                        "worker.job",
+                        context=extract_context(job.headers),
+                        attributes={"rtai.request_id": job.request_id, "rtai.stream": True},
+                    ):
+                        reply = await self._generate(job)
                 await self.consumer.finish([(d, reply)])
             except asyncio.CancelledError:
                 raise

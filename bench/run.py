@@ -120,7 +120,7 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
                 f"N {row['idle']} idle",
                 f"throughput {dt:+.1%}, p99 {dp:+.1%}, {kb} KB/socket",
                 "< 10% change, <= 50 KB per idle socket",
-                abs(dt) < 0.1 and abs(dp) < 0.1 and (kb or 0) <= 50,
+                abs(dt) < 0.1 and abs(dp) < 0.1 and kb is not None and kb <= 50,
             )
     s = by("S")
     drains = [r for r in s if "draining" in r["what"]]

@@ -29,6 +29,13 @@ def test_valid_infer_parses_with_defaults() -> None:
     assert frame.options.deadline_ms is None
 
 
+def test_generation_options_parse() -> None:
+    raw = '{"type":"infer","id":"g","task":"generate","input":"hi","options":{"time_limit_s":2.5,"temperature":0.7}}'
+    frame = decode_client_frame(raw)
+    assert isinstance(frame, Infer)
+    assert (frame.options.time_limit_s, frame.options.temperature) == (2.5, 0.7)
+
+
 @pytest.mark.parametrize(
     ("raw", "needle", "rid"),
     [
@@ -41,6 +48,9 @@ def test_valid_infer_parses_with_defaults() -> None:
         ('{"type":"teleport"}', "type", None),
         ("[1,2]", "JSON object", None),
         ('{"a":' * 40 + "1" + "}" * 40, "nested deeper", None),
+        ('{"type":"infer","id":"a","task":"s","input":"x","options":{"temperature":3}}', "temperature", "a"),
+        ('{"type":"infer","id":"a","task":"s","input":"x","options":{"time_limit_s":0}}', "time_limit_s", "a"),
+        ('{"type":"hello","last_seq":100000000000000000000}', "last_seq", None),
     ],
 )
 def test_bad_frames_raise_invalid_request_naming_the_problem(raw: str, needle: str, rid: str | None) -> None:

@@ -32,6 +32,10 @@ class InferOptions(_ClientFrame):
     """Budget in ms from the gateway's receipt, capped by the server's maximum; absent: the server's default."""
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
     """For generation: at most this many tokens (capped by the server)."""
+    time_limit_s: float | None = Field(default=None, gt=0, le=3600)
+    """For generation: stop after this many seconds of generating (capped by the server)."""
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    """For generation: 0 is greedy (the default); above 0 samples, seeded per request so a re-run repeats itself."""
 
 
 class Hello(_ClientFrame):
@@ -41,8 +45,9 @@ class Hello(_ClientFrame):
     v: int = PROTOCOL_VERSION
     session: str | None = Field(default=None, max_length=128)
     """The `session` token from an earlier `welcome`, to resume that session."""
-    last_seq: int = Field(default=0, ge=0)
-    """The highest `seq` the client saw; every resumable frame after it is sent again."""
+    last_seq: int = Field(default=0, ge=0, le=2**53 - 1)
+    """The highest `seq` the client saw; every resumable frame after it is sent again. At most 2^53 - 1, the largest
+    integer every JSON client (JavaScript's doubles) holds exactly; Redis stream ids would refuse larger ones."""
 
 
 class Infer(_ClientFrame):

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import redis as redis_sync
@@ -33,7 +34,7 @@ async def test_cancel_stops_a_running_stream(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
-    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="50"))
+    w = start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="50"))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     rid = await c.infer("generate", LONG_TEXT, stream=True)
@@ -46,17 +47,27 @@ async def test_cancel_stops_a_running_stream(
     chunks = [f for f in c.by_id[rid] if f["type"] == "chunk"]
     assert len(chunks) < 20, "generation went on after the cancel"
     assert len(c.finals(rid)) == 1
+    # The gateway drops chunks after a final frame anyway: the worker's own count shows that it stopped generating
+    # (40 words x 50 ms would still be running).
+    metrics = httpx.get(f"{w.base}/metrics").text
+    assert 'rtai_worker_jobs_total{outcome="cancelled",task="generate"} 1.0' in metrics, [
+        ln for ln in metrics.splitlines() if ln.startswith("rtai_worker_jobs_total")
+    ]
     await c.close()
 
 
 async def test_cancel_removes_a_queued_job(
-    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service], tmp_path: Path
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
-    w = start(services, procs.worker(env, prefix))
+    counting = "sentiment=tests.support.fake_models:counting"
+    w = start(services, procs.worker(env, prefix, tasks=counting, RTAI_TEST_COUNT_DIR=str(tmp_path)))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
-    w.signal(signal.SIGSTOP)  # nothing is consumed: the job stays queued
+    w.signal(signal.SIGSTOP)
+    # Past the worker's 500 ms blocking read: Redis no longer holds a read for it, so the job stays in the queue
+    # (unread) rather than being handed to the stopped worker.
+    await asyncio.sleep(0.8)
     try:
         rid = await c.infer("sentiment", "queued then cancelled")
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
@@ -68,6 +79,9 @@ async def test_cancel_removes_a_queued_job(
         w.signal(signal.SIGCONT)
     assert (await c.call("sentiment", "still works"))["type"] == "result"
     assert len(c.finals(rid)) == 1
+    texts = "".join(f.read_text() for f in tmp_path.glob("*.txt"))
+    assert "still works" in texts
+    assert "queued then cancelled" not in texts, "the cancelled job was run"
     await c.close()
 
 
@@ -317,3 +331,67 @@ async def test_worker_sigterm_finishes_its_batch_and_exits(
     finals = [await c.final(r, timeout=10) for r in rids]
     assert all(f["type"] == "result" for f in finals), finals
     await c.close()
+
+
+async def test_work_adopted_from_a_live_gateway_is_rerun_once_that_gateway_dies(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A client resumes on B while A still lives (so B leaves the job to A), then A dies before the job ran: its
+    reply would go to A's stream, which nobody reads any more. B notices A is gone and runs the job again."""
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix))
+    a = start(services, procs.gateway(env, prefix))
+    b = start(services, procs.gateway(env, prefix))
+    w.signal(signal.SIGSTOP)
+    await asyncio.sleep(0.8)  # past the worker's blocking read: the job will wait in the queue
+    try:
+        c = await Conn(ws_url(a)).open()
+        rid = await c.infer("sentiment", "adopted", deadline_ms=60_000)
+        await c.wait_for(lambda f: f["type"] == "accepted" and f.get("id") == rid)
+        c.ws.transport.abort()  # the network drops: the session waits for a resume
+        await asyncio.sleep(0.3)
+        c2 = await Conn(ws_url(b)).open(hello={"type": "hello", "session": c.session, "last_seq": c.last_seq})
+        assert c2.frames[0]["resumed"] is True
+        a.kill()
+        await asyncio.sleep(6.5)  # A's liveness key (5 s) runs out; B's heartbeat looks every second
+    finally:
+        w.signal(signal.SIGCONT)
+    final = await c2.final(rid, timeout=15)
+    assert final["type"] == "result", final
+    assert len(c2.finals(rid)) == 1
+    await c2.close()
+
+
+async def test_admission_caps_in_flight_per_connection_and_refuses_on_old_backlog(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """With the worker stalled: a connection's fourth request over a cap of 3 is refused; once the oldest queued job
+    is older than the limit, every connection is refused; both as `overloaded` with a retry hint, and both recover."""
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix))
+    limits = {
+        "ADMISSION__MAX_INFLIGHT_PER_CONNECTION": "3",
+        "ADMISSION__MAX_OLDEST_AGE_S": "1.5",
+        "LIMITS__MAX_INFLIGHT_PER_USER": "100",
+    }
+    g = start(services, procs.gateway(env, prefix, **limits))
+    c, d = await Conn(ws_url(g)).open(), await Conn(ws_url(g)).open()
+    w.signal(signal.SIGSTOP)
+    await asyncio.sleep(0.8)  # past the worker's blocking read: jobs wait in the queue
+    try:
+        rids = [await c.infer("sentiment", f"held {i}") for i in range(4)]
+        refused = await c.final(rids[3])
+        assert (refused["code"], refused["retry_after_ms"] > 0) == ("overloaded", True), refused
+        assert "per connection" in refused["message"]
+        await asyncio.sleep(2.0)  # the oldest queued job passes 1.5 s (backlog re-read every 0.25 s)
+        old = await d.call("sentiment", "behind an old backlog")
+        assert (old["type"], old["code"]) == ("error", "overloaded"), old
+        assert "waited" in old["message"]
+    finally:
+        w.signal(signal.SIGCONT)
+    for rid in rids[:3]:
+        assert (await c.final(rid))["type"] == "result"
+    await asyncio.sleep(0.5)  # the drained backlog is re-read
+    assert (await d.call("sentiment", "after the drain"))["type"] == "result"
+    await c.close()
+    await d.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # A Lua function shared by the scripts below: number a frame into its session and append it to the session log.
 _APPEND = """
-local function append(seq_key, log_key, body, ttl, maxlen)
+local function append(seq_key, log_key, body, ttl, maxlen, floor)
   local seq = redis.call('INCR', seq_key)
   if seq == 1 then
     -- The counter is new (first frame, or lost in a failover): never number below what the log holds.
@@ -18,6 +18,10 @@ local function append(seq_key, log_key, body, ttl, maxlen)
       if top >= seq then seq = top + 1; redis.call('SET', seq_key, seq) end
     end
   end
+  -- `floor`: the highest number the gateway already sent on the session's socket. A failover can lose the counter's
+  -- last increments together with their log entries (replication is asynchronous); numbering at or below what the
+  -- client has would make it (and the gateway) drop the new frame as already seen.
+  if seq <= floor then seq = floor + 1; redis.call('SET', seq_key, seq) end
   redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, seq .. '-1', 'f', body)
   redis.call('EXPIRE', seq_key, ttl)
   redis.call('EXPIRE', log_key, ttl)
@@ -29,7 +33,8 @@ end
 # state, so that whatever re-runs or duplicates happen upstream, a request gets each chunk index once and exactly one
 # final frame. Returns {seq, or 0 if dropped as a duplicate; the gateway holding the session now, or ''}.
 # KEYS: 1 seq, 2 log, 3 session meta hash, 4 request hash, 5 session inflight hash
-# ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s
+# ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s,
+#       8 the highest seq the gateway sent on the session's socket (0 if it does not hold it)
 LOG_FRAME = (
     _APPEND
     + """
@@ -47,14 +52,14 @@ else
 end
 -- A session that keeps receiving frames stays resumable: its meta lives as long as its log.
 if holder ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
-return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5]), holder}
+return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5], tonumber(ARGV[8] or '0')), holder}
 """
 )
 
 # Admits a request idempotently, enqueues its job and logs its `accepted` frame, in one step.
 # KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
 # ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
-#       8 log maxlen
+#       8 log maxlen, 9 the highest seq the gateway sent on the session's socket
 # Returns {'new', entry id, seq} | {'done', final frame body, its session} | {'inflight', ''} | {'elsewhere', session}
 SUBMIT = (
     _APPEND
@@ -71,7 +76,7 @@ redis.call('HSET', KEYS[1], 'session', ARGV[2], 'job', ARGV[1], 'next', 0, 'entr
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
-return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8])}
+return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8], tonumber(ARGV[9] or '0'))}
 """
 )
 

@@ -226,6 +226,7 @@ class Hub:
             s.ttl_s,
             accepted,
             s.log_maxlen,
+            session.delivered,
         ]
         await self.framelog.submit(self._submit, keys, args, then)
 
@@ -269,7 +270,9 @@ class Hub:
                 if int(seq):  # 0: a duplicate chunk or a second final frame, dropped by design
                     self._after_logged(r, body, kind, int(seq), holder.decode() if holder else "", forwards)
 
-            args = [body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s]
+            held = self.sessions.get(r.session)
+            floor = held.delivered if held is not None else 0
+            args = [body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s, floor]
             last = self.framelog.submit(self._log_frame, self._log_keys(r.session, r.owner, r.request_id), args, then)
         if last is not None:
             await last
@@ -292,6 +295,8 @@ class Hub:
             if kind == "final":
                 self._finished(p, "ok" if r.kind == "result" else (r.code or ErrorCode.INTERNAL), r.headers)
         session = self.sessions.get(r.session)
+        if session is not None and kind == "final" and not session.first_final(r.request_id):
+            return
         if session is not None and session.conn is not None and holder in ("", self.gateway_id):
             session.deliver(seq, body)
         elif holder and holder != self.gateway_id:
@@ -314,7 +319,7 @@ class Hub:
     def deliver_forward(self, fwd: Forward) -> None:
         """A frame another gateway logged for a session this gateway now holds (it took the session over)."""
         session = self.sessions.get(fwd.session)
-        if session is not None:
+        if session is not None and (not fwd.final or session.first_final(fwd.request_id)):
             session.deliver(fwd.seq, fwd.frame.encode())
         if fwd.final:
             p = self.pending.get((fwd.owner, fwd.request_id))
@@ -353,11 +358,13 @@ class Hub:
             if isinstance(res, Exception):
                 # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
                 log.warning("final.unlogged", request_id=job.request_id, error=type(res).__name__)
+                p.session.first_final(job.request_id)  # a result logged once Redis is back must not follow it
                 p.session.send(body)
-            elif int(res[0]):
+            elif int(res[0]) and p.session.first_final(job.request_id):
                 p.session.deliver(int(res[0]), body)
 
-        args = [body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s]
+        floor = p.session.delivered
+        args = [body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s, floor]
         await self.framelog.submit(self._log_frame, self._log_keys(job.session, job.owner, job.request_id), args, then)
 
 

@@ -113,6 +113,20 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
             await resubmit(hub, pending)
 
 
+async def adopt_orphans(hub: Hub) -> None:
+    """Requests taken over from a gateway that was still alive then (draining, say) wait for it to forward their
+    replies. Once it is gone nobody reads its reply stream: run them again, replies to this gateway. Called with the
+    heartbeat; costs nothing while this gateway holds no such request."""
+    alive: dict[str, bool] = {}
+    for p in [p for p in hub.pending.values() if p.job.reply_to != hub.reply_stream]:
+        origin = p.job.reply_to
+        if origin not in alive:
+            alive[origin] = await _gateway_alive(hub, origin)
+        if not alive[origin]:
+            log.info("inflight.adopted", request_id=p.job.request_id)
+            await resubmit(hub, p)
+
+
 async def _gateway_alive(hub: Hub, reply_stream: str) -> bool:
     gateway_id = reply_stream.rsplit(":", 1)[-1]
     return bool(await hub.redis.exists(hub.keys.gateway_alive(gateway_id)))

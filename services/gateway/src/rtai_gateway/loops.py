@@ -92,7 +92,8 @@ async def reap(hub: Hub, interval_s: float = 0.05) -> None:
 
 
 async def heartbeat(hub: Hub, interval_s: float = 1.0) -> None:
-    """Tell other gateways we are alive (they take over our sessions' work only when we are not)."""
+    """Tell other gateways we are alive (they take over our sessions' work only when we are not), and take over the
+    work of sessions adopted from gateways that have since gone."""
     key = hub.keys.gateway_alive(hub.gateway_id)
 
     async def step() -> None:
@@ -100,6 +101,7 @@ async def heartbeat(hub: Hub, interval_s: float = 1.0) -> None:
             pipe.set(key, b"1", ex=max(int(interval_s * 5), 3))
             pipe.expire(hub.reply_stream, hub.settings.sessions.ttl_s)
             await pipe.execute()
+        await lifecycle.adopt_orphans(hub)
         await asyncio.sleep(interval_s)
 
     await _forever("heartbeat", step, interval_s)

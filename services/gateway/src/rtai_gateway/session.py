@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from rtai_gateway.connection import Connection
 from rtai_protocol import with_seq
 
+FINALS_KEPT = 256
+"""Request ids per session whose final frame was sent, remembered to refuse a second one (see `Session.first_final`)."""
+
 
 def new_session_id() -> str:
     # The session id is also the resume token: 128 random bits, so it cannot be guessed.
@@ -31,6 +34,19 @@ class Session:
     requests: set[str] = field(default_factory=set)
     """Request ids of this session in flight on this gateway."""
     detached_at: float | None = None
+    finals: dict[str, None] = field(default_factory=dict)
+    """The last FINALS_KEPT request ids that got their final frame here, oldest first."""
+
+    def first_final(self, request_id: str) -> bool:
+        """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second
+        final for a request, but a failover can lose the request's stored final (asynchronous replication) while the
+        client already has it: a re-run's result must not reach the client as a second final."""
+        if request_id in self.finals:
+            return False
+        self.finals[request_id] = None
+        if len(self.finals) > FINALS_KEPT:
+            del self.finals[next(iter(self.finals))]
+        return True
 
     def deliver(self, seq: int, body: bytes) -> None:
         """Send a numbered frame unless the client already has it."""

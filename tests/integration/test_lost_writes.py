@@ -1,0 +1,88 @@
+"""What a Sentinel failover can do to the last writes before it, replayed deterministically on one real Redis.
+
+Replication is asynchronous: the promoted replica may lack the master's last increments of a session's frame counter,
+the log entries that went with them, and a request's stored final frame, although the client already received those
+frames. The test removes exactly those writes (as the failover would) and checks the two promises that depend on them:
+new frames are still numbered above what the client has (else the client and the gateway drop them as seen), and a
+re-run's result never reaches the client as a second final frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from rtai_protocol import Job, Reply, encode
+from rtai_transport import Keys, Redis, RedisSettings, close_redis, create_redis
+from tests.support import procs
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+
+@pytest.fixture
+async def redis(redis_server: RedisHandle) -> AsyncIterator[Redis]:
+    client = create_redis(RedisSettings(url=redis_server.url))
+    yield client
+    await close_redis(client)
+
+
+@pytest.fixture
+async def conn(redis_server: RedisHandle, prefix: str, services: list[procs.Service]) -> AsyncIterator[Conn]:
+    env = procs.redis_env_for_url(redis_server.url)
+    services.append(procs.worker(env, prefix).start())
+    g = procs.gateway(env, prefix).start()
+    services.append(g)
+    c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
+    yield c
+    await c.close()
+
+
+async def _lose_last_writes(redis: Redis, keys: Keys, c: Conn, rid: str) -> Job:
+    """Undo, as a failover to a lagging replica would, the result frame of `rid`: its counter increment, its log
+    entry and the request's stored final. Returns the request's job."""
+    assert c.session is not None
+    [req_key] = [k async for k in redis.scan_iter(match=f"{keys.root}:req:*:{rid}")]
+    job = Job.model_validate_json(await redis.hget(req_key, "job"))
+    top = c.last_seq
+    await redis.set(keys.session_seq(c.session), top - 1)
+    await redis.xdel(keys.session_log(c.session), f"{top}-1")
+    await redis.hdel(req_key, "final")
+    return job
+
+
+async def test_frames_after_lost_counter_increments_are_numbered_above_what_the_client_has(
+    redis: Redis, prefix: str, conn: Conn
+) -> None:
+    keys = Keys(prefix)
+    assert (await conn.call("sentiment", "before the failover"))["type"] == "result"
+    had = conn.last_seq
+    await _lose_last_writes(redis, keys, conn, conn.frames[-1]["id"])
+
+    rid = await conn.infer("sentiment", "after the failover")
+    await conn.final(rid)
+    frames = conn.by_id[rid]
+    assert [f["type"] for f in frames] == ["accepted", "result"], frames
+    assert had < frames[0]["seq"] < frames[1]["seq"], (had, frames)
+
+
+async def test_a_rerun_result_after_a_lost_final_is_not_a_second_final(redis: Redis, prefix: str, conn: Conn) -> None:
+    keys = Keys(prefix)
+    first = await conn.infer("sentiment", "answered, then re-run")
+    await conn.final(first)
+    job = await _lose_last_writes(redis, keys, conn, first)
+    rerun = Reply(
+        job_id=job.job_id,
+        request_id=job.request_id,
+        owner=job.owner,
+        session=job.session,
+        task=job.task,
+        kind="result",
+        data={"label": "positive"},
+    )
+    await redis.xadd(job.reply_to, {"m": encode(rerun)})
+    # Served after the gateway read the re-run's reply (one reply stream, read in order).
+    assert (await conn.call("sentiment", "next request"))["type"] == "result"
+    await asyncio.sleep(0.2)
+    assert [f["type"] for f in conn.by_id[first]] == ["accepted", "result"], conn.by_id[first]

@@ -5,6 +5,7 @@ Windows are short (`$__rate_interval` -> 30s) and queries instant, so the whole 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -41,6 +42,14 @@ def test_load_includes_each_kind_of_failure_the_panels_show(live: LiveRun) -> No
 def test_dashboard_panel_query_returns_series(live: LiveRun, query: PanelQuery) -> None:
     result = live.query(query.promql)
     assert result, f"panel query returned no series: {query.promql}"
+    _assert_quantiles_have_data(query.promql, result)
+
+
+def _assert_quantiles_have_data(promql: str, result: list[dict[str, Any]]) -> None:
+    """A quantile over buckets that saw nothing is NaN: a series, but an empty line on the panel."""
+    if "histogram_quantile" in promql:
+        values = [float(series["value"][1]) for series in result]
+        assert any(math.isfinite(v) for v in values), f"{promql} -> only NaN: {values}"
 
 
 # Panels that show a failure the load provokes: under the load they must show more than a flat zero.
@@ -73,7 +82,9 @@ def _rule_id(rule: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("rule", RECORDING_RULES, ids=_rule_id)
 def test_recording_rule_returns_series(live: LiveRun, rule: dict[str, Any]) -> None:
-    assert live.query(rule["expr"]), f"rule expression returned no series: {rule['expr']}"
+    result = live.query(rule["expr"])
+    assert result, f"rule expression returned no series: {rule['expr']}"
+    _assert_quantiles_have_data(rule["expr"], result)
     matchers = [f'__name__="{rule["record"]}"', *(f'{k}="{v}"' for k, v in rule.get("labels", {}).items())]
     assert live.query("{" + ",".join(matchers) + "}"), f"Prometheus recorded no {rule['record']} series"
 

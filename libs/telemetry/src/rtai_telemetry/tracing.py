@@ -1,7 +1,9 @@
 """OpenTelemetry setup from the standard OTEL_* variables, and trace context carried in message headers.
 
-Tracing is off (a no-op tracer) unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER) asks for an exporter, so
-the default costs nothing. `RTAI_TRACE_FILE` writes spans as JSON lines to a file, for tests and local debugging.
+Tracing is off (a no-op tracer) unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names a
+collector, so the default costs nothing; OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turn it off regardless.
+The exporter is OTLP over HTTP/protobuf and reads the other standard OTEL_EXPORTER_OTLP_* variables itself.
+`RTAI_TRACE_FILE` writes spans as JSON lines to a file, for tests and local debugging.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def setup_tracing(service_name: str, env: Mapping[str, str] | None = None) -> bo
     env = os.environ if env is None else env
     trace_file = env.get("RTAI_TRACE_FILE")
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or not (trace_file or endpoint):
+    disabled = env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER") == "none"
+    if disabled or not (trace_file or endpoint):
         return False
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)

@@ -13,12 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.settings import AdmissionSettings
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, text
 from rtai_transport.backlog import EMPTY, Backlog, read_backlog
-from rtai_transport.health import read_health, round_trip
+from rtai_transport.health import RedisHealth, read_health, round_trip
 from rtai_transport.registry import TaskInfo, live_tasks
 
 log = get_logger("rtai_gateway.catalog")
@@ -80,13 +82,22 @@ class Catalog:
         b = self.backlogs.get(task, EMPTY)
         self.backlogs[task] = Backlog(b.length + 1, b.pending, b.oldest_age_s)
 
+    async def _read(self) -> tuple[RedisHealth, dict[str, tuple[TaskInfo, int]], set[str], dict[str, Backlog]]:
+        await round_trip(self._redis, self._keys)
+        health = await read_health(self._redis)
+        live = await live_tasks(self._redis, self._keys)
+        known = {text(k) for k in await self._redis.hkeys(self._keys.tasks)}
+        backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
+        return health, live, known, backlogs
+
     async def refresh(self) -> None:
         try:
-            await round_trip(self._redis, self._keys)
-            health = await read_health(self._redis)
-            live = await live_tasks(self._redis, self._keys)
-            known = {text(k) for k in await self._redis.hkeys(self._keys.tasks)}
-            backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
+            try:
+                health, live, known, backlogs = await self._read()
+            except RedisConnectionError:
+                # One dropped connection (a proxy's idle timeout, CLIENT KILL, a server `timeout`) is not an outage:
+                # try once more on a fresh connection before refusing every request as `unavailable`.
+                health, live, known, backlogs = await self._read()
         except Exception as e:
             if self._last_ok is not None:
                 log.warning("redis.unreachable", error=type(e).__name__, detail=str(e)[:200])

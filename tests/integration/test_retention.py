@@ -1,0 +1,44 @@
+"""What is kept for resume and retries is bounded in time and in size, as configured."""
+
+from __future__ import annotations
+
+import redis as redis_sync
+
+from tests.support import procs
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+TTL_S, REQUEST_TTL_S, LOG_MAXLEN = 40, 20, 16
+REQUESTS = 300
+# The log trims with MAXLEN ~ (whole stream nodes, 100 entries each by default): cheap, and at most a node over.
+NODE = 100
+
+
+async def test_session_log_and_request_state_are_bounded(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    services.append(procs.worker(env, prefix).start())
+    settings = {
+        "SESSIONS__TTL_S": str(TTL_S),
+        "SESSIONS__REQUEST_TTL_S": str(REQUEST_TTL_S),
+        "SESSIONS__LOG_MAXLEN": str(LOG_MAXLEN),
+        "LIMITS__MESSAGES_PER_S": "10000",
+        "LIMITS__MESSAGE_BURST": "10000",
+    }
+    g = procs.gateway(env, prefix, **settings).start()
+    services.append(g)
+    c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
+    for i in range(REQUESTS):
+        assert (await c.call("sentiment", f"kept for a while {i}"))["type"] == "result"
+    r = redis_sync.Redis.from_url(redis_server.url)
+    root = f"{prefix}:v1"
+    log = f"{root}:session:{{{c.session}}}:log"
+    assert int(r.get(f"{root}:session:{{{c.session}}}:seq") or 0) >= 2 * REQUESTS  # accepted + result each
+    assert r.xlen(log) <= LOG_MAXLEN + NODE, r.xlen(log)
+    for key in (log, f"{root}:session:{{{c.session}}}:seq", f"{root}:session:{{{c.session}}}:meta"):
+        assert 0 < r.ttl(key) <= TTL_S, key
+    requests = list(r.scan_iter(match=f"{root}:req:*", count=1000))
+    assert len(requests) == REQUESTS
+    assert all(0 < r.ttl(k) <= REQUEST_TTL_S for k in requests)
+    await c.close()

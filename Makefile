@@ -19,7 +19,7 @@ TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: help install install-system install-py install-models lock format lint typecheck check \
-        test test-unit test-integration test-chaos run schema schema-check settings-docs settings-docs-check clean
+        typecheck-suites test test-unit test-integration test-chaos run schema schema-check settings-docs settings-docs-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -64,7 +64,9 @@ lint: $(STAMP) ## ruff (lint and format check)
 typecheck: $(STAMP) ## mypy --strict over every member
 	$(VENV)/bin/mypy libs/*/src services/*/src
 
-check: lint typecheck schema-check settings-docs-check ## static checks
+check: lint typecheck typecheck-suites schema-check settings-docs-check ## static checks
+
+typecheck-suites: $(STAMP) bench-typecheck deploy-proofs-typecheck observability-typecheck ## mypy --strict on the benchmark and the live deploy/observability harnesses
 
 test-unit: $(STAMP) ## fast unit tests of every member (no servers, no model loads)
 	$(PYTEST) libs services -m "not slow and not integration"

@@ -28,6 +28,7 @@ shutdown_tracing()
 
 class _Collector(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, str, bytes]]] = []
+    """Each fixture makes a subclass with its own list: what one collector got."""
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -43,7 +44,7 @@ class _Collector(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def collector() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    received: ClassVar[list[tuple[str, str, bytes]]] = []
+    received: list[tuple[str, str, bytes]] = []
     handler = type("Collector", (_Collector,), {"received": received})
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

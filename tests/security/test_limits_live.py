@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import pytest
@@ -24,6 +25,7 @@ LIMITS = {
     "LIMITS__MESSAGES_PER_S": "5",
     "LIMITS__MESSAGE_BURST": "10",
     "LIMITS__FIRST_MESSAGE_TIMEOUT_S": "1",
+    "LIMITS__HANDSHAKE_TIMEOUT_S": "1",
     "LIMITS__IDLE_TIMEOUT_S": "1",
     "LIMITS__MAX_CONNECTIONS": "12",
     "LIMITS__MAX_INFLIGHT_PER_USER": "1",
@@ -165,3 +167,33 @@ async def test_per_user_inflight_cap_queues_then_refuses_overloaded(gateway: pro
     assert (await c.final("q1", timeout=10))["type"] == "result"
     assert (await c.final("q2", timeout=10))["type"] == "result"
     await c.close()
+
+
+def _closed_by_server_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed the connection (recv gives b""), or None if it stayed open."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websock"],
+    ids=["silent", "dribbled-headers"],
+)
+async def test_an_unfinished_handshake_is_closed(gateway: procs.Service, sent: bytes) -> None:
+    """A connection that never completes its upgrade request (slowloris) is closed after the handshake timeout (1 s
+    here), not held for ever; the client that does complete one is served."""
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(sent)
+        closed_after = await asyncio.to_thread(_closed_by_server_within, sock, 6.0)
+    assert closed_after is not None, "the gateway held an unfinished handshake open"
+    assert closed_after < 4.0, closed_after
+    await still_serving(gateway)

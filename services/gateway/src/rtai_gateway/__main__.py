@@ -8,6 +8,7 @@ import uvicorn
 
 from rtai_gateway.app import create_app
 from rtai_gateway.drain import DrainingServer
+from rtai_gateway.http_protocol import with_handshake_timeout
 from rtai_gateway.settings import GatewaySettings
 from rtai_telemetry.logging import configure_logging
 from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
@@ -23,6 +24,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http=with_handshake_timeout(settings.limits.handshake_timeout_s),
         ws_max_size=settings.limits.max_frame_bytes,
         ws_ping_interval=settings.limits.ping_interval_s,
         ws_ping_timeout=settings.limits.ping_timeout_s,

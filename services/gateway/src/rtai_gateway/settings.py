@@ -76,6 +76,12 @@ class LimitSettings(BaseModel):
     max_queued_total: int = Field(
         default=10_000, ge=0, description="Requests waiting in all per-user queues of this gateway; more: `overloaded`."
     )
+    handshake_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection whose HTTP request head (the WebSocket upgrade) is not complete this long after "
+        "it opened is closed (slowloris).",
+    )
     first_message_timeout_s: float = Field(
         default=10.0, gt=0, description="A socket that sends no frame this long after connecting is closed with 1008."
     )

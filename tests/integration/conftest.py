@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from rtai_transport import Redis, RedisSettings, close_redis, create_redis
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
 
@@ -34,3 +35,11 @@ def stack(redis_server: RedisHandle, prefix: str, services: list[procs.Service])
     g = procs.gateway(env, prefix).start()
     services.append(g)
     return g, w
+
+
+@pytest.fixture
+async def redis(redis_server: RedisHandle) -> AsyncIterator[Redis]:
+    """An asyncio client on the session's Redis, made by the services' own factory."""
+    client = create_redis(RedisSettings(url=redis_server.url))
+    yield client
+    await close_redis(client)

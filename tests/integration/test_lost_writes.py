@@ -14,18 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from rtai_protocol import Job, Reply, encode
-from rtai_transport import Keys, Redis, RedisSettings, close_redis, create_redis
+from rtai_protocol import Job
+from rtai_transport import Keys, Redis
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
+from tests.support.requests_state import job_of, reply_as_worker, request_key
 from tests.support.ws_client import Conn
-
-
-@pytest.fixture
-async def redis(redis_server: RedisHandle) -> AsyncIterator[Redis]:
-    client = create_redis(RedisSettings(url=redis_server.url))
-    yield client
-    await close_redis(client)
 
 
 @pytest.fixture
@@ -43,8 +37,8 @@ async def _lose_last_writes(redis: Redis, keys: Keys, c: Conn, rid: str) -> Job:
     """Undo, as a failover to a lagging replica would, the result frame of `rid`: its counter increment, its log
     entry and the request's stored final. Returns the request's job."""
     assert c.session is not None
-    [req_key] = [k async for k in redis.scan_iter(match=f"{keys.root}:req:*:{rid}")]
-    job = Job.model_validate_json(await redis.hget(req_key, "job"))
+    req_key = await request_key(redis, keys, rid)
+    job = await job_of(redis, keys, rid)
     top = c.last_seq
     await redis.set(keys.session_seq(c.session), top - 1)
     await redis.xdel(keys.session_log(c.session), f"{top}-1")
@@ -72,16 +66,7 @@ async def test_a_rerun_result_after_a_lost_final_is_not_a_second_final(redis: Re
     first = await conn.infer("sentiment", "answered, then re-run")
     await conn.final(first)
     job = await _lose_last_writes(redis, keys, conn, first)
-    rerun = Reply(
-        job_id=job.job_id,
-        request_id=job.request_id,
-        owner=job.owner,
-        session=job.session,
-        task=job.task,
-        kind="result",
-        data={"label": "positive"},
-    )
-    await redis.xadd(job.reply_to, {"m": encode(rerun)})
+    await reply_as_worker(redis, job, {"label": "positive"})
     # Served after the gateway read the re-run's reply (one reply stream, read in order).
     assert (await conn.call("sentiment", "next request"))["type"] == "result"
     await asyncio.sleep(0.2)

@@ -14,7 +14,6 @@ import dataclasses
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_protocol import Job, Reply, encode
-from rtai_transport import Keys, Redis, RedisSettings, close_redis, create_redis
+from rtai_transport import Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.models.options import ModelOptions
@@ -32,14 +31,8 @@ from rtai_worker.task_server import TaskServer
 from tests.support import procs
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
+from tests.support.requests_state import job_of, reply_as_worker
 from tests.support.ws_client import Conn
-
-
-@pytest.fixture
-async def redis(redis_server: RedisHandle) -> AsyncIterator[Redis]:
-    client = create_redis(RedisSettings(url=redis_server.url))
-    yield client
-    await close_redis(client)
 
 
 def _job(n: int, reply_to: str) -> Job:
@@ -96,18 +89,7 @@ async def test_late_result_after_cancel_is_dropped(
         assert (await c.final(rid))["code"] == "cancelled"
     finally:
         w.signal(signal.SIGCONT)
-    [req_key] = [k async for k in redis.scan_iter(match=f"{prefix}:v1:req:*:{rid}")]
-    job = Job.model_validate_json(await redis.hget(req_key, "job"))
-    late = Reply(
-        job_id=job.job_id,
-        request_id=job.request_id,
-        owner=job.owner,
-        session=job.session,
-        task=job.task,
-        kind="result",
-        data={"label": "positive"},
-    )
-    await redis.xadd(job.reply_to, {"m": encode(late)})
+    await reply_as_worker(redis, await job_of(redis, Keys(prefix), rid), {"label": "positive"})
     # A request sent after the late reply is answered after the gateway has read it (one reply stream, in order).
     assert (await c.call("sentiment", "still serving"))["type"] == "result"
     await asyncio.sleep(0.2)

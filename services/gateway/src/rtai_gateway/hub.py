@@ -252,10 +252,27 @@ class Hub:
             k.session_inflight(session),
         ]
 
+    def _log(
+        self,
+        session: Session | None,
+        session_id: str,
+        owner: str,
+        request_id: str,
+        body: bytes,
+        kind: str,
+        index: int,
+        then: Callable[[Any], None],
+    ) -> asyncio.Future[None]:
+        """Number and log one frame of a request (LOG_FRAME, pipelined by the frame log). `session`, where this gateway
+        holds it, gives the floor: never a number at or below what its socket was already sent."""
+        s = self.settings.sessions
+        floor = session.delivered if session is not None else 0
+        args = [body, kind, index, s.ttl_s, s.log_maxlen, request_id, s.request_ttl_s, floor]
+        return self.framelog.submit(self._log_frame, self._log_keys(session_id, owner, request_id), args, then)
+
     async def handle_replies(self, replies: list[Reply]) -> None:
         """Log a batch of worker replies (pipelined, in order), deliver them, forward those another gateway holds.
         Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats)."""
-        s = self.settings.sessions
         forwards: list[tuple[str, bytes]] = []
         failures: list[Exception] = []
         last: asyncio.Future[None] | None = None
@@ -271,9 +288,7 @@ class Hub:
                     self._after_logged(r, body, kind, int(seq), holder.decode() if holder else "", forwards)
 
             held = self.sessions.get(r.session)
-            floor = held.delivered if held is not None else 0
-            args = [body, kind, r.index, s.ttl_s, s.log_maxlen, r.request_id, s.request_ttl_s, floor]
-            last = self.framelog.submit(self._log_frame, self._log_keys(r.session, r.owner, r.request_id), args, then)
+            last = self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then)
         if last is not None:
             await last
         if failures:
@@ -349,7 +364,6 @@ class Hub:
 
     async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
         """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""
-        s = self.settings.sessions
         job = p.job
         body = encode(Error(id=job.request_id, code=str(code), message=message))
         self._finished(p, str(code))
@@ -363,9 +377,7 @@ class Hub:
             elif int(res[0]) and p.session.first_final(job.request_id):
                 p.session.deliver(int(res[0]), body)
 
-        floor = p.session.delivered
-        args = [body, "final", 0, s.ttl_s, s.log_maxlen, job.request_id, s.request_ttl_s, floor]
-        await self.framelog.submit(self._log_frame, self._log_keys(job.session, job.owner, job.request_id), args, then)
+        await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
 
 
 def _frame_of(r: Reply) -> tuple[bytes, str]:

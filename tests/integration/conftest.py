@@ -29,12 +29,7 @@ def services(redis_server: RedisHandle, prefix: str) -> Iterator[list[procs.Serv
 @pytest.fixture
 def stack(redis_server: RedisHandle, prefix: str, services: list[procs.Service]) -> tuple[procs.Service, procs.Service]:
     """One worker (VADER) and one gateway on the session's Redis, under this test's prefix."""
-    env = procs.redis_env_for_url(redis_server.url)
-    w = procs.worker(env, prefix).start()
-    services.append(w)
-    g = procs.gateway(env, prefix).start()
-    services.append(g)
-    return g, w
+    return procs.vader_stack(redis_server.url, prefix, services)
 
 
 @pytest.fixture

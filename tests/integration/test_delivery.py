@@ -64,19 +64,13 @@ async def test_cancel_removes_a_queued_job(
     w = start(services, procs.worker(env, prefix, tasks=counting, RTAI_TEST_COUNT_DIR=str(tmp_path)))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
-    w.signal(signal.SIGSTOP)
-    # Past the worker's 500 ms blocking read: Redis no longer holds a read for it, so the job stays in the queue
-    # (unread) rather than being handed to the stopped worker.
-    await asyncio.sleep(0.8)
-    try:
+    async with procs.stalled(w):
         rid = await c.infer("sentiment", "queued then cancelled")
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
         await c.send({"type": "cancel", "id": rid})
         assert (await c.final(rid))["code"] == "cancelled"
         r = redis_sync.Redis.from_url(redis_server.url)
         assert r.xlen(f"{prefix}:v1:jobs:sentiment") == 0, "the cancelled job is still queued"
-    finally:
-        w.signal(signal.SIGCONT)
     assert (await c.call("sentiment", "still works"))["type"] == "result"
     assert len(c.finals(rid)) == 1
     texts = "".join(f.read_text() for f in tmp_path.glob("*.txt"))
@@ -342,9 +336,7 @@ async def test_work_adopted_from_a_live_gateway_is_rerun_once_that_gateway_dies(
     w = start(services, procs.worker(env, prefix))
     a = start(services, procs.gateway(env, prefix))
     b = start(services, procs.gateway(env, prefix))
-    w.signal(signal.SIGSTOP)
-    await asyncio.sleep(0.8)  # past the worker's blocking read: the job will wait in the queue
-    try:
+    async with procs.stalled(w):
         c = await Conn(ws_url(a)).open()
         rid = await c.infer("sentiment", "adopted", deadline_ms=60_000)
         await c.wait_for(lambda f: f["type"] == "accepted" and f.get("id") == rid)
@@ -354,8 +346,6 @@ async def test_work_adopted_from_a_live_gateway_is_rerun_once_that_gateway_dies(
         assert c2.frames[0]["resumed"] is True
         a.kill()
         await asyncio.sleep(6.5)  # A's liveness key (5 s) runs out; B's heartbeat looks every second
-    finally:
-        w.signal(signal.SIGCONT)
     final = await c2.final(rid, timeout=15)
     assert final["type"] == "result", final
     assert len(c2.finals(rid)) == 1
@@ -376,9 +366,7 @@ async def test_admission_caps_in_flight_per_connection_and_refuses_on_old_backlo
     }
     g = start(services, procs.gateway(env, prefix, **limits))
     c, d = await Conn(ws_url(g)).open(), await Conn(ws_url(g)).open()
-    w.signal(signal.SIGSTOP)
-    await asyncio.sleep(0.8)  # past the worker's blocking read: jobs wait in the queue
-    try:
+    async with procs.stalled(w):
         rids = [await c.infer("sentiment", f"held {i}") for i in range(4)]
         refused = await c.final(rids[3])
         assert (refused["code"], refused["retry_after_ms"] > 0) == ("overloaded", True), refused
@@ -387,8 +375,6 @@ async def test_admission_caps_in_flight_per_connection_and_refuses_on_old_backlo
         old = await d.call("sentiment", "behind an old backlog")
         assert (old["type"], old["code"]) == ("error", "overloaded"), old
         assert "waited" in old["message"]
-    finally:
-        w.signal(signal.SIGCONT)
     for rid in rids[:3]:
         assert (await c.final(rid))["type"] == "result"
     await asyncio.sleep(0.5)  # the drained backlog is re-read

@@ -24,10 +24,7 @@ from tests.support.ws_client import Conn
 
 @pytest.fixture
 async def conn(redis_server: RedisHandle, prefix: str, services: list[procs.Service]) -> AsyncIterator[Conn]:
-    env = procs.redis_env_for_url(redis_server.url)
-    services.append(procs.worker(env, prefix).start())
-    g = procs.gateway(env, prefix).start()
-    services.append(g)
+    g, _ = procs.vader_stack(redis_server.url, prefix, services)
     c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
     yield c
     await c.close()

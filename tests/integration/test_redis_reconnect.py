@@ -18,10 +18,8 @@ KILL_EVERY = 50
 async def test_replies_written_while_connections_drop_are_all_delivered(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
-    env = procs.redis_env_for_url(redis_server.url)
-    services.append(procs.worker(env, prefix).start())
-    g = procs.gateway(env, prefix, LIMITS__MESSAGES_PER_S="10000", LIMITS__MESSAGE_BURST="10000").start()
-    services.append(g)
+    unlimited = {"LIMITS__MESSAGES_PER_S": "10000", "LIMITS__MESSAGE_BURST": "10000"}
+    g, _ = procs.vader_stack(redis_server.url, prefix, services, **unlimited)
     c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
     admin = aioredis.Redis.from_url(redis_server.url)
     killed = 0

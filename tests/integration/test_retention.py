@@ -17,8 +17,6 @@ NODE = 100
 async def test_session_log_and_request_state_are_bounded(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
-    env = procs.redis_env_for_url(redis_server.url)
-    services.append(procs.worker(env, prefix).start())
     settings = {
         "SESSIONS__TTL_S": str(TTL_S),
         "SESSIONS__REQUEST_TTL_S": str(REQUEST_TTL_S),
@@ -26,8 +24,7 @@ async def test_session_log_and_request_state_are_bounded(
         "LIMITS__MESSAGES_PER_S": "10000",
         "LIMITS__MESSAGE_BURST": "10000",
     }
-    g = procs.gateway(env, prefix, **settings).start()
-    services.append(g)
+    g, _ = procs.vader_stack(redis_server.url, prefix, services, **settings)
     c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
     for i in range(REQUESTS):
         assert (await c.call("sentiment", f"kept for a while {i}"))["type"] == "result"

@@ -81,7 +81,7 @@ async def test_late_result_after_cancel_is_dropped(
     g = procs.gateway(env, prefix).start()
     services.append(g)
     c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
-    w.signal(signal.SIGSTOP)  # the job stays queued until the cancel
+    w.signal(signal.SIGSTOP)  # the job waits (queued, or read by the stopped worker) until after the cancel
     try:
         rid = await c.infer("sentiment", "cancelled, then answered anyway")
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)

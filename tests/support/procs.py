@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,3 +131,30 @@ def redis_env_for_url(url: str) -> dict[str, str]:
 
 def redis_env_for_sentinels(sentinels: list[str], master: str = "mymaster") -> dict[str, str]:
     return {"REDIS__SENTINELS": ",".join(sentinels), "REDIS__MASTER": master}
+
+
+def vader_stack(redis_url: str, prefix: str, services: list[Service], **gateway_env: str) -> tuple[Service, Service]:
+    """One VADER worker and one gateway (with `gateway_env` settings) on `redis_url` under `prefix`, started and
+    added to `services` (which the test stops). Returns (gateway, worker)."""
+    env = redis_env_for_url(redis_url)
+    w = worker(env, prefix).start()
+    services.append(w)
+    g = gateway(env, prefix, **gateway_env).start()
+    services.append(g)
+    return g, w
+
+
+WORKER_BLOCK_S = 0.5
+"""How long a worker's read of its task stream blocks (`TaskServer._gather`)."""
+
+
+@contextlib.asynccontextmanager
+async def stalled(worker: Service) -> AsyncIterator[None]:
+    """The worker stopped (SIGSTOP) for the block, resumed after it. Past its blocking read Redis holds no read for
+    it any more, so jobs submitted meanwhile wait in the queue unread, not handed to the stopped process."""
+    worker.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(WORKER_BLOCK_S + 0.3)
+        yield
+    finally:
+        worker.signal(signal.SIGCONT)

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from rtai_protocol import Job
+from rtai_protocol import Job, encode
 from rtai_transport import Keys, Redis
+from rtai_transport.lua import SUBMIT
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker, request_key
@@ -68,3 +69,30 @@ async def test_a_rerun_result_after_a_lost_final_is_not_a_second_final(redis: Re
     assert (await conn.call("sentiment", "next request"))["type"] == "result"
     await asyncio.sleep(0.2)
     assert [f["type"] for f in conn.by_id[first]] == ["accepted", "result"], conn.by_id[first]
+
+
+async def test_a_resent_submit_returns_what_the_first_run_admitted(redis: Redis, prefix: str) -> None:
+    """The connection drops after SUBMIT ran but before its answer arrived; redis-py sends the pipeline again. The
+    second run must hand back the queued entry, the `accepted` frame's seq and the stored job, so the gateway can
+    track the request and send `accepted` (it did neither before, and the client saw a result with no `accepted`)."""
+    keys = Keys(prefix)
+    submit = redis.register_script(SUBMIT)
+    job = Job(
+        job_id="j1", request_id="r1", owner="o", session="s1", task="sentiment", input="hi",
+        deadline_ms=2**40, enqueued_ms=0, reply_to=keys.replies("g1"),
+    )  # fmt: skip
+    keys_ = [
+        keys.request("o", "r1"),
+        keys.jobs("sentiment"),
+        keys.session_inflight("s1"),
+        keys.session_seq("s1"),
+        keys.session_log("s1"),
+    ]
+    args = [encode(job), "s1", "r1", 60, 1000, 60, b'{"type":"accepted","id":"r1"}', 100, 0]
+    first = await submit(keys=keys_, args=args)
+    again = await submit(keys=keys_, args=args)
+    assert first[0] == b"new"
+    assert again[0] == b"inflight"
+    assert (again[1], int(again[2])) == (first[1], int(first[2]))
+    assert Job.model_validate_json(again[3]) == job
+    assert await redis.xlen(keys.jobs("sentiment")) == 1, "re-sent, and queued twice"

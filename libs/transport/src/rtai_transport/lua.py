@@ -60,7 +60,8 @@ return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5], tonumber(ARGV[8] or 
 # KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
 # ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
 #       8 log maxlen, 9 the highest seq the gateway sent on the session's socket
-# Returns {'new', entry id, seq} | {'done', final frame body, its session} | {'inflight', ''} | {'elsewhere', session}
+# Returns {'new', entry id, seq} | {'done', final frame body, its session} | {'elsewhere', session}
+#       | {'inflight', entry id, seq of its `accepted` frame, job json} (admitted earlier in this same session)
 SUBMIT = (
     _APPEND
     + """
@@ -68,7 +69,10 @@ local existing = redis.call('HGET', KEYS[1], 'session')
 if existing then
   local final = redis.call('HGET', KEYS[1], 'final')
   if final then return {'done', final, existing} end
-  if existing == ARGV[2] then return {'inflight', ''} end
+  if existing == ARGV[2] then
+    local st = redis.call('HMGET', KEYS[1], 'entry', 'accepted', 'job')
+    return {'inflight', st[1] or '', st[2] or '0', st[3] or ''}
+  end
   return {'elsewhere', existing}
 end
 local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[1])
@@ -76,7 +80,9 @@ redis.call('HSET', KEYS[1], 'session', ARGV[2], 'job', ARGV[1], 'next', 0, 'entr
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
-return {'new', entry, append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8], tonumber(ARGV[9] or '0'))}
+local seq = append(KEYS[4], KEYS[5], ARGV[7], ARGV[6], ARGV[8], tonumber(ARGV[9] or '0'))
+redis.call('HSET', KEYS[1], 'accepted', seq)
+return {'new', entry, seq}
 """
 )
 

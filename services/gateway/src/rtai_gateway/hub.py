@@ -208,7 +208,9 @@ class Hub:
             elif status == "elsewhere":
                 msg = "this request id is in flight in another session; resume that session"
                 session.send(refusal(job.request_id, ErrorCode.DUPLICATE_REQUEST, msg))
-            # "inflight" in this same session: its frames are already on their way; nothing new to send.
+            elif status == "inflight" and (session.identity, job.request_id) not in self.pending:
+                self._adopt_admitted(session, res, received)
+            # Otherwise "inflight" here: its frames are already on their way; nothing new to send.
 
         keys = [
             k.request(job.owner, job.request_id),
@@ -229,6 +231,14 @@ class Hub:
             session.delivered,
         ]
         await self.framelog.submit(self._submit, keys, args, then)
+
+    def _adopt_admitted(self, session: Session, res: Any, received: float) -> None:
+        """Admitted by an earlier run of SUBMIT whose answer never came back (the connection dropped and the Redis
+        client sent the pipeline again): track the stored job and send its `accepted` frame, as for a new one."""
+        stored = Job.model_validate_json(res[3])
+        self.track(Pending(job=stored, session=session, received=received, entry_id=res[1].decode()))
+        accepted = Accepted(id=stored.request_id, task=stored.task, deadline_ms=stored.deadline_ms)
+        session.deliver(int(res[2]), encode(accepted))
 
     def track(self, p: Pending) -> None:
         self.pending[p.key] = p

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
 
 from rtai_transport.settings import RedisSettings
@@ -65,6 +65,10 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         sentinel_kwargs: dict[str, object] = {
             "socket_timeout": settings.connect_timeout_s,
             "socket_connect_timeout": settings.connect_timeout_s,
+            # No retries inside discovery: redis-py's default (3 retries, backoff up to 10 s) per sentinel made one
+            # lookup take ~22 s with every sentinel down, and a gateway stalled that long instead of refusing work.
+            # Discovery already tries each sentinel in turn, and the command's own Retry (above) retries it all.
+            "retry": Retry(NoBackoff(), 0),
         }
         if settings.sentinel_password:
             sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from rtai_protocol import Job, encode
 from rtai_transport import Keys, Redis
-from rtai_transport.lua import SUBMIT
+from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker, request_key
@@ -96,3 +97,49 @@ async def test_a_resent_submit_returns_what_the_first_run_admitted(redis: Redis,
     assert (again[1], int(again[2])) == (first[1], int(first[2]))
     assert Job.model_validate_json(again[3]) == job
     assert await redis.xlen(keys.jobs("sentiment")) == 1, "re-sent, and queued twice"
+
+
+def _log_frame_call(keys: Keys, rid: str, body: bytes, kind: str, index: int) -> tuple[list[str], list[Any]]:
+    """LOG_FRAME's keys and arguments for request `rid` of session s1 (as `Hub._log` builds them)."""
+    k = [
+        keys.session_seq("s1"),
+        keys.session_log("s1"),
+        keys.session_meta("s1"),
+        keys.request("o", rid),
+        keys.session_inflight("s1"),
+    ]
+    return k, [body, kind, index, 60, 1000, rid, 60, 0]
+
+
+async def test_a_resent_log_frame_returns_the_seq_and_body_of_the_first_run(redis: Redis, prefix: str) -> None:
+    """Frames whose LOG_FRAME answer was lost (the pipeline sent again after a dropped connection) must still reach
+    the socket: a repeat hands back the number and the body logged the first time, for every chunk index and for the
+    final frame, and logs nothing twice. Before, a repeat answered 0 (dropped), so the live client never got a
+    frame that was in the log under a number it would never ask for again."""
+    keys = Keys(prefix)
+    log_frame = redis.register_script(LOG_FRAME)
+
+    async def run(rid: str, body: bytes, kind: str, index: int = 0) -> list[Any]:
+        k, a = _log_frame_call(keys, rid, body, kind, index)
+        return list(await log_frame(keys=k, args=a))
+
+    chunks = [await run("r1", f"chunk {i}".encode(), "chunk", i) for i in range(3)]
+    other = await run("r2", b"r2 final", "final")  # another request's frame in between
+    final = await run("r1", b"r1 final", "final")
+    seqs = [int(c[0]) for c in [*chunks, other, final]]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert all(len(r) == 2 for r in [*chunks, other, final]), "a new frame comes back as {seq, holder}"
+
+    for i in (2, 0, 1):
+        again = await run("r1", f"chunk {i}".encode(), "chunk", i)
+        assert (int(again[0]), again[2]) == (i + 1, f"chunk {i}".encode())
+    again = await run("r1", b"r1 final", "final")
+    assert (int(again[0]), again[2]) == (5, b"r1 final")
+    # A different final frame (a re-run's, or the gateway's deadline error) is not a second final: the logged one
+    # comes back, and the gateway's first-final check keeps the socket from getting it twice.
+    late = await run("r1", b"a late error", "final")
+    assert (int(late[0]), late[2]) == (5, b"r1 final")
+    # A new chunk index after the final frame is dropped.
+    assert int((await run("r1", b"chunk 3", "chunk", 3))[0]) == 0
+    assert await redis.xlen(keys.session_log("s1")) == 5, "a repeat was logged again"
+    assert await redis.get(keys.session_seq("s1")) == b"5"

@@ -31,7 +31,13 @@ end
 
 # Logs a worker's (or the gateway's own) frame for a request. For chunks and final frames it first checks the request's
 # state, so that whatever re-runs or duplicates happen upstream, a request gets each chunk index once and exactly one
-# final frame. Returns {seq, or 0 if dropped as a duplicate; the gateway holding the session now, or ''}.
+# final frame. A repeat (a chunk index logged before, or a final frame when the request has one) is not logged again: it
+# returns the number and body the frame was logged with. The first answer may never have reached the gateway (its
+# connection dropped and the pipeline was sent again), and the frame must still reach the socket; where the socket
+# already has it, the gateway drops it by its number.
+# Returns {seq, holder} for a new frame, {seq, holder, logged body} for a repeat, {0, holder} for a frame dropped
+# (a new chunk index after the final frame, or a repeat whose log entry is gone); holder: the gateway holding the
+# session now, or ''.
 # KEYS: 1 seq, 2 log, 3 session meta hash, 4 request hash, 5 session inflight hash
 # ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s,
 #       8 the highest seq the gateway sent on the session's socket (0 if it does not hold it)
@@ -39,20 +45,44 @@ LOG_FRAME = (
     _APPEND
     + """
 local holder = redis.call('HGET', KEYS[3], 'gateway') or ''
-if redis.call('HEXISTS', KEYS[4], 'final') == 1 then return {0, holder} end
+local function logged(seq)
+  if not seq or seq == 0 then return {0, holder} end
+  local e = redis.call('XRANGE', KEYS[2], seq .. '-1', seq .. '-1')
+  if #e == 0 then return {0, holder} end
+  return {seq, holder, e[1][2][2]}
+end
+-- Each chunk's seq, in fixed-width slots by chunk index, so that a repeat finds the number its first copy got.
+local SLOT = 16
+local idx = tonumber(ARGV[3])
+local seqs = ''
+if ARGV[2] ~= 'final' then
+  seqs = redis.call('HGET', KEYS[4], 'chunk_seqs') or ''
+  local nxt = tonumber(redis.call('HGET', KEYS[4], 'next') or '0')
+  -- Before the final-frame check: a lost batch may hold a request's last chunks and its final frame together.
+  if idx < nxt then return logged(tonumber(string.sub(seqs, idx * SLOT + 1, idx * SLOT + SLOT))) end
+end
+if redis.call('HEXISTS', KEYS[4], 'final') == 1 then
+  if ARGV[2] ~= 'final' then return {0, holder} end
+  return logged(tonumber(redis.call('HGET', KEYS[4], 'final_seq') or '0'))
+end
 if ARGV[2] == 'final' then
   redis.call('HSET', KEYS[4], 'final', ARGV[1])
   redis.call('EXPIRE', KEYS[4], ARGV[7])
   redis.call('HDEL', KEYS[5], ARGV[6])
 else
-  local nxt = tonumber(redis.call('HGET', KEYS[4], 'next') or '0')
-  local idx = tonumber(ARGV[3])
-  if idx < nxt then return {0, holder} end
   redis.call('HSET', KEYS[4], 'next', idx + 1)
 end
 -- A session that keeps receiving frames stays resumable: its meta lives as long as its log.
 if holder ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
-return {append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5], tonumber(ARGV[8] or '0')), holder}
+local seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[5], tonumber(ARGV[8] or '0'))
+if ARGV[2] == 'final' then
+  redis.call('HSET', KEYS[4], 'final_seq', seq)
+else
+  -- Indexes a worker skipped get slot 0 (nothing logged there).
+  seqs = seqs .. string.rep(string.rep('0', SLOT), idx - math.floor(#seqs / SLOT))
+  redis.call('HSET', KEYS[4], 'chunk_seqs', seqs .. string.format('%0' .. SLOT .. '.0f', seq))
+end
+return {seq, holder}
 """
 )
 

@@ -77,7 +77,7 @@ class Hub:
         self.reply_stream = keys.replies(settings.gateway_id)
         self.sessions: dict[str, Session] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
-        self.framelog = FrameLog(settings.redis)
+        self.framelog = FrameLog(settings.redis, name=f"rtai-gateway:{settings.gateway_id}:framelog")
         self.finish_hooks: list[Callable[[Pending], None]] = []
         """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self._log_frame = redis.register_script(LOG_FRAME)
@@ -293,9 +293,11 @@ class Hub:
                 if isinstance(res, Exception):
                     failures.append(res)
                     return
-                seq, holder = res
-                if int(seq):  # 0: a duplicate chunk or a second final frame, dropped by design
-                    self._after_logged(r, body, kind, int(seq), holder.decode() if holder else "", forwards)
+                seq, holder = int(res[0]), res[1].decode() if res[1] else ""
+                if seq:  # 0: a chunk after the final frame, dropped by design
+                    # A repeat comes back with the body logged the first time: the one the log replays on resume.
+                    logged = res[2] if len(res) > 2 else body
+                    self._after_logged(r, logged, kind, seq, holder, forwards)
 
             held = self.sessions.get(r.session)
             last = self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then)
@@ -385,7 +387,7 @@ class Hub:
                 p.session.first_final(job.request_id)  # a result logged once Redis is back must not follow it
                 p.session.send(body)
             elif int(res[0]) and p.session.first_final(job.request_id):
-                p.session.deliver(int(res[0]), body)
+                p.session.deliver(int(res[0]), res[2] if len(res) > 2 else body)
 
         await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
 

@@ -26,8 +26,8 @@ GATEWAY_USER = "rtai-gateway"
 WORKER_USER = "rtai-worker"
 ADMIN_USER = "rtai-admin"
 
-# Connection upkeep every client needs (AUTH and HELLO are always allowed).
-_COMMON = ["ping", "multi", "exec", "discard", "info"]
+# Connection upkeep every client needs (AUTH and HELLO are always allowed; CLIENT SETNAME names each connection).
+_COMMON = ["ping", "multi", "exec", "discard", "info", "client|setname"]
 # redis-py's readiness probe and the backlog gauges (rtai_transport.health, rtai_transport.backlog).
 _HEALTH = ["set", "get", "xlen", "xrange", "xpending"]
 

@@ -35,6 +35,11 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """
 
 
+def connection_name(name: str) -> str:
+    """A valid CLIENT SETNAME argument: Redis refuses spaces and newlines in connection names."""
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)[:128]
+
+
 def _retry(settings: RedisSettings, retries: int) -> Retry:
     return Retry(
         ExponentialWithJitterBackoff(base=0.05, cap=settings.retry_backoff_cap_s),
@@ -43,9 +48,13 @@ def _retry(settings: RedisSettings, retries: int) -> Retry:
     )
 
 
-def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retries: int | None = None) -> Redis:
+def create_redis(
+    settings: RedisSettings, *, block_timeout_s: float = 0.0, retries: int | None = None, name: str | None = None
+) -> Redis:
     """A client for commands. `block_timeout_s` widens the socket timeout for clients that issue blocking reads;
-    `retries=0` gives a probe client that fails fast (health checks must notice an outage, not ride it out)."""
+    `retries=0` gives a probe client that fails fast (health checks must notice an outage, not ride it out).
+    `name` is set on every connection (CLIENT SETNAME): `CLIENT LIST` then tells which service, replica and loop
+    holds each connection, which an operator needs to find a leak or to drop one service's connections."""
     password = settings.password.get_secret_value() if settings.password else None
     socket_timeout = settings.socket_timeout_s + block_timeout_s
     common: dict[str, object] = {
@@ -58,6 +67,8 @@ def create_redis(settings: RedisSettings, *, block_timeout_s: float = 0.0, retri
         "health_check_interval": 10,
         "decode_responses": False,
     }
+    if name is not None:
+        common["client_name"] = connection_name(name)
     tls = settings.tls or settings.url.startswith("rediss://")
     if tls and settings.tls_ca_file:
         common["ssl_ca_certs"] = settings.tls_ca_file

@@ -40,8 +40,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         keys = Keys(settings.redis.prefix)
         # Blocking reads of the reply stream need a socket timeout longer than their block time.
-        redis = create_redis(settings.redis, block_timeout_s=settings.sessions.reply_block_ms / 1000)
-        probe = create_redis(settings.redis, retries=0)
+        name = f"rtai-gateway:{settings.gateway_id}"
+        redis = create_redis(
+            settings.redis, block_timeout_s=settings.sessions.reply_block_ms / 1000, name=f"{name}:commands"
+        )
+        probe = create_redis(settings.redis, retries=0, name=f"{name}:probe")
         metrics = GatewayMetrics()
         hub = Hub(settings, redis, keys, metrics)
 

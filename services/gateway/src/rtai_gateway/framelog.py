@@ -38,8 +38,9 @@ class _Op:
 
 
 class FrameLog:
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, *, name: str | None = None) -> None:
         self._settings = settings
+        self._name = name
         self._redis: Redis | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
 
@@ -53,7 +54,7 @@ class FrameLog:
         # Its own client, retrying once: one batch stuck in redis-py's nested connect retries during a failover
         # would hold every request behind it. Failing fast answers `unavailable` (clients retry) and the reply
         # reader reads again; nothing is lost either way.
-        self._redis = create_redis(self._settings, retries=1)
+        self._redis = create_redis(self._settings, retries=1, name=self._name)
         try:
             await self._loop()
         finally:

@@ -46,7 +46,8 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     block = hub.settings.sessions.reply_block_ms
     # A client of its own that does not retry: this loop retries with backoff itself, and reconnects to a newly
     # promoted master as soon as Sentinel names it (redis-py's nested retries could hang a blocked read for ~20 s).
-    redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0)
+    name = f"rtai-gateway:{hub.settings.gateway_id}:replies"
+    redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0, name=name)
     trimmed_at = 0.0
 
     async def step() -> None:

@@ -35,11 +35,12 @@ class Worker:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self.metrics = WorkerMetrics()
-        self.redis: Redis = create_redis(settings.redis)
+        name = f"rtai-worker:{settings.worker_id}"
+        self.redis: Redis = create_redis(settings.redis, name=f"{name}:commands")
         # Blocking reads get a client that does not retry: the read loops back off and retry themselves, and pick
         # up a newly promoted master at once instead of sitting in redis-py's nested connect retries.
-        self.reader: Redis = create_redis(settings.redis, block_timeout_s=1.0, retries=0)
-        self.probe: Redis = create_redis(settings.redis, retries=0)
+        self.reader: Redis = create_redis(settings.redis, block_timeout_s=1.0, retries=0, name=f"{name}:reader")
+        self.probe: Redis = create_redis(settings.redis, retries=0, name=f"{name}:probe")
         self.servers: dict[str, TaskServer] = {}
         self.infos: dict[str, TaskInfo] = {}
         self.registered = False

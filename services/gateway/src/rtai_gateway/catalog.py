@@ -58,6 +58,8 @@ class Catalog:
         """Tasks ever registered, live or not: a known task without live workers is `unavailable`, not unknown."""
         self.backlogs: dict[str, Backlog] = {}
         self._last_ok: float | None = None
+        self._failing = True
+        """The last refresh failed (or none ran yet)."""
         self.run_id: str | None = None
         self.refreshed = asyncio.Event()
 
@@ -99,13 +101,18 @@ class Catalog:
                 # try once more on a fresh connection before refusing every request as `unavailable`.
                 health, live, known, backlogs = await self._read()
         except Exception as e:
-            if self._last_ok is not None:
-                log.warning("redis.unreachable", error=type(e).__name__, detail=str(e)[:200])
-            self._last_ok = None
-            self._metrics.redis.set_down()
+            # One failed refresh is not an outage (a connection killed twice in a row, a slow moment): Redis counts
+            # as unreachable once no refresh has succeeded for STALE_AFTER_S. Until then requests still go to Redis,
+            # and a real outage answers them `unavailable` at once from the submit path, which fails fast.
+            if not self._failing:
+                log.warning("redis.refresh_failed", error=type(e).__name__, detail=str(e)[:200])
+            self._failing = True
+            if not self.redis_ok:
+                self._metrics.redis.set_down()
             return
-        if self._last_ok is None:
+        if self._failing:
             log.info("redis.reachable", role=health.role)
+        self._failing = False
         self._last_ok = time.monotonic()
         self.tasks = {t: info for t, (info, _) in live.items()}
         self.known = known

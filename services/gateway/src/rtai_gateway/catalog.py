@@ -79,6 +79,15 @@ class Catalog:
             return Refusal("age", f"task {task!r} has waited {b.oldest_age_s:.1f}s for a worker", s.retry_after_ms)
         return None
 
+    def mark_unreachable(self) -> None:
+        """The submit path could not reach Redis, on a fresh connection too: refuse new work now rather than after
+        STALE_AFTER_S (each request would wait for its own failed submit). The next good refresh clears it."""
+        if not self._failing:
+            log.warning("redis.unreachable")
+        self._failing = True
+        self._last_ok = None
+        self._metrics.redis.set_down()
+
     def note_enqueued(self, task: str) -> None:
         """Count our own submissions between refreshes, so a burst cannot overshoot the backlog limit by much."""
         b = self.backlogs.get(task, EMPTY)
@@ -102,8 +111,8 @@ class Catalog:
                 health, live, known, backlogs = await self._read()
         except Exception as e:
             # One failed refresh is not an outage (a connection killed twice in a row, a slow moment): Redis counts
-            # as unreachable once no refresh has succeeded for STALE_AFTER_S. Until then requests still go to Redis,
-            # and a real outage answers them `unavailable` at once from the submit path, which fails fast.
+            # as unreachable once no refresh has succeeded for STALE_AFTER_S, or once a submit failed too
+            # (mark_unreachable). Until then requests still go to Redis.
             if not self._failing:
                 log.warning("redis.refresh_failed", error=type(e).__name__, detail=str(e)[:200])
             self._failing = True

@@ -19,6 +19,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rtai_gateway.catalog import Catalog
 from rtai_gateway.framelog import FrameLog
@@ -189,6 +191,8 @@ class Hub:
         def then(res: Any) -> None:
             if isinstance(res, Exception):
                 log.warning("submit.failed", request_id=job.request_id, error=type(res).__name__)
+                if isinstance(res, RedisConnectionError | RedisTimeoutError):  # retried on a fresh connection too
+                    self.catalog.mark_unreachable()
                 retry = self.settings.admission.retry_after_ms
                 msg = "the queue backend is unreachable"
                 session.send(self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable"))
@@ -294,7 +298,7 @@ class Hub:
                     failures.append(res)
                     return
                 seq, holder = int(res[0]), res[1].decode() if res[1] else ""
-                if seq:  # 0: a chunk after the final frame, dropped by design
+                if seq:  # 0: a chunk after the final frame (or a repeat no longer in the log), dropped by design
                     # A repeat comes back with the body logged the first time: the one the log replays on resume.
                     logged = res[2] if len(res) > 2 else body
                     self._after_logged(r, logged, kind, seq, holder, forwards)

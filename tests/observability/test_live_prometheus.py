@@ -71,8 +71,30 @@ def test_failure_panel_shows_the_failures_of_the_load(live: LiveRun, query: Pane
     assert any(v > 0 for v in values), f"{query.promql} -> {values}"
 
 
-def test_every_failure_panel_is_checked() -> None:
-    assert {(q.dashboard, q.panel, q.ref_id) for q in PANEL_QUERIES} >= FAILURE_PANELS
+# Panels that show the traffic and the backend of a live stack: under the load they must show more than a flat zero
+# too (a query with a wrong label or metric name returns a series of zeros as easily as none).
+TRAFFIC_PANELS = {
+    ("rtai-overview", "Throughput by task and outcome", "A"),
+    ("rtai-queue-workers", "Jobs by outcome", "A"),
+    ("rtai-queue-workers", "Batch size (mean and p99)", "A"),
+    ("rtai-queue-workers", "Workers busy", "B"),
+    ("rtai-queue-workers", "Redis reachable, by service", "A"),
+    ("rtai-queue-workers", "Redis clients and replication lag", "A"),
+    ("rtai-queue-workers", "Redis memory", "A"),
+    ("rtai-queue-workers", "Gateway autoscaling: connections per pod", "C"),
+}
+
+
+@pytest.mark.parametrize(
+    "query", [q for q in PANEL_QUERIES if (q.dashboard, q.panel, q.ref_id) in TRAFFIC_PANELS], ids=lambda q: q.name
+)
+def test_traffic_panel_shows_the_load(live: LiveRun, query: PanelQuery) -> None:
+    values = [float(series["value"][1]) for series in live.query(query.promql)]
+    assert any(v > 0 for v in values), f"{query.promql} -> {values}"
+
+
+def test_every_failure_and_traffic_panel_is_checked() -> None:
+    assert {(q.dashboard, q.panel, q.ref_id) for q in PANEL_QUERIES} >= FAILURE_PANELS | TRAFFIC_PANELS
 
 
 def _rule_id(rule: dict[str, Any]) -> str:

@@ -35,8 +35,10 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """
 
 
-def connection_name(name: str) -> str:
-    """A valid CLIENT SETNAME argument: Redis refuses spaces and newlines in connection names."""
+def connection_name(service: str, instance: str, loop: str) -> str:
+    """The name a connection carries (`rtai-gateway:<id>:framelog`): which service, replica and loop holds it.
+    Spaces and newlines, which Redis refuses in names, become `_`."""
+    name = f"{service}:{instance}:{loop}"
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)[:128]
 
 
@@ -53,8 +55,9 @@ def create_redis(
 ) -> Redis:
     """A client for commands. `block_timeout_s` widens the socket timeout for clients that issue blocking reads;
     `retries=0` gives a probe client that fails fast (health checks must notice an outage, not ride it out).
-    `name` is set on every connection (CLIENT SETNAME): `CLIENT LIST` then tells which service, replica and loop
-    holds each connection, which an operator needs to find a leak or to drop one service's connections."""
+    `name` (see `connection_name`) is set on every connection (CLIENT SETNAME): `CLIENT LIST` then tells which
+    service, replica and loop holds each connection, which an operator needs to find a leak or to drop one service's
+    connections."""
     password = settings.password.get_secret_value() if settings.password else None
     socket_timeout = settings.socket_timeout_s + block_timeout_s
     common: dict[str, object] = {
@@ -68,7 +71,7 @@ def create_redis(
         "decode_responses": False,
     }
     if name is not None:
-        common["client_name"] = connection_name(name)
+        common["client_name"] = name
     tls = settings.tls or settings.url.startswith("rediss://")
     if tls and settings.tls_ca_file:
         common["ssl_ca_certs"] = settings.tls_ca_file

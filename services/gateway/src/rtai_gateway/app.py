@@ -21,7 +21,7 @@ from rtai_gateway.runtime import Runtime
 from rtai_gateway.settings import GatewaySettings
 from rtai_gateway.ws import websocket_endpoint
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Keys, close_redis, create_redis
+from rtai_transport import Keys, close_redis, connection_name, create_redis
 
 log = get_logger("rtai_gateway.app")
 
@@ -40,11 +40,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         keys = Keys(settings.redis.prefix)
         # Blocking reads of the reply stream need a socket timeout longer than their block time.
-        name = f"rtai-gateway:{settings.gateway_id}"
+        gw = settings.gateway_id
         redis = create_redis(
-            settings.redis, block_timeout_s=settings.sessions.reply_block_ms / 1000, name=f"{name}:commands"
+            settings.redis,
+            block_timeout_s=settings.sessions.reply_block_ms / 1000,
+            name=connection_name("rtai-gateway", gw, "commands"),
         )
-        probe = create_redis(settings.redis, retries=0, name=f"{name}:probe")
+        probe = create_redis(settings.redis, retries=0, name=connection_name("rtai-gateway", gw, "probe"))
         metrics = GatewayMetrics()
         hub = Hub(settings, redis, keys, metrics)
 

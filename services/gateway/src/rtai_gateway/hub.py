@@ -30,7 +30,7 @@ from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
-from rtai_transport import Keys, Redis
+from rtai_transport import Keys, Redis, connection_name
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 
 log = get_logger("rtai_gateway.hub")
@@ -79,7 +79,7 @@ class Hub:
         self.reply_stream = keys.replies(settings.gateway_id)
         self.sessions: dict[str, Session] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
-        self.framelog = FrameLog(settings.redis, name=f"rtai-gateway:{settings.gateway_id}:framelog")
+        self.framelog = FrameLog(settings.redis, name=connection_name("rtai-gateway", settings.gateway_id, "framelog"))
         self.finish_hooks: list[Callable[[Pending], None]] = []
         """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self._log_frame = redis.register_script(LOG_FRAME)

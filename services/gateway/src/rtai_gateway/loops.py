@@ -17,7 +17,7 @@ from rtai_gateway.hub import Hub
 from rtai_protocol import Forward, Reply
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger
-from rtai_transport import close_redis, create_redis
+from rtai_transport import close_redis, connection_name, create_redis
 
 log = get_logger("rtai_gateway.loops")
 
@@ -46,7 +46,7 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     block = hub.settings.sessions.reply_block_ms
     # A client of its own that does not retry: this loop retries with backoff itself, and reconnects to a newly
     # promoted master as soon as Sentinel names it (redis-py's nested retries could hang a blocked read for ~20 s).
-    name = f"rtai-gateway:{hub.settings.gateway_id}:replies"
+    name = connection_name("rtai-gateway", hub.settings.gateway_id, "replies")
     redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0, name=name)
     trimmed_at = 0.0
 

@@ -12,7 +12,7 @@ import signal
 
 from rtai_protocol import ErrorCode
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Keys, Redis, close_redis, create_redis
+from rtai_transport import Keys, Redis, close_redis, connection_name, create_redis
 from rtai_transport.backlog import read_backlog
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
@@ -35,12 +35,14 @@ class Worker:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
         self.metrics = WorkerMetrics()
-        name = f"rtai-worker:{settings.worker_id}"
-        self.redis: Redis = create_redis(settings.redis, name=f"{name}:commands")
+        wid = settings.worker_id
+        self.redis: Redis = create_redis(settings.redis, name=connection_name("rtai-worker", wid, "commands"))
         # Blocking reads get a client that does not retry: the read loops back off and retry themselves, and pick
         # up a newly promoted master at once instead of sitting in redis-py's nested connect retries.
-        self.reader: Redis = create_redis(settings.redis, block_timeout_s=1.0, retries=0, name=f"{name}:reader")
-        self.probe: Redis = create_redis(settings.redis, retries=0, name=f"{name}:probe")
+        self.reader: Redis = create_redis(
+            settings.redis, block_timeout_s=1.0, retries=0, name=connection_name("rtai-worker", wid, "reader")
+        )
+        self.probe: Redis = create_redis(settings.redis, retries=0, name=connection_name("rtai-worker", wid, "probe"))
         self.servers: dict[str, TaskServer] = {}
         self.infos: dict[str, TaskInfo] = {}
         self.registered = False

@@ -299,9 +299,7 @@ class Hub:
                     return
                 seq, holder = int(res[0]), res[1].decode() if res[1] else ""
                 if seq:  # 0: a chunk after the final frame (or a repeat no longer in the log), dropped by design
-                    # A repeat comes back with the body logged the first time: the one the log replays on resume.
-                    logged = res[2] if len(res) > 2 else body
-                    self._after_logged(r, logged, kind, seq, holder, forwards)
+                    self._after_logged(r, _logged_body(res, body), kind, seq, holder, forwards)
 
             held = self.sessions.get(r.session)
             last = self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then)
@@ -391,9 +389,15 @@ class Hub:
                 p.session.first_final(job.request_id)  # a result logged once Redis is back must not follow it
                 p.session.send(body)
             elif int(res[0]) and p.session.first_final(job.request_id):
-                p.session.deliver(int(res[0]), res[2] if len(res) > 2 else body)
+                p.session.deliver(int(res[0]), _logged_body(res, body))
 
         await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
+
+
+def _logged_body(res: Any, sent: bytes) -> bytes:
+    """The frame a LOG_FRAME answer stands for: a repeat comes back with the body logged the first time (the one the
+    log replays on resume), a new frame is the one sent."""
+    return bytes(res[2]) if len(res) > 2 else sent
 
 
 def _frame_of(r: Reply) -> tuple[bytes, str]:

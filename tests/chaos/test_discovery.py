@@ -15,15 +15,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_transport import RedisSettings, close_redis, create_redis
-from tests.support.redis_server import RedisProcess
 from tests.support.sentinel import MASTER_NAME, SentinelTopology
 
 FAILS_WITHIN_S = 6.0
-
-
-def _each(nodes: list[RedisProcess], action: str) -> None:
-    for node in nodes:
-        getattr(node, action)()
 
 
 @pytest.mark.timeout(90)
@@ -32,14 +26,14 @@ async def test_command_fails_fast_with_every_sentinel_down_and_works_after(topol
     client = create_redis(settings)  # the default retries (3) that services use
     try:
         await client.set("disc:k", "before")
-        await asyncio.to_thread(_each, [*topology.sentinels, *topology.nodes], "stop")
+        await asyncio.to_thread(topology.shutdown)
         for _ in range(3):  # the first command fails on its dead connection; the later ones go through discovery
             t0 = time.monotonic()
             with pytest.raises(RedisConnectionError):
                 await client.get("disc:k")
             took = time.monotonic() - t0
             assert took < FAILS_WITHIN_S, f"a command took {took:.1f}s to fail with Redis down"
-        await asyncio.to_thread(_each, [*topology.nodes, *topology.sentinels], "start")
+        await asyncio.to_thread(topology.restart)
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -157,14 +157,14 @@ async def test_all_redis_nodes_down_for_ten_seconds(
     fault_at = time.monotonic()
     # Stops, starts and probes run off the event loop: the load (and the clients' reading) goes on meanwhile.
     # SIGTERM: Redis flushes its append-only file, as a pod's redis would on shutdown.
-    await asyncio.to_thread(lambda: [node.stop() for node in [*topology.sentinels, *topology.nodes]])
+    await asyncio.to_thread(topology.shutdown)
     t0 = time.monotonic()
     async with httpx.AsyncClient(timeout=5) as http:
         while (await http.get(f"{g.base}/readyz")).status_code != 503:
             assert time.monotonic() - t0 < 10, "readiness stayed green while Redis was down"
             await asyncio.sleep(0.1)
     await asyncio.sleep(10)
-    await asyncio.to_thread(lambda: [node.start() for node in [*topology.nodes, *topology.sentinels]])
+    await asyncio.to_thread(topology.restart)
     await load
     await driver.settle(40)
     await driver.stop()

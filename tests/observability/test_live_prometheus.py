@@ -63,14 +63,6 @@ FAILURE_PANELS = {
 }
 
 
-@pytest.mark.parametrize(
-    "query", [q for q in PANEL_QUERIES if (q.dashboard, q.panel, q.ref_id) in FAILURE_PANELS], ids=lambda q: q.name
-)
-def test_failure_panel_shows_the_failures_of_the_load(live: LiveRun, query: PanelQuery) -> None:
-    values = [float(series["value"][1]) for series in live.query(query.promql)]
-    assert any(v > 0 for v in values), f"{query.promql} -> {values}"
-
-
 # Panels that show the traffic and the backend of a live stack: under the load they must show more than a flat zero
 # too (a query with a wrong label or metric name returns a series of zeros as easily as none).
 TRAFFIC_PANELS = {
@@ -86,9 +78,11 @@ TRAFFIC_PANELS = {
 
 
 @pytest.mark.parametrize(
-    "query", [q for q in PANEL_QUERIES if (q.dashboard, q.panel, q.ref_id) in TRAFFIC_PANELS], ids=lambda q: q.name
+    "query",
+    [q for q in PANEL_QUERIES if (q.dashboard, q.panel, q.ref_id) in FAILURE_PANELS | TRAFFIC_PANELS],
+    ids=lambda q: q.name,
 )
-def test_traffic_panel_shows_the_load(live: LiveRun, query: PanelQuery) -> None:
+def test_failure_and_traffic_panels_show_the_load(live: LiveRun, query: PanelQuery) -> None:
     values = [float(series["value"][1]) for series in live.query(query.promql)]
     assert any(v > 0 for v in values), f"{query.promql} -> {values}"
 

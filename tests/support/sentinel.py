@@ -88,6 +88,16 @@ class SentinelTopology:
             time.sleep(0.05)
         raise TimeoutError("no failover")
 
+    def shutdown(self) -> None:
+        """SIGTERM every sentinel, then every node (Redis flushes its append-only file, as a pod's would)."""
+        for p in [*self.sentinels, *self.nodes]:
+            p.stop()
+
+    def restart(self) -> None:
+        """Start every node, then every sentinel, on the same ports and directories."""
+        for p in [*self.nodes, *self.sentinels]:
+            p.start()
+
     def stop(self) -> None:
         for p in [*self.sentinels, *self.nodes]:
             p.kill()

@@ -78,6 +78,9 @@ class Hub:
         self.gateway_id = settings.gateway_id
         self.reply_stream = keys.replies(settings.gateway_id)
         self.sessions: dict[str, Session] = {}
+        self.detached: dict[str, Session] = {}
+        """Sessions without a socket, waiting for a resume, oldest detach first: the reaper reads only these (and stops
+        at the first still in its grace), so idle sockets cost it nothing."""
         self.pending: dict[tuple[str, str], Pending] = {}
         self.framelog = FrameLog(settings.redis, name=connection_name("rtai-gateway", settings.gateway_id, "framelog"))
         self.finish_hooks: list[Callable[[Pending], None]] = []

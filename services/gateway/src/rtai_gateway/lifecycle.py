@@ -74,6 +74,7 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
         session.conn.close(1008, "session resumed on another connection")
     session.conn = conn
     session.detached_at = None
+    hub.detached.pop(session_id, None)
     session.delivered = last_seq
     # Live frames wait in `held` until replay() has sent the log: order is by seq, whatever arrives first.
     session.replaying = True
@@ -180,6 +181,8 @@ async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
     """The socket is gone. A clean close cancels the session's work; otherwise it waits for a resume."""
     session.conn = None
     session.detached_at = time.monotonic()
+    hub.detached.pop(session.id, None)  # re-inserted at the end: the dict stays in detach order
+    hub.detached[session.id] = session
     if close_code in CLEAN_CLOSE_CODES or hub.settings.sessions.detach_grace_s == 0:
         await end_session(hub, session)
 
@@ -191,6 +194,7 @@ async def end_session(hub: Hub, session: Session) -> None:
             await cancel(hub, p, notify=False)
     if session.conn is None:
         hub.sessions.pop(session.id, None)
+        hub.detached.pop(session.id, None)
 
 
 async def reap(hub: Hub) -> None:
@@ -198,7 +202,14 @@ async def reap(hub: Hub) -> None:
     now = now_ms()
     for p in [p for p in hub.pending.values() if p.job.deadline_ms <= now]:
         await hub.finish_locally(p, ErrorCode.DEADLINE_EXCEEDED, "no result within the request's deadline")
-    grace = hub.settings.sessions.detach_grace_s
-    mono = time.monotonic()
-    for session in [s for s in hub.sessions.values() if s.detached_at is not None and mono - s.detached_at >= grace]:
-        await end_session(hub, session)
+    # Detach order is expiry order (one grace for all): stop at the first session still within it.
+    expired_before = time.monotonic() - hub.settings.sessions.detach_grace_s
+    expired: list[Session] = []
+    for session in hub.detached.values():
+        if session.conn is None and session.detached_at is not None and session.detached_at > expired_before:
+            break
+        expired.append(session)
+    for session in expired:
+        hub.detached.pop(session.id, None)
+        if session.conn is None:  # not resumed meanwhile (end_session awaits)
+            await end_session(hub, session)

@@ -9,8 +9,8 @@ re-submissions and gateways.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,7 +171,7 @@ class Hub:
         now = now_ms()
         options = req.options.model_dump(exclude_none=True, exclude={"stream", "deadline_ms"})
         return Job(
-            job_id=uuid.uuid4().hex,
+            job_id=secrets.token_hex(16),  # 128 random bits, as uuid4 but without building a UUID object
             request_id=req.id,
             owner=session.identity,
             session=session.id,

@@ -35,7 +35,9 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    threshold = logging.getLevelName(level.upper())
+    threshold = logging.getLevelNamesMapping().get(level.upper())
+    if threshold is None:
+        raise ValueError(f"unknown log level {level!r}: use debug, info, warning, error or critical")
     structlog.configure(
         # filter_by_level first: a line below a stdlib logger's own level costs one check, not the processor chain.
         processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

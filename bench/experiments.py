@@ -2,15 +2,26 @@
 bench/patched.py, against the unpatched services, interleaved in rounds on one Redis so drift hits all variants alike.
 
     python bench/experiments.py [--rounds 2] [--seconds 5] [--only base,uvloop,...]
+    python bench/experiments.py --only base --against HEAD~1     # this working tree against an earlier commit
+    python bench/experiments.py --only base --against HEAD~1 --connections 10 --idle 10000
+
+`--against REV` adds the variant `rev:REV`: the unpatched services of that commit, run from a temporary git worktree
+(its source directories first on PYTHONPATH), so a change already made can be measured against the code before it.
+`--idle N` holds N idle sockets open during the throughput phase (the N scenario).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +43,8 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "inline-predict": ([], ["--inline-predict"], {}),
     "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
     "no-cancel-screen": ([], ["--no-cancel-screen"], {}),
+    "unlogged-finals": (["--unlogged-finals"], [], {}),
+    "gc-freeze": (["--gc-freeze"], ["--gc-freeze"], {}),
     "all": (
         ["--uvloop"],
         ["--uvloop", "--inline-predict"],
@@ -40,7 +53,33 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
 }
 
 
+SOURCE_DIRS = [
+    "services/gateway/src",
+    "services/inference-worker/src",
+    "libs/protocol/src",
+    "libs/transport/src",
+    "libs/telemetry/src",
+    "libs/client/src",
+]
+REVISIONS: dict[str, Path] = {}
+"""`rev:REV` variant -> the worktree holding that commit."""
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A detached git worktree of `rev`, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="rtai-rev-")) / "tree"
+    subprocess.run(["git", "-C", str(st.REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(st.REPO), "worktree", "remove", "--force", str(path)], check=False)
+
+
 def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
+    if variant in REVISIONS:
+        path = os.pathsep.join(str(REVISIONS[variant] / d) for d in SOURCE_DIRS)
+        return st.gateway(url, prefix, **sc.GATEWAY_ENV, PYTHONPATH=path), st.worker(url, prefix, PYTHONPATH=path)
     gflags, wflags, wenv = VARIANTS[variant]
     gw = st.gateway(url, prefix, **sc.GATEWAY_ENV)
     wk = st.worker(url, prefix, **wenv)
@@ -50,7 +89,7 @@ def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
     return gw, wk
 
 
-def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int) -> dict[str, Any]:
+def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int, idle: int) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{redis.port}/0"
     gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant)
     gw, wk = s.start(gw_p), s.start(wk_p)
@@ -63,7 +102,8 @@ def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: 
             ws,
             connections=connections,
             duration_s=seconds,
-            warmup_s=1.0,
+            warmup_s=2.0 if idle else 1.0,
+            idle_connections=idle,
             on_measure_start=meter.start,
             on_measure_end=meter.stop,
         )
@@ -74,6 +114,8 @@ def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: 
             "T req/s": thr.throughput,
             "T p50 ms": thr.latency_ms["p50"],
             "T p99 ms": thr.latency_ms["p99"],
+            "T p99.9 ms": thr.latency_ms["p99.9"],
+            "T max ms": thr.latency_ms["max"],
             "gateway us/req": cpu.get("gateway", 0.0),
             "worker us/req": cpu.get("worker", 0.0),
             "redis us/req": cpu.get("redis", 0.0),
@@ -90,16 +132,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--idle", type=int, default=0, help="idle sockets held open during the throughput phase")
     parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--against", action="append", default=[], metavar="REV", help="compare with a commit")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    variants = [v.strip() for v in args.only.split(",") if v.strip()]
+    variants = [v.strip() for v in args.only.split(",") if v.strip()] + [f"rev:{r}" for r in args.against]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    with st.Stack(Path(tempfile.mkdtemp(prefix="rtai-exp-"))) as s:
+    if args.idle:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway
+    with contextlib.ExitStack() as trees, st.Stack(Path(tempfile.mkdtemp(prefix="rtai-exp-"))) as s:
+        for rev in args.against:
+            REVISIONS[f"rev:{rev}"] = trees.enter_context(worktree(rev))
         redis = s.start(st.redis())
-        for _ in range(args.rounds):
-            for v in variants:
-                runs[v].append(one(s, redis, v, args.seconds, args.connections))
+        for i in range(args.rounds):
+            # Alternate the order from round to round: a drift in the machine's speed hits every variant alike.
+            for v in variants if i % 2 == 0 else reversed(variants):
+                runs[v].append(one(s, redis, v, args.seconds, args.connections, args.idle))
                 print(v, runs[v][-1], flush=True)
     base = runs.get("base")
     rows = []

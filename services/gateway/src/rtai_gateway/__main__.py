@@ -28,6 +28,7 @@ def main() -> None:
         ws_max_size=settings.limits.max_frame_bytes,
         ws_ping_interval=settings.limits.ping_interval_s,
         ws_ping_timeout=settings.limits.ping_timeout_s,
+        ws_per_message_deflate=settings.limits.per_message_deflate,
         timeout_graceful_shutdown=max(int(settings.drain_s) + 5, 5),
         lifespan="on",
         proxy_headers=True,

@@ -96,6 +96,12 @@ class LimitSettings(BaseModel):
     ping_timeout_s: float = Field(
         default=20.0, gt=0, description="A socket whose pong does not come back within this is closed (1011)."
     )
+    per_message_deflate: bool = Field(
+        default=False,
+        description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Off by "
+        "default: rtai's frames are small JSON that compress little, and each compressing socket keeps zlib state "
+        "in the gateway's memory and costs CPU on every frame (docs/performance.md).",
+    )
 
 
 class DeadlineSettings(BaseModel):

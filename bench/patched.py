@@ -58,7 +58,8 @@ def _unlogged_finals(hub_class: Any) -> None:
         then: Any,
     ) -> asyncio.Future[None]:
         if kind != "final" or session is None or session.conn is None:
-            return logged(self, session, session_id, owner, request_id, body, kind, index, then)
+            queued: asyncio.Future[None] = logged(self, session, session_id, owner, request_id, body, kind, index, then)
+            return queued
         then([session.delivered + 1, b""])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)

@@ -14,4 +14,4 @@ bench-smoke: install-py ## a few seconds per benchmark scenario, no targets judg
 	$(PY) bench/run.py --profile smoke --only $(BENCH_ONLY)
 
 bench-typecheck: ## mypy --strict on the benchmark suite (its modules import each other by file)
-	MYPYPATH=bench $(PY) -m mypy bench/run.py bench/scenarios.py bench/stack.py bench/ceiling.py
+	MYPYPATH=bench $(PY) -m mypy bench/*.py

@@ -168,10 +168,17 @@ def _open_loop(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
 
 
 def _idle(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
+    # Runs without idle sockets before and after each run with them: each is judged against the mean of its two
+    # neighbours, so a drift of the shared machine's speed during the scenario is not taken for the idle sockets' cost.
     p = run.profile
     kw: dict[str, Any] = {"connections": p.n_active, "duration_s": p.n_seconds, "warmup_s": p.warmup_s}
-    r, cpu = measured(servers, run_bench, url=ws_url(gw), label="N base", **kw)
-    run.add("N", f"{p.n_active} active, no idle sockets", r, cpu, plot="idle")
+
+    def without_idle(after: int | None) -> None:
+        r, cpu = measured(servers, run_bench, url=ws_url(gw), label="N base", **kw)
+        what = f"{p.n_active} active, no idle sockets" + (f" (after {after} idle)" if after else "")
+        run.add("N", what, r, cpu, plot=None if after else "idle")
+
+    without_idle(None)
     for idle in p.n_idle:
         before = gw.rss()
         rss: list[int] = []
@@ -198,6 +205,7 @@ def _idle(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
         run.add("N", row_what, r, meter.per_request_us(r.ok), plot="idle")
         run.rows[-1]["gateway_kb_per_idle_socket"] = round((rss[0] - before) / 1024 / idle, 1) if rss else None
         time.sleep(2.0)  # let the gateway close the idle sessions before the next step
+        without_idle(idle)
 
 
 def _two_gateways(run: Run, s: st.Stack, url: str, prefix: str, gw: st.Proc, wk: st.Proc, redis: st.Proc) -> None:

@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
     "no-cancel-screen": ([], ["--no-cancel-screen"], {}),
     "unlogged-finals": (["--unlogged-finals"], [], {}),
-    "gc-freeze": (["--gc-freeze"], ["--gc-freeze"], {}),
+    "gc-log": (["--gc-log"], ["--gc-log"], {}),
     "all": (
         ["--uvloop"],
         ["--uvloop", "--inline-predict"],
@@ -142,7 +142,9 @@ def main() -> int:
     if args.idle:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway
-    with contextlib.ExitStack() as trees, st.Stack(Path(tempfile.mkdtemp(prefix="rtai-exp-"))) as s:
+    workdir = Path(tempfile.mkdtemp(prefix="rtai-exp-"))
+    print(f"services' logs: {workdir}", flush=True)
+    with contextlib.ExitStack() as trees, st.Stack(workdir) as s:
         for rev in args.against:
             REVISIONS[f"rev:{rev}"] = trees.enter_context(worktree(rev))
         redis = s.start(st.redis())

@@ -12,8 +12,8 @@ bench/experiments.py can measure it side by side with the unpatched service, in 
 - `--unlogged-finals` (gateway): send a worker's final frame to its socket without logging it in Redis first (no
   LOG_FRAME round trip; the frame gets the next seq the socket has not seen). It breaks resume and exactly-once, so
   it is no candidate: it measures the most that taking the log step off the gateway's path could buy.
-- `--gc-freeze`: move every object alive after imports into the collector's permanent generation (`gc.freeze()`),
-  so full collections no longer walk the ~60,000-90,000 objects of the imported libraries.
+- `--gc-log`: write a line to stderr (the service's log) for every full collection: seconds since start, its pause
+  in ms, the objects it walked. Changes nothing else.
 """
 
 from __future__ import annotations
@@ -68,6 +68,28 @@ def _unlogged_finals(hub_class: Any) -> None:
     hub_class._log = _log
 
 
+def _log_full_collections() -> None:
+    import gc
+    import json
+    import time
+
+    started = time.perf_counter()
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            began[0] = time.perf_counter()
+            return
+        now = time.perf_counter()
+        walked = sum(len(gc.get_objects(g)) for g in range(3))
+        line = {"event": "gc.full", "t_s": round(now - started, 2), "ms": round((now - began[0]) * 1000, 1)}
+        sys.stderr.write(json.dumps({**line, "objects": walked}) + "\n")
+
+    gc.callbacks.append(callback)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("service", choices=["gateway", "worker"])
@@ -76,17 +98,10 @@ def main() -> None:
     parser.add_argument("--inline-predict", action="store_true")
     parser.add_argument("--no-cancel-screen", action="store_true")
     parser.add_argument("--unlogged-finals", action="store_true")
-    parser.add_argument("--gc-freeze", action="store_true")
+    parser.add_argument("--gc-log", action="store_true")
     args = parser.parse_args()
-    if args.gc_freeze:
-        import gc
-
-        from rtai_gateway import __main__ as _gateway_entry  # noqa: F401 - imported to be frozen
-        from rtai_worker import __main__ as _worker_entry  # noqa: F401
-        from rtai_worker.models import vader  # noqa: F401
-
-        gc.collect()
-        gc.freeze()
+    if args.gc_log:
+        _log_full_collections()
     if args.uvloop:
         import uvloop
 

@@ -97,10 +97,10 @@ class LimitSettings(BaseModel):
         default=20.0, gt=0, description="A socket whose pong does not come back within this is closed (1011)."
     )
     per_message_deflate: bool = Field(
-        default=False,
-        description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Off by "
-        "default: rtai's frames are small JSON that compress little, and each compressing socket keeps zlib state "
-        "in the gateway's memory and costs CPU on every frame (docs/performance.md).",
+        default=True,
+        description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Each "
+        "compressing socket keeps zlib state: 76 KB of gateway memory per idle socket against 33.5 KB without, and "
+        "~9% more CPU per request (docs/performance.md). Turn it off for many mostly idle browser sockets.",
     )
 
 

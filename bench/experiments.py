@@ -53,14 +53,6 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
 }
 
 
-SOURCE_DIRS = [
-    "services/gateway/src",
-    "services/inference-worker/src",
-    "libs/protocol/src",
-    "libs/transport/src",
-    "libs/telemetry/src",
-    "libs/client/src",
-]
 REVISIONS: dict[str, Path] = {}
 """`rev:REV` variant -> the worktree holding that commit."""
 
@@ -78,7 +70,9 @@ def worktree(rev: str) -> Iterator[Path]:
 
 def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
     if variant in REVISIONS:
-        path = os.pathsep.join(str(REVISIONS[variant] / d) for d in SOURCE_DIRS)
+        tree = REVISIONS[variant]
+        # The workspace's members (pyproject: libs/*, services/*), that commit's source first on the path.
+        path = os.pathsep.join(str(d) for d in sorted([*tree.glob("libs/*/src"), *tree.glob("services/*/src")]))
         return st.gateway(url, prefix, **sc.GATEWAY_ENV, PYTHONPATH=path), st.worker(url, prefix, PYTHONPATH=path)
     gflags, wflags, wenv = VARIANTS[variant]
     gw = st.gateway(url, prefix, **sc.GATEWAY_ENV)

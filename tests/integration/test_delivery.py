@@ -10,11 +10,15 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import redis as redis_sync
 import websockets
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
 
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
+from tests.support.slow_client import slow_reader_socket
 from tests.support.ws_client import Conn
 
 TOKENS = "generate=tests.support.fake_models:tokens"
@@ -239,8 +243,7 @@ async def test_slow_reader_is_closed_with_1013(
         services,
         procs.gateway(env, prefix, LIMITS__SEND_QUEUE_FRAMES="32", ADMISSION__MAX_INFLIGHT_PER_CONNECTION="100000"),
     )
-    sock = socket.create_connection(("127.0.0.1", g.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = slow_reader_socket(g.port)
     ws = await websockets.connect(ws_url(g), sock=sock, max_size=None, max_queue=1)
     await ws.send(json.dumps({"type": "hello"}))
     # Send without reading: the server's frames pile up in its bounded queue until it gives up on us.
@@ -262,11 +265,82 @@ async def test_slow_reader_is_closed_with_1013(
         except websockets.ConnectionClosed as e:
             closed = e
     assert closed is not None
-    assert closed.rcvd is None or closed.rcvd.code == 1013
+    # The close frame does not wait for the frames the gateway dropped: a client that reads gets it.
+    assert closed.rcvd is not None and closed.rcvd.code == 1013, closed
     # The gateway keeps serving others.
     c = await Conn(ws_url(g)).open()
     assert (await c.call("sentiment", "fine")).get("type") == "result"
     await c.close()
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A client that floods without reading is given up on (1013); as it does not read that close frame either, the
+    gateway aborts its socket after `limits.close_timeout_s` instead of keeping it, buffers and all, for as long as
+    the client keeps TCP alive."""
+    env = procs.redis_env_for_url(redis_server.url)
+    # Results of 64 KB: a few hundred fill the socket's buffers and the send queue, and the gateway gives up on the
+    # client while frames still wait for it to read them.
+    start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:bulky"))
+    g = start(
+        services,
+        procs.gateway(
+            env,
+            prefix,
+            LIMITS__CLOSE_TIMEOUT_S="1",
+            LIMITS__SEND_QUEUE_FRAMES="64",
+            ADMISSION__MAX_INFLIGHT_PER_CONNECTION="100000",
+        ),
+    )
+    sock = await asyncio.to_thread(_flood_without_reading, g)
+    try:
+        gave_up = time.monotonic()
+        gateway = psutil.Process(g.pid)
+        client_port = sock.getsockname()[1]
+        while _has_peer(gateway, client_port) and time.monotonic() - gave_up < 15:
+            await asyncio.sleep(0.2)
+        held_s = time.monotonic() - gave_up
+        assert not _has_peer(gateway, client_port), f"the gateway still holds the socket {held_s:.1f} s after giving up"
+        assert '"ws.aborted"' in g.log_path.read_text()
+        c = await Conn(ws_url(g)).open()
+        assert (await c.call("sentiment", "still serving")).get("type") == "result"
+        await c.close()
+    finally:
+        sock.close()
+
+
+def _flood_without_reading(g: procs.Service) -> socket.socket:
+    """Open a WebSocket on a plain blocking socket and send requests until the gateway gives up on it, reading
+    nothing but the handshake's response (a client library would read the close frame, and answer it). Returns the
+    socket, still open."""
+    client = ClientProtocol(parse_uri(ws_url(g)))
+    sock = slow_reader_socket(g.port)
+    sock.settimeout(10)
+    client.send_request(client.connect())
+    sock.sendall(b"".join(client.data_to_send()))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # a byte at a time: not one byte past the handshake
+    client.receive_data(response)
+    assert client.handshake_exc is None, client.handshake_exc
+    client.send_text(json.dumps({"type": "hello"}).encode())
+    # 300 results of 64 KB (19 MB): more than the socket's buffers and the send queue hold together.
+    for i in range(300):
+        client.send_text(json.dumps({"type": "infer", "id": f"n{i}", "task": "sentiment", "input": "fine"}).encode())
+        sock.sendall(b"".join(client.data_to_send()))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "rtai_gateway_slow_client_closes_total 1.0" in httpx.get(f"{g.base}/metrics").text:
+            return sock
+        time.sleep(0.2)
+    sock.close()
+    raise AssertionError("300 unread results of 64 KB did not make the gateway give up on the socket")
+
+
+def _has_peer(process: psutil.Process, port: int) -> bool:
+    """Whether `process` has a TCP socket whose remote end is 127.0.0.1:`port`."""
+    return any(c.raddr and c.raddr.port == port for c in process.net_connections(kind="tcp"))
 
 
 async def test_flood_past_backlog_is_refused_not_queued(

@@ -3,6 +3,7 @@
 `counting`: VADER that appends every text it scores to `$RTAI_TEST_COUNT_DIR/<pid>.txt`, so a test can count model
 calls per request across worker processes. `slow`: VADER that sleeps `$RTAI_TEST_SLOW_MS` per batch, so a test can
 kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per chunk, `$RTAI_TEST_TOKEN_MS` apart).
+`bulky`: VADER whose results carry `$RTAI_TEST_RESULT_BYTES` of padding, so a few results fill a socket's buffers.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class SlowModel(VaderModel):
         return super().predict(batch)
 
 
+class BulkyModel(VaderModel):
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        padding = "x" * int(os.environ.get("RTAI_TEST_RESULT_BYTES", "65536"))
+        return [{"result": r, "padding": padding} for r in super().predict(batch)]
+
+
 class TokenModel:
     """Streams the words of its input, uppercased, deterministically; the result is the full text."""
 
@@ -76,6 +83,10 @@ def counting(options: ModelOptions) -> CountingModel:
 
 def slow(options: ModelOptions) -> SlowModel:
     return SlowModel(options)
+
+
+def bulky(options: ModelOptions) -> BulkyModel:
+    return BulkyModel(options)
 
 
 def tokens(options: ModelOptions) -> TokenModel:

@@ -10,6 +10,7 @@ from rtai_gateway.app import create_app
 from rtai_gateway.drain import DrainingServer
 from rtai_gateway.http_protocol import with_handshake_timeout
 from rtai_gateway.settings import GatewaySettings
+from rtai_gateway.ws_protocol import with_close_timeout
 from rtai_telemetry.logging import configure_logging
 from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
 
@@ -25,6 +26,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         http=with_handshake_timeout(settings.limits.handshake_timeout_s),
+        ws=with_close_timeout(settings.limits.close_timeout_s),
         ws_max_size=settings.limits.max_frame_bytes,
         ws_ping_interval=settings.limits.ping_interval_s,
         ws_ping_timeout=settings.limits.ping_timeout_s,

@@ -1,7 +1,9 @@
 """One WebSocket's outgoing side: a bounded send queue drained by one writer task.
 
 A client that does not read fills its queue; instead of buffering without bound (the memory growth users of other
-systems complain about) the gateway closes it with 1013 and the client resumes from its last sequence number.
+systems complain about) the gateway closes it with 1013 and the client resumes from its last sequence number. That
+close does not wait for the client: what is queued is dropped (the client gets it again on resume) and the close
+frame is written at once; `ws_protocol` aborts the socket if the client does not read it in time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Connection:
         self.capacity = queue_frames
         self.closed = False
         self.close_code: int | None = None
+        self._reason = ""
         self._writer: asyncio.Task[None] | None = None
         self._on_slow_close = on_slow_close
 
@@ -48,20 +51,28 @@ class Connection:
         except asyncio.QueueFull:
             if callable(self._on_slow_close):
                 self._on_slow_close()
-            self.close(WS_1013_TRY_AGAIN_LATER, "client too slow: resume with your last seq")
+            self.close(WS_1013_TRY_AGAIN_LATER, "client too slow: resume with your last seq", discard_queued=True)
             return False
         return True
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Close after the frames already queued (if room) — the writer sends the close frame."""
+    def close(self, code: int, reason: str = "", *, discard_queued: bool = False) -> None:
+        """Close after the frames already queued (the writer sends the close frame), or, with `discard_queued`, drop
+        them and close now (the writer may be stuck on a client that does not read)."""
         if self.closed:
             return
         self.closed = True
         self.close_code = code
         self._reason = reason
-        # Drop what is queued if the queue is full; a slow client resumes from its last seq anyway.
-        while self._queue.full():
-            self._queue.get_nowait()
+        # A full queue cannot take the close marker; dropping only some frames would leave a gap below the last seq
+        # the client sees, so it drops them all, like a slow client's.
+        if discard_queued or self._queue.full():
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            if self._writer is not None:
+                # Cancelling a send that waits for the transport to drain writes nothing: no half frame goes out.
+                self._writer.cancel()
+                self._writer = asyncio.create_task(self._send_close(), name="ws-closer")
+                return
         self._queue.put_nowait(None)
 
     async def _write_loop(self) -> None:
@@ -76,9 +87,13 @@ class Connection:
             log.debug("ws.send_failed", error=type(e).__name__)
             self.closed = True
             return
+        await self._send_close()
+
+    async def _send_close(self) -> None:
+        ws = self.ws
         if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await ws.close(self.close_code or 1000, getattr(self, "_reason", ""))
+                await ws.close(self.close_code or 1000, self._reason)
 
     async def aclose(self) -> None:
         """Stop the writer (after the receive side ended)."""

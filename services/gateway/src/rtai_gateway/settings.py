@@ -96,6 +96,12 @@ class LimitSettings(BaseModel):
     ping_timeout_s: float = Field(
         default=20.0, gt=0, description="A socket whose pong does not come back within this is closed (1011)."
     )
+    close_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A socket still open this long after the gateway began closing it (close frame sent, ping "
+        "unanswered, or the handler done) is aborted: a client that stopped reading cannot hold its buffers.",
+    )
     per_message_deflate: bool = Field(
         default=True,
         description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Each "

@@ -1,0 +1,90 @@
+"""The WebSocket protocol the gateway's uvicorn runs: uvicorn's sans-I/O one, with a bound on how long a socket may
+take to close.
+
+uvicorn closes a socket by flushing it: `transport.close()` returns at once but the connection only ends once every
+buffered byte reached the client, and a client that stopped reading never lets that happen. It also waits for the
+transport to be writable before it writes a close frame. So a socket the gateway gave up on (1013: the client reads
+too slowly; a keepalive ping that got no pong) kept its file descriptor, its buffers and, until the close frame was
+written, its place in the gateway's receive loop, for as long as the client kept TCP alive. Here:
+
+- the close frame is written at once, behind whatever is already buffered; uvicorn then goes on reading (and
+  discarding) the client's frames until its close reply comes, so the client's own sends never block on us;
+- a socket whose closing began `close_timeout_s` ago (the app returned, the keepalive failed, or the server is
+  shutting down) and that is still open is aborted: its buffers are dropped and the client sees a reset instead of
+  the close frame it did not read. A client that reads gets the close frame and answers it well within that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from rtai_telemetry.logging import get_logger
+
+log = get_logger("rtai_gateway.ws_protocol")
+
+
+class BoundedCloseProtocol(WebSocketsSansIOProtocol):
+    close_timeout_s: ClassVar[float] = 10.0
+    _abort_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = self.close_timeout_s  # uvicorn's own wait for the client's close reply
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] != "websocket.close" or self.writable.is_set() or not self.handshake_complete:
+            await super().send(message)
+            return
+        # The client is not reading: uvicorn would wait for it before writing the close frame. Let the frame join
+        # the buffer now. super().send() does not suspend once `writable` is set, so no other send can slip through
+        # before the flag is back to what the transport last said.
+        self.writable.set()
+        try:
+            await super().send(message)
+        finally:
+            if not self.disconnected:
+                self.writable.clear()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._abort_later()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_later()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._abort_later()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        super().connection_lost(exc)
+
+    def _abort_later(self) -> None:
+        if self._abort_timer is None and not self.disconnected:
+            self._abort_timer = self.loop.call_later(self.close_timeout_s, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        if self.disconnected:
+            return
+        log.info(
+            "ws.aborted",
+            client=self.client[0] if self.client else None,
+            unsent_bytes=self.transport.get_write_buffer_size(),
+            detail="still open limits.close_timeout_s after closing began: a client that does not read",
+        )
+        self.transport.abort()
+
+
+def with_close_timeout(close_timeout_s: float) -> type[BoundedCloseProtocol]:
+    """The protocol class for uvicorn's `ws` option, aborting sockets still open `close_timeout_s` after closing
+    began (uvicorn instantiates the class itself, so the setting travels on a subclass)."""
+    return type("BoundedCloseProtocol", (BoundedCloseProtocol,), {"close_timeout_s": close_timeout_s})

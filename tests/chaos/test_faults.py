@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 from collections import Counter
 from typing import Any
@@ -22,6 +21,7 @@ import websockets
 from tests.support import procs
 from tests.support.chaos import LoadDriver
 from tests.support.sentinel import SentinelTopology
+from tests.support.slow_client import slow_reader_socket
 
 FAST_RECLAIM = {"RECLAIM_IDLE_MS": "1000", "MAX_BATCH_DELAY_MS": "5"}
 
@@ -207,40 +207,55 @@ async def test_slow_reader_and_flood_under_load(
     load = asyncio.create_task(driver.drive(10))
     await asyncio.sleep(2)
     fault_at = time.monotonic()
-    slow_closed, flood_codes = await asyncio.gather(_slow_reader(g), _flood(g, 4000))
+    (slow_closed, slow_how), flood_codes = await asyncio.gather(_slow_reader(g), _flood(g, 4000))
     await load
     await driver.settle(20)
     await driver.stop()
     report = record(driver.report("slow reader + flood past backlog", fault_at))
     rss_growth_mb = (psutil.Process(g.pid).memory_info().rss - rss_before) / 2**20
-    report.update(slow_reader_close=slow_closed, flood=dict(flood_codes), gateway_rss_growth_mb=round(rss_growth_mb, 1))
+    report.update(
+        slow_reader_close=slow_closed,
+        slow_reader=slow_how,
+        flood=dict(flood_codes),
+        gateway_rss_growth_mb=round(rss_growth_mb, 1),
+    )
     assert_clean(report)
-    assert slow_closed == 1013, report
+    assert slow_closed == 1013, f"slow reader: {slow_how}; {report}"
     assert flood_codes["overloaded"] > 0, report
     assert rss_growth_mb < 100, report
 
 
-async def _slow_reader(g: procs.Service) -> int | None:
-    """A client that sends and never reads: the gateway must close it (1013), not buffer for it."""
-    sock = socket.create_connection(("127.0.0.1", g.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    async with websockets.connect(ws(g), sock=sock, max_size=None, max_queue=1) as c:
+async def _slow_reader(g: procs.Service) -> tuple[int | None, str]:
+    """A client that sends and does not read until the gateway gives up on it: the gateway must close it (1013), not
+    buffer for it. Returns the close code it then reads (None if none) and how its socket ended."""
+    began = time.monotonic()
+    sent = read = 0
+    sock = slow_reader_socket(g.port)
+    async with websockets.connect(ws(g), sock=sock, max_size=None, max_queue=1) as c, httpx.AsyncClient() as http:
         await c.send(json.dumps({"type": "hello"}))
-        for i in range(20000):
+        # Long ids make long refusals: the gateway's socket buffers (4 MB on Linux's defaults) fill sooner.
+        for i in range(100_000):
             try:
-                await c.send(json.dumps({"type": "infer", "id": f"slow{i}", "task": "sentiment", "input": "y" * 300}))
+                await c.send(json.dumps({"type": "infer", "id": f"slow{i:0>100}", "task": "sentiment", "input": "y"}))
             except websockets.ConnectionClosed:
                 break
-            if i % 100 == 0:
+            sent += 1
+            if i % 500 == 499:
                 await asyncio.sleep(0.005)
+                if "rtai_gateway_slow_client_closes_total 1.0" in (await http.get(f"{g.base}/metrics")).text:
+                    break
         try:
-            for _ in range(50000):
+            for _ in range(200_000):
                 await asyncio.wait_for(c.recv(), 5)
+                read += 1
+            how = "still open"
         except websockets.ConnectionClosed as e:
-            return e.rcvd.code if e.rcvd else None
+            how = repr(e)
         except TimeoutError:
-            return None
-    return None
+            how = "nothing to read for 5 s"
+        rcvd = c.protocol.close_rcvd  # before leaving the block: our own close would be answered with a close frame
+    code = rcvd.code if rcvd is not None else None
+    return code, f"{how}; {sent} frames sent, {read} read, {time.monotonic() - began:.1f} s"
 
 
 async def _flood(g: procs.Service, n: int, window: int = 500) -> Counter[str]:

@@ -1,6 +1,6 @@
-"""permessage-deflate (RFC 7692): browsers always offer it. The gateway accepts it by default and serves through it;
-with `limits.per_message_deflate` off it declines, and clients talk uncompressed (each compressing socket costs the
-gateway zlib state and CPU per frame: docs/performance.md)."""
+"""permessage-deflate (RFC 7692): browsers always offer it. The gateway declines it by default, and clients talk
+uncompressed (each compressing socket costs the gateway zlib state and CPU per frame: docs/performance.md); with
+`limits.per_message_deflate` on it accepts the extension and serves through it."""
 
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ async def _extension_and_label(g: procs.Service) -> tuple[str | None, str]:
                 return extension, str(frame["output"]["label"])
 
 
-async def test_compression_is_negotiated_by_default_and_declined_when_off(
+async def test_compression_is_declined_by_default_and_negotiated_when_on(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
-    deflating, _ = procs.vader_stack(redis_server.url, prefix, services)
+    plain, _ = procs.vader_stack(redis_server.url, prefix, services)
     env = procs.redis_env_for_url(redis_server.url)
-    plain = procs.gateway(env, prefix, LIMITS__PER_MESSAGE_DEFLATE="false").start()
-    services.append(plain)
+    deflating = procs.gateway(env, prefix, LIMITS__PER_MESSAGE_DEFLATE="true").start()
+    services.append(deflating)
 
+    assert await _extension_and_label(plain) == (None, "positive")
     extension, label = await _extension_and_label(deflating)
     assert extension is not None and extension.startswith("permessage-deflate"), extension
     assert label == "positive"
-    assert await _extension_and_label(plain) == (None, "positive")

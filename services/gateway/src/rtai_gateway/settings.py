@@ -103,10 +103,11 @@ class LimitSettings(BaseModel):
         "unanswered, or the handler done) is aborted: a client that stopped reading cannot hold its buffers.",
     )
     per_message_deflate: bool = Field(
-        default=True,
-        description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Each "
-        "compressing socket keeps zlib state: 76 KB of gateway memory per idle socket against 33.5 KB without, and "
-        "~9% more CPU per request (docs/performance.md). Turn it off for many mostly idle browser sockets.",
+        default=False,
+        description="Accept permessage-deflate (RFC 7692) from clients that offer it (browsers always do). Off by "
+        "default: each compressing socket keeps zlib state, 76 KB of gateway memory per idle socket against 33.5 KB "
+        "without, and ~9% more CPU per request (docs/performance.md). Turn it on where bandwidth costs more than "
+        "gateway memory (slow mobile links, large streamed outputs).",
     )
 
 

@@ -12,6 +12,10 @@ written, its place in the gateway's receive loop, for as long as the client kept
 - a socket whose closing began `close_timeout_s` ago (the app returned, the keepalive failed, or the server is
   shutting down) and that is still open is aborted: its buffers are dropped and the client sees a reset instead of
   the close frame it did not read. A client that reads gets the close frame and answers it well within that time.
+  Counted in `rtai_gateway_aborted_sockets_total`.
+
+Written against uvicorn 0.54's sans-I/O protocol (uv.lock pins it) and its attributes `writable`, `close_timer`,
+`disconnected`; `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` fails if they change.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
         self._abort_timer = None
         if self.disconnected:
             return
+        rt = self.app_state.get("rt")  # the app's lifespan state: uvicorn hands it to each connection
+        if rt is not None:
+            rt.metrics.aborted_sockets.inc()
         log.info(
             "ws.aborted",
             client=self.client[0] if self.client else None,

@@ -1,5 +1,6 @@
 """The worker's task server in process, on a real Redis: its last look at cancel flags before it runs a batch, and a
-read loop that outlives a failed reply, a streaming worker that claims no more than it can start.
+read loop that outlives a failed reply and does not wait for replies to be written before it reads on, a streaming
+worker that claims no more than it can start.
 
 A job the client cancelled after the worker read it (the gateway could no longer XDEL it) is skipped by a model that
 runs in a thread; a declared-cheap inline model runs it anyway, because the check would cost more than the job, and
@@ -135,6 +136,58 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
         pending = await redis.xpending(keys.jobs("sentiment"), "workers")
         assert pending["pending"] == 1, "the unanswered batch must stay pending, for the reclaimer"
     finally:
+        server.stopping.set()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, prefix: str) -> None:
+    """The read loop does not wait for a batch's replies to be written before it reads the next batch. Until its
+    reply is written a job stays in `running` (its claim kept fresh, handed back at shutdown), and a stopping loop
+    returns only once every reply is written."""
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    server = TaskServer(
+        "sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+    )
+    real_finish = consumer.finish
+    gate = asyncio.Event()
+    writing: list[list[str]] = []
+
+    async def held_finish(done: Any) -> None:
+        if not done:  # nothing screened out of the batch
+            return
+        writing.append([d.job.request_id for d, _ in done])
+        await gate.wait()
+        await real_finish(done)
+
+    consumer.finish = held_finish  # type: ignore[method-assign]
+    await consumer.ensure_group()
+    serving = asyncio.create_task(server.serve())
+    try:
+        first = await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(1, keys.replies("g1")))})
+        async with asyncio.timeout(5):
+            while writing != [["r1"]]:
+                await asyncio.sleep(0.01)
+        assert list(server.running) == [first.decode()], "a job whose reply is unwritten is still this worker's"
+        second = await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(2, keys.replies("g1")))})
+        async with asyncio.timeout(5):
+            while writing != [["r1"], ["r2"]]:
+                await asyncio.sleep(0.01)
+        assert set(server.running) == {first.decode(), second.decode()}
+        server.stopping.set()
+        await asyncio.sleep(0.6)  # longer than one blocking read: the loop would have ended by now
+        assert not serving.done(), "the loop must wait for the replies it has not written"
+        assert await redis.xlen(keys.replies("g1")) == 0
+        gate.set()
+        await asyncio.wait_for(serving, 5)
+        replies = await redis.xrange(keys.replies("g1"))
+        assert [Reply.model_validate_json(f[b"m"]).request_id for _, f in replies] == ["r1", "r2"]
+        assert (await redis.xpending(keys.jobs("sentiment"), "workers"))["pending"] == 0
+        assert server.running == {}
+    finally:
+        gate.set()
         server.stopping.set()
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):

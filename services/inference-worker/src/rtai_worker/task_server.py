@@ -56,6 +56,8 @@ class TaskServer:
         self.cancelled_jobs: set[str] = set()
         self._streams = asyncio.Semaphore(settings.max_streams)
         self._stream_tasks: set[asyncio.Task[None]] = set()
+        self._replying: asyncio.Task[None] | None = None
+        """The last batch's replies and acks, still being written while the next batch is read."""
         self.stopping = asyncio.Event()
 
     # ---- the read loop -------------------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class TaskServer:
                 if failures == 1:
                     log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+        await self.replies_written()
 
     async def _read_budget(self, size: int) -> int:
         """How many jobs to read now. A streaming model takes no more than it has free stream slots for: jobs it
@@ -162,55 +165,83 @@ class TaskServer:
         for d in batch:
             self.running[d.entry_id] = d
         try:
-            traced = tracing_enabled()
-            links = (
-                [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
-                if traced
-                else []
-            )
-            started_ns = time.time_ns()
-            timing: list[tuple[int, int]] = [(started_ns, started_ns)] * len(batch)
-            outputs: list[Any] = [None] * len(batch)
-            with tracer.start_as_current_span(
-                "worker.batch", links=links, attributes={"rtai.task": self.task, "rtai.batch_size": len(batch)}
-            ) as batch_span:
-                inputs = [self._input(d.job) for d in batch]
-                groups = (
-                    cut_by_length([self.model.sort_key(i) for i in inputs])
-                    if self.model.info.pads
-                    else [list(range(len(batch)))]
-                )
-                for group in groups:
-                    t0 = time.time_ns()
-                    results = await self._predict([inputs[i] for i in group])
-                    t1 = time.time_ns()
-                    for i, out in zip(group, results, strict=True):
-                        outputs[i] = out
-                        timing[i] = (t0, t1)
-            if not traced:
-                await self.consumer.finish(
-                    [(d, self._reply_for(d.job, out)) for d, out in zip(batch, outputs, strict=True)]
-                )
-                return
-            batch_link = [Link(batch_span.get_span_context())]
-            replies = []
-            for d, out, (t0, t1) in zip(batch, outputs, timing, strict=True):
-                # One trace per request: its own worker.job span (from the batch's start) with the inference it
-                # shared as a child, linked to the batch span that ran it.
-                job_span = tracer.start_span(
-                    "worker.job",
-                    context=extract_context(d.job.headers),
-                    start_time=started_ns,
-                    attributes={"rtai.request_id": d.job.request_id, "rtai.task": self.task},
-                )
-                with trace.use_span(job_span, end_on_exit=True):
-                    infer = tracer.start_span("worker.infer", start_time=t0, links=batch_link)
-                    infer.end(end_time=t1)
-                    replies.append((d, self._reply_for(d.job, out)))
-            await self.consumer.finish(replies)
-        finally:
+            replies = await self._replies(batch)
+        except BaseException:
             for d in batch:
                 self.running.pop(d.entry_id, None)
+            raise
+        await self._reply_and_ack(replies)
+
+    async def _replies(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply | None]]:
+        traced = tracing_enabled()
+        links = (
+            [Link(trace.get_current_span(extract_context(d.job.headers)).get_span_context()) for d in batch]
+            if traced
+            else []
+        )
+        started_ns = time.time_ns()
+        timing: list[tuple[int, int]] = [(started_ns, started_ns)] * len(batch)
+        outputs: list[Any] = [None] * len(batch)
+        with tracer.start_as_current_span(
+            "worker.batch", links=links, attributes={"rtai.task": self.task, "rtai.batch_size": len(batch)}
+        ) as batch_span:
+            inputs = [self._input(d.job) for d in batch]
+            groups = (
+                cut_by_length([self.model.sort_key(i) for i in inputs])
+                if self.model.info.pads
+                else [list(range(len(batch)))]
+            )
+            for group in groups:
+                t0 = time.time_ns()
+                results = await self._predict([inputs[i] for i in group])
+                t1 = time.time_ns()
+                for i, out in zip(group, results, strict=True):
+                    outputs[i] = out
+                    timing[i] = (t0, t1)
+        if not traced:
+            return [(d, self._reply_for(d.job, out)) for d, out in zip(batch, outputs, strict=True)]
+        batch_link = [Link(batch_span.get_span_context())]
+        replies: list[tuple[Delivery, Reply | None]] = []
+        for d, out, (t0, t1) in zip(batch, outputs, timing, strict=True):
+            # One trace per request: its own worker.job span (from the batch's start) with the inference it
+            # shared as a child, linked to the batch span that ran it.
+            job_span = tracer.start_span(
+                "worker.job",
+                context=extract_context(d.job.headers),
+                start_time=started_ns,
+                attributes={"rtai.request_id": d.job.request_id, "rtai.task": self.task},
+            )
+            with trace.use_span(job_span, end_on_exit=True):
+                infer = tracer.start_span("worker.infer", start_time=t0, links=batch_link)
+                infer.end(end_time=t1)
+                replies.append((d, self._reply_for(d.job, out)))
+        return replies
+
+    async def _reply_and_ack(self, replies: list[tuple[Delivery, Reply | None]]) -> None:
+        """Write a batch's replies and acks without waiting for Redis to answer: the next batch's read overlaps that
+        round trip. At most two batches are being written at once (this one and the one before, which it waits
+        for); a failed write raises here, one batch later, and the serve loop backs off as for any Redis error.
+        Until its write is done a job stays in `running`, so its claim is kept fresh and a shutdown hands it back."""
+        previous, self._replying = self._replying, asyncio.create_task(self._finish(replies), name="reply-and-ack")
+        if previous is not None:
+            await previous
+
+    async def _finish(self, replies: list[tuple[Delivery, Reply | None]]) -> None:
+        try:
+            await self.consumer.finish(replies)
+        finally:
+            for d, _ in replies:
+                self.running.pop(d.entry_id, None)
+
+    async def replies_written(self) -> None:
+        """Wait for the last batch's replies and acks (a failure was logged; the jobs stay pending and are
+        reclaimed)."""
+        task, self._replying = self._replying, None
+        if task is not None:
+            try:
+                await task
+            except Exception as e:
+                log.warning("reply.failed", task=self.task, error=type(e).__name__)
 
     async def _predict(self, inputs: list[ModelInput]) -> list[Any]:
         m = self.metrics

@@ -8,6 +8,8 @@ bench/patched.py, against the unpatched services, interleaved in rounds on one R
 `--against REV` adds the variant `rev:REV`: the unpatched services of that commit, run from a temporary git worktree
 (its source directories first on PYTHONPATH), so a change already made can be measured against the code before it.
 `--idle N` holds N idle sockets open during the throughput phase (the N scenario).
+A variant named `env:KEY=VALUE[+KEY=VALUE...]` runs the unpatched services with those settings in their environment,
+e.g. `--only base,env:RTAI_GW_SESSIONS__LOG_LANES=1` (each service ignores the other's prefix).
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
         # The workspace's members (pyproject: libs/*, services/*), that commit's source first on the path.
         path = os.pathsep.join(str(d) for d in sorted([*tree.glob("libs/*/src"), *tree.glob("services/*/src")]))
         return st.gateway(url, prefix, **sc.GATEWAY_ENV, PYTHONPATH=path), st.worker(url, prefix, PYTHONPATH=path)
+    if variant.startswith("env:"):
+        env = dict(kv.split("=", 1) for kv in variant.removeprefix("env:").split("+"))
+        return st.gateway(url, prefix, **{**sc.GATEWAY_ENV, **env}), st.worker(url, prefix, **env)
     gflags, wflags, wenv = VARIANTS[variant]
     gw = st.gateway(url, prefix, **sc.GATEWAY_ENV)
     wk = st.worker(url, prefix, **wenv)

@@ -82,7 +82,11 @@ class Hub:
         """Sessions without a socket, waiting for a resume, oldest detach first: the reaper reads only these (and stops
         at the first still in its grace), so idle sockets cost it nothing."""
         self.pending: dict[tuple[str, str], Pending] = {}
-        self.framelog = FrameLog(settings.redis, name=connection_name("rtai-gateway", settings.gateway_id, "framelog"))
+        self.framelog = FrameLog(
+            settings.redis,
+            lanes=settings.sessions.log_lanes,
+            name=connection_name("rtai-gateway", settings.gateway_id, "framelog"),
+        )
         self.finish_hooks: list[Callable[[Pending], None]] = []
         """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self._log_frame = redis.register_script(LOG_FRAME)
@@ -237,7 +241,7 @@ class Hub:
             s.log_maxlen,
             session.delivered,
         ]
-        await self.framelog.submit(self._submit, keys, args, then)
+        await self.framelog.submit(session.id, self._submit, keys, args, then)
 
     def _adopt_admitted(self, session: Session, res: Any, received: float) -> None:
         """Admitted by an earlier run of SUBMIT whose answer never came back (the connection dropped and the Redis
@@ -285,14 +289,16 @@ class Hub:
         s = self.settings.sessions
         floor = session.delivered if session is not None else 0
         args = [body, kind, index, s.ttl_s, s.log_maxlen, request_id, s.request_ttl_s, floor]
-        return self.framelog.submit(self._log_frame, self._log_keys(session_id, owner, request_id), args, then)
+        return self.framelog.submit(
+            session_id, self._log_frame, self._log_keys(session_id, owner, request_id), args, then
+        )
 
     async def handle_replies(self, replies: list[Reply]) -> None:
         """Log a batch of worker replies (pipelined, in order), deliver them, forward those another gateway holds.
         Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats)."""
         forwards: list[tuple[str, bytes]] = []
         failures: list[Exception] = []
-        last: asyncio.Future[None] | None = None
+        logged: list[asyncio.Future[None]] = []
         for r in replies:
             body, kind = _frame_of(r)
 
@@ -305,9 +311,9 @@ class Hub:
                     self._after_logged(r, _logged_body(res, body), kind, seq, holder, forwards)
 
             held = self.sessions.get(r.session)
-            last = self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then)
-        if last is not None:
-            await last
+            logged.append(self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then))
+        for done in logged:  # on several lanes: each may finish first
+            await done
         if failures:
             raise failures[0]
         if forwards:

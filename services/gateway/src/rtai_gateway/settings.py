@@ -146,6 +146,13 @@ class SessionSettings(BaseModel):
         default=100_000, ge=1000, description="Safety cap on a task stream's length (admission refuses far earlier)."
     )
     reply_block_ms: int = Field(default=1000, ge=10, description="How long one read of the reply stream blocks.")
+    log_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Redis connections that number and log frames, each one batch at a time; a session always uses "
+        "the same one, so its frames stay in order.",
+    )
 
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "jwt-secret", "test", "example"})

@@ -9,6 +9,7 @@ re-submissions and gateways.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import zlib
@@ -89,6 +90,10 @@ class Hub:
         )
         self.finish_hooks: list[Callable[[Pending], None]] = []
         """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
+        # Job ids only need to be unique: 64 random bits per process, then a counter (a random id per job read
+        # /dev/urandom each time: 0.6 us against 0.13 us here, yet 1.7% of the gateway's samples under load).
+        self._job_ids_from = f"{secrets.token_hex(8)}."
+        self._job_ids = itertools.count()
         self._log_frame = redis.register_script(LOG_FRAME)
         self._submit = redis.register_script(SUBMIT)
 
@@ -175,7 +180,7 @@ class Hub:
         now = now_ms()
         options = req.options.model_dump(exclude_none=True, exclude={"stream", "deadline_ms"})
         return Job(
-            job_id=secrets.token_hex(16),  # 128 random bits, as uuid4 but without building a UUID object
+            job_id=f"{self._job_ids_from}{next(self._job_ids):x}",
             request_id=req.id,
             owner=session.identity,
             session=session.id,

@@ -60,3 +60,38 @@ async def test_each_session_keeps_its_order_across_lanes(redis_server: RedisHand
         await asyncio.gather(running, return_exceptions=True)
     assert dict(seen) == {s: list(range(1, PER_SESSION + 1)) for s in sessions}
     assert len(lanes) == LANES, f"every lane should hold its own connection: {lanes}"
+
+
+async def test_a_node_without_the_scripts_keeps_a_sessions_order(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """A node that knows one of the batch's scripts but not the other (a failover's new master, another lane having
+    loaded one meanwhile) would answer NOSCRIPT to some ops and run the rest: re-run after loading, the first ops
+    would be numbered after the later ones. Scripts are loaded before a batch, and again on every new connection."""
+    log = FrameLog(RedisSettings(url=redis_server.url), lanes=1, name=NAME)
+    key = f"{prefix}:seq:s"
+    first = redis.register_script(NUMBER)
+    second = redis.register_script(NUMBER + "\n-- the same numbering, another script\n")
+    running = asyncio.create_task(log.run())
+    seen: list[int] = []
+    admin = aioredis.Redis.from_url(redis_server.url)
+
+    def batch(*scripts: object) -> list[asyncio.Future[None]]:
+        # Queued together, so the lane sends them in one batch.
+        return [log.submit("s", s, [key], [], lambda res: seen.append(int(res))) for s in scripts]  # type: ignore[arg-type]
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*batch(first)), 10)
+        await asyncio.wait_for(asyncio.gather(*batch(second, first)), 10)  # `second` is new to this lane
+        # A new node: it lost every script, then learnt one of them; the lane's connection is new too.
+        await admin.script_flush()
+        await admin.script_load(NUMBER)
+        for c in await admin.client_list():
+            if c.get("name") == NAME:
+                await admin.client_kill_filter(_id=c["id"])
+        await asyncio.wait_for(asyncio.gather(*batch(second, first, second)), 10)
+    finally:
+        await admin.aclose()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert seen == [1, 2, 3, 4, 5, 6], "a session's numbers must come back in the order its frames were queued"

@@ -6,9 +6,10 @@ queue and one connection, one batch at a time. Redis runs them in that order, so
 we deliver them: a client sees a session's frames strictly in seq order, which is what makes "resume after the last
 seq you saw" lose nothing. Batching also turns many clients' submissions into one round trip under load.
 
-Order matters only within a session, so sessions are spread over several lanes: under load one lane was the
-gateway's slowest stage (busy ~70% of the time, every request waiting for it twice), and lanes let one batch's
-round trip and Redis's work overlap another's parsing and delivery (docs/performance.md).
+Order matters only within a session, so sessions can be spread over several lanes (`sessions.log_lanes`): at
+saturation one lane was the gateway's slowest stage (busy ~70% of the time, every request waiting for it twice), and
+lanes let one batch's round trip and Redis's work overlap another's parsing and delivery. Below saturation they cost
+latency (the reply reader waits for the slowest lane), so the default is one (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -100,3 +100,49 @@ def test_dlq_says_clearly_when_redis_is_missing(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(dlq.DlqError, match="needs redis-py: pip install redis"):
         dlq.connect("redis://127.0.0.1:1/0")
+
+
+def test_open_loop_schedule_never_sleeps_below_the_timer_granularity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's timers count whole milliseconds: a shorter sleep returns at once, and the schedule spun on a core the
+    servers under test needed. It must sleep at least 1 ms and send every slot that came due meanwhile."""
+    import uvloop
+
+    from rtai_client import _loadgen_process as lg
+
+    class _Ws:
+        closed = False
+
+        def __init__(self) -> None:
+            self.outstanding: dict[bytes, float] = {}
+            self.counter = 0
+            self.index = 0
+
+        def send_text(self, _payload: bytes) -> None:
+            pass
+
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        asked.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(lg.asyncio, "sleep", sleep)
+    spec = lg.ProcessSpec(
+        urls=["ws://127.0.0.1:1/v1/ws"], index=0, connections=4, idle=0, mode="open", rate=5000.0, requests=0,
+        warmup_requests=0, warmup_s=0.0, duration_s=0.3, inflight=1_000_000, timeout_s=1.0,
+        frames=[("sentiment", b'{"id":"', b'"}')],
+    )  # fmt: skip
+
+    async def run() -> int:
+        w = lg._Worker(spec)
+        w.active = [_Ws() for _ in range(4)]  # type: ignore[list-item]
+        start = lg._now()
+        w.measure_from, w.stop_at, w.running = start, start + spec.duration_s, True
+        await w._open_schedule(start)
+        return w.issued
+
+    issued = uvloop.run(run())
+    assert asked and min(asked) >= lg.MIN_SLEEP_S
+    assert len(asked) <= spec.duration_s / lg.MIN_SLEEP_S + 5  # one wake per millisecond at most, not a spin
+    assert issued >= spec.rate * spec.duration_s * 0.9  # every slot that came due was sent (the last wake may be late)

@@ -7,7 +7,8 @@ bench/patched.py, against the unpatched services, interleaved in rounds on one R
 
 `--against REV` adds the variant `rev:REV`: the unpatched services of that commit, run from a temporary git worktree
 (its source directories first on PYTHONPATH), so a change already made can be measured against the code before it.
-`--idle N` holds N idle sockets open during the throughput phase (the N scenario).
+`--idle N` holds N idle sockets open during the throughput phase (the N scenario); `--rate R` runs that phase open-loop
+at R requests/s (the R scenario) instead of closed-loop.
 A variant named `env:KEY=VALUE[+KEY=VALUE...]` runs the unpatched services with those settings in their environment,
 e.g. `--only base,env:RTAI_GW_SESSIONS__LOG_LANES=1` (each service ignores the other's prefix).
 """
@@ -88,7 +89,9 @@ def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
     return gw, wk
 
 
-def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int, idle: int) -> dict[str, Any]:
+def one(
+    s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int, idle: int, rate: float | None
+) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{redis.port}/0"
     gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant)
     gw, wk = s.start(gw_p), s.start(wk_p)
@@ -103,6 +106,7 @@ def one(s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: 
             duration_s=seconds,
             warmup_s=2.0 if idle else 1.0,
             idle_connections=idle,
+            rate=rate,
             on_measure_start=meter.start,
             on_measure_end=meter.stop,
         )
@@ -132,6 +136,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--idle", type=int, default=0, help="idle sockets held open during the throughput phase")
+    parser.add_argument("--rate", type=float, default=None, help="open loop at this many requests/s")
     parser.add_argument("--only", default=",".join(VARIANTS))
     parser.add_argument("--against", action="append", default=[], metavar="REV", help="compare with a commit")
     parser.add_argument("--out", type=Path, default=None)
@@ -150,7 +155,7 @@ def main() -> int:
         for i in range(args.rounds):
             # Alternate the order from round to round: a drift in the machine's speed hits every variant alike.
             for v in variants if i % 2 == 0 else reversed(variants):
-                runs[v].append(one(s, redis, v, args.seconds, args.connections, args.idle))
+                runs[v].append(one(s, redis, v, args.seconds, args.connections, args.idle, args.rate))
                 print(v, runs[v][-1], flush=True)
     base = runs.get("base")
     rows = []
@@ -164,7 +169,10 @@ def main() -> int:
         rows.append(row)
     print(text_table(rows))
     if args.out:
-        write_json(args.out, {"rounds": args.rounds, "seconds": args.seconds, "runs": runs, "medians": rows})
+        write_json(
+            args.out,
+            {"rounds": args.rounds, "seconds": args.seconds, "rate": args.rate, "runs": runs, "medians": rows},
+        )
     return 0
 
 

@@ -147,12 +147,12 @@ class SessionSettings(BaseModel):
     )
     reply_block_ms: int = Field(default=1000, ge=10, description="How long one read of the reply stream blocks.")
     log_lanes: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
         description="Redis connections that number and log frames, each one batch at a time; a session always uses "
-        "the same one, so its frames stay in order. 2 gave 1.15x the throughput of 1 at saturation but a worse "
-        "latency at half load (docs/performance.md).",
+        "the same one, so its frames stay in order. 2 gave 1.04-1.15x the throughput of 1 at saturation and no "
+        "worse latency at half load; 4 and 8 were slower again (docs/performance.md).",
     )
 
 

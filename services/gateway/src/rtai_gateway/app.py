@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from rtai_gateway import health, lifecycle, loops
 from rtai_gateway.catalog import Catalog
+from rtai_gateway.fastpath import WebSocketFastPath
 from rtai_gateway.guard import Guard, build_guard
 from rtai_gateway.hub import Hub
 from rtai_gateway.metrics import GatewayMetrics
@@ -96,7 +97,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_api_route("/readyz", health.readyz, methods=["GET"])
     app.add_api_route("/metrics", health.metrics, methods=["GET"])
     app.add_api_route("/v1/tasks", health.tasks, methods=["GET"])
-    app.add_api_websocket_route("/v1/ws", websocket_endpoint)
+    app.add_middleware(WebSocketFastPath, path="/v1/ws", endpoint=websocket_endpoint)
     if settings.page:
 
         async def index() -> Response:

@@ -9,6 +9,7 @@ import asyncio
 from starlette.websockets import WebSocketState
 
 from rtai_gateway.connection import WS_1013_TRY_AGAIN_LATER, Connection
+from rtai_gateway.ws_protocol import SEND_TEXT_NOW
 
 
 class StalledSocket:
@@ -21,6 +22,7 @@ class StalledSocket:
         self.writable = asyncio.Event()
         self.sent: list[str] = []
         self.closed_with: tuple[int, str] | None = None
+        self.scope: dict[str, object] = {"extensions": {}}
 
     async def send_text(self, text: str) -> None:
         await self.writable.wait()
@@ -29,6 +31,22 @@ class StalledSocket:
     async def close(self, code: int, reason: str = "") -> None:
         self.application_state = WebSocketState.DISCONNECTED
         self.closed_with = (code, reason)
+
+
+class DirectSocket(StalledSocket):
+    """Also offers the gateway protocol's `send_text_now`: it writes at once while `writable` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope = {"extensions": {SEND_TEXT_NOW: self.send_text_now}}
+        self.direct = 0
+
+    def send_text_now(self, data: bytes) -> bool:
+        if not self.writable.is_set():
+            return False
+        self.direct += 1
+        self.sent.append(data.decode())
+        return True
 
 
 def connection(ws: StalledSocket, frames: int) -> Connection:
@@ -89,3 +107,24 @@ async def test_a_close_on_a_full_queue_drops_it_whole_rather_than_leave_a_gap() 
     await conn.aclose()
     # The client resumes from the last frame it got; frames after a dropped one would hide that frame from it.
     assert ws.sent == []
+
+
+async def test_frames_go_out_at_once_while_the_socket_takes_them_and_queue_in_order_when_it_does_not() -> None:
+    ws = DirectSocket()
+    ws.writable.set()
+    conn = connection(ws, 8)
+    assert conn.offer(b"f0") and conn.offer(b"f1")
+    assert ws.sent == ["f0", "f1"] and ws.direct == 2  # written from the caller's stack, no writer task involved
+    ws.writable.clear()  # the client stopped reading: the transport is above its high-water mark
+    assert conn.offer(b"f2") and conn.offer(b"f3")
+    assert conn.queued == 2
+    ws.writable.set()  # the client reads again
+    assert conn.offer(b"f4")  # behind the two queued frames, not ahead of them
+    await settle()
+    assert ws.sent == ["f0", "f1", "f2", "f3", "f4"]
+    assert ws.direct == 2
+    assert conn.offer(b"f5")  # the queue is drained: at once again
+    assert ws.sent[-1] == "f5" and ws.direct == 3
+    conn.close(1000, "bye")
+    await conn.aclose()
+    assert ws.closed_with == (1000, "bye")

@@ -1,6 +1,8 @@
-"""One WebSocket's outgoing side: a bounded send queue drained by one writer task.
+"""One WebSocket's outgoing side: frames written at once while the socket takes them, else a bounded send queue
+drained by one writer task.
 
-A client that does not read fills its queue; instead of buffering without bound (the memory growth users of other
+A client that does not read fills the kernel's socket buffers, then the transport's up to its high-water mark (the
+socket stops being writable), then its queue; instead of buffering without bound (the memory growth users of other
 systems complain about) the gateway closes it with 1013 and the client resumes from its last sequence number. That
 close does not wait for the client: what is queued is dropped (the client gets it again on resume) and the close
 frame is written at once; `ws_protocol` aborts the socket if the client does not read it in time.
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from rtai_gateway.ws_protocol import SEND_TEXT_NOW
 from rtai_telemetry.logging import get_logger
 
 log = get_logger("rtai_gateway.connection")
@@ -34,6 +38,10 @@ class Connection:
         self._reason = ""
         self._writer: asyncio.Task[None] | None = None
         self._on_slow_close = on_slow_close
+        extensions = ws.scope.get("extensions") or {}
+        self._send_now: Callable[[bytes], bool] | None = extensions.get(SEND_TEXT_NOW)
+        self._unsent = 0
+        """Frames handed to the writer and not yet written: while there are any, a new frame queues behind them."""
 
     @property
     def queued(self) -> int:
@@ -46,8 +54,11 @@ class Connection:
         """Queue a frame; False (and a 1013 close) when the client is too slow to keep up."""
         if self.closed:
             return False
+        if self._unsent == 0 and self._send_now is not None and self._send_now(body):
+            return True
         try:
             self._queue.put_nowait(body)
+            self._unsent += 1
         except asyncio.QueueFull:
             if callable(self._on_slow_close):
                 self._on_slow_close()
@@ -83,6 +94,7 @@ class Connection:
                 if body is None:
                     break
                 await ws.send_text(body.decode())
+                self._unsent -= 1
         except Exception as e:  # the peer vanished mid-send: nothing to do but stop writing
             log.debug("ws.send_failed", error=type(e).__name__)
             self.closed = True

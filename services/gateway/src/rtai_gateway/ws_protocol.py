@@ -9,6 +9,10 @@ written, its place in the gateway's receive loop, for as long as the client kept
 
 - the close frame is written at once, behind whatever is already buffered; uvicorn then goes on reading (and
   discarding) the client's frames until its close reply comes, so the client's own sends never block on us;
+- a frame the gateway sends while the socket takes it without waiting is written at once, from the sender's own
+  stack (`send_text_now`, offered to the app as the ASGI extension `rtai.send_text_now`), instead of waking the
+  socket's writer task and passing the ASGI send path; that was two task switches and a bytes -> str -> bytes round
+  trip per frame;
 - a socket whose closing began `close_timeout_s` ago (the app returned, the keepalive failed, or the server is
   shutting down) and that is still open is aborted: its buffers are dropped and the client sees a reset instead of
   the close frame it did not read. A client that reads gets the close frame and answers it well within that time.
@@ -25,10 +29,15 @@ from typing import Any, ClassVar
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
 
 from rtai_telemetry.logging import get_logger
 
 log = get_logger("rtai_gateway.ws_protocol")
+
+SEND_TEXT_NOW = "rtai.send_text_now"
+"""The ASGI scope extension holding `BoundedCloseProtocol.send_text_now` (absent under other servers)."""
 
 
 class BoundedCloseProtocol(WebSocketsSansIOProtocol):
@@ -38,6 +47,31 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.close_timeout = self.close_timeout_s  # uvicorn's own wait for the client's close reply
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope: Any = getattr(self, "scope", None)  # none when the handshake was refused
+        if scope is not None:
+            scope["extensions"][SEND_TEXT_NOW] = self.send_text_now
+
+    def send_text_now(self, data: bytes) -> bool:
+        """Write one text frame (UTF-8 bytes) now if the socket takes it without waiting: open, not closing, its
+        transport below the high-water mark. False otherwise, and nothing written: the caller queues the frame for
+        the ASGI send path, which waits."""
+        if (
+            self.disconnected
+            or not self.handshake_complete
+            or self.close_sent
+            or self.initial_response is not None
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(data)
+        except InvalidState:  # the peer's close frame arrived: the receive side ends the socket
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] != "websocket.close" or self.writable.is_set() or not self.handshake_complete:

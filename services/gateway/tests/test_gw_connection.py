@@ -50,9 +50,7 @@ class DirectSocket(StalledSocket):
 
 
 def connection(ws: StalledSocket, frames: int) -> Connection:
-    conn = Connection(ws, frames)  # type: ignore[arg-type]
-    conn.start()
-    return conn
+    return Connection(ws, frames)  # type: ignore[arg-type]
 
 
 async def settle() -> None:
@@ -76,7 +74,6 @@ async def test_a_client_too_slow_is_closed_1013_at_once_and_its_queue_dropped() 
     ws = StalledSocket()
     slow_closes: list[int] = []
     conn = Connection(ws, 8, on_slow_close=lambda: slow_closes.append(1))  # type: ignore[arg-type]
-    conn.start()
     offered = 0
     while conn.offer(b"f%d" % offered):
         offered += 1
@@ -114,7 +111,8 @@ async def test_frames_go_out_at_once_while_the_socket_takes_them_and_queue_in_or
     ws.writable.set()
     conn = connection(ws, 8)
     assert conn.offer(b"f0") and conn.offer(b"f1")
-    assert ws.sent == ["f0", "f1"] and ws.direct == 2  # written from the caller's stack, no writer task involved
+    assert ws.sent == ["f0", "f1"] and ws.direct == 2  # written from the caller's stack
+    assert conn._writer is None  # no writer task until a frame has to wait
     ws.writable.clear()  # the client stopped reading: the transport is above its high-water mark
     assert conn.offer(b"f2") and conn.offer(b"f3")
     assert conn.queued == 2

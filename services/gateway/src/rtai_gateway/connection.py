@@ -1,5 +1,5 @@
 """One WebSocket's outgoing side: frames written at once while the socket takes them, else a bounded send queue
-drained by one writer task.
+drained by one writer task, started when a frame first has to wait.
 
 A client that does not read fills the kernel's socket buffers, then the transport's up to its high-water mark (the
 socket stops being writable), then its queue; instead of buffering without bound (the memory growth users of other
@@ -47,9 +47,6 @@ class Connection:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
-
     def offer(self, body: bytes) -> bool:
         """Queue a frame; False (and a 1013 close) when the client is too slow to keep up."""
         if self.closed:
@@ -64,7 +61,14 @@ class Connection:
                 self._on_slow_close()
             self.close(WS_1013_TRY_AGAIN_LATER, "client too slow: resume with your last seq", discard_queued=True)
             return False
+        self._start_writer()
         return True
+
+    def _start_writer(self) -> None:
+        # Started the first time a frame must wait: a socket whose frames all went out at once never has one (a task
+        # and its coroutine fewer per idle socket for the garbage collector to walk).
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
 
     def close(self, code: int, reason: str = "", *, discard_queued: bool = False) -> None:
         """Close after the frames already queued (the writer sends the close frame), or, with `discard_queued`, drop
@@ -82,9 +86,10 @@ class Connection:
             if self._writer is not None:
                 # Cancelling a send that waits for the transport to drain writes nothing: no half frame goes out.
                 self._writer.cancel()
-                self._writer = asyncio.create_task(self._send_close(), name="ws-closer")
-                return
+            self._writer = asyncio.create_task(self._send_close(), name="ws-closer")
+            return
         self._queue.put_nowait(None)
+        self._start_writer()
 
     async def _write_loop(self) -> None:
         ws = self.ws
@@ -113,6 +118,7 @@ class Connection:
             self.closed = True
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)
+            self._start_writer()
         if self._writer is not None:
             try:
                 await asyncio.wait_for(self._writer, timeout=2)

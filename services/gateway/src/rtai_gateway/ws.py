@@ -59,7 +59,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=handshake.subprotocol_for(websocket))
     metrics = rt.metrics
     conn = Connection(websocket, rt.settings.limits.send_queue_frames, on_slow_close=metrics.slow_closes.inc)
-    conn.start()
     rt.connections.add(conn)
     metrics.connections.inc()
     sock = _Socket(rt, guard, websocket, conn)

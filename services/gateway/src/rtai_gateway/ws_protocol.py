@@ -76,6 +76,10 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] != "websocket.close" or self.writable.is_set() or not self.handshake_complete:
             await super().send(message)
+            if message["type"] == "websocket.accept" and self.handshake_complete:
+                # uvicorn keeps the handshake's request and response (two header maps: ~20 containers) for the
+                # socket's life and never reads them again; an idle socket is cheaper for the collector without.
+                self.request = self.response = None  # type: ignore[assignment]
             return
         # The client is not reading: uvicorn would wait for it before writing the close frame. Let the frame join
         # the buffer now. super().send() does not suspend once `writable` is set, so no other send can slip through

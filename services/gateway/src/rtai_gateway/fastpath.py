@@ -21,7 +21,8 @@ class WebSocketFastPath:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == self.path:
+        # uvicorn's path includes the root path, when the server was given one.
+        if scope["type"] == "websocket" and scope["path"] in (self.path, scope.get("root_path", "") + self.path):
             await self.endpoint(WebSocket(scope, receive, send))
             return
         await self.app(scope, receive, send)

@@ -19,7 +19,9 @@ written, its place in the gateway's receive loop, for as long as the client kept
   Counted in `rtai_gateway_aborted_sockets_total`.
 
 Written against uvicorn 0.54's sans-I/O protocol (uv.lock pins it) and its attributes `writable`, `close_timer`,
-`disconnected`; `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` fails if they change.
+`disconnected`, `handshake_complete`, `close_sent`, `initial_response`, `conn` (websockets' sans-I/O state machine),
+`scope`, `request`, `response`: `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` fails if
+the first three change, every WebSocket test if the others do.
 """
 
 from __future__ import annotations

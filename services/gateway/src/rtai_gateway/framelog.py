@@ -15,7 +15,6 @@ were slower again, and two cost no latency at half load (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +22,10 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
 
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Redis, RedisSettings, close_redis, create_redis
+from rtai_transport import Redis, RedisSettings, close_redis, create_redis, resp
 
 log = get_logger("rtai_gateway.framelog")
 
@@ -125,20 +123,15 @@ class _Lane:
 
     async def _pipeline(self, ops: list[_Op]) -> list[Any]:
         """Run a batch in one round trip on the lane's connection, retried on a fresh one as the client's other
-        commands are. Written here rather than with redis-py's Pipeline, which cost ~20% of the gateway's CPU under
-        load: per command it packs through a generic encoder and reads under its own timeout (docs/performance.md)."""
+        commands are (`rtai_transport.resp`: redis-py's Pipeline cost ~20% of the gateway's CPU here)."""
         assert self._redis is not None
         packed = pack_evalsha(ops)
-        pool = self._redis.connection_pool
-        conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+
+        async def attempt(conn: AbstractConnection) -> list[Any]:
             await self._ensure_scripts(conn, ops)
-            results: list[Any] = await conn.retry.call_with_retry(
-                lambda: _round_trip(conn, packed, len(ops)), lambda _error: conn.disconnect()
-            )
-            return results
-        finally:
-            await pool.release(conn)
+            return await resp.round_trip(conn, packed, len(ops))
+
+        return await resp.run(self._redis, attempt)
 
     async def _ensure_scripts(self, conn: AbstractConnection, ops: list[_Op]) -> None:
         """Make sure the server knows every script of the batch before it runs. A node that does not (a failover's
@@ -163,40 +156,6 @@ async def _load(conn: AbstractConnection, scripts: list[AsyncScript]) -> None:
         await conn.read_response()
 
 
-async def _round_trip(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
-    await conn.send_packed_command(packed, check_health=False)  # a dead connection fails the read: retried
-    results: list[Any] = []
-    try:
-        # One deadline for the batch, not one per reply (`math.inf`: no per-read timeout). A read cancelled by it
-        # disconnects, so no half-read reply is left on the connection.
-        async with asyncio.timeout(conn.socket_timeout):
-            for _ in range(replies):
-                try:
-                    results.append(await conn.read_response(timeout=math.inf))
-                except ResponseError as e:  # one script's error (NOSCRIPT, a bad argument) is that op's result
-                    results.append(e)
-    except TimeoutError:
-        raise RedisTimeoutError("timed out reading the frame log's replies") from None
-    return results
-
-
 def pack_evalsha(ops: list[_Op]) -> bytes:
-    """The batch's EVALSHA commands in RESP, as redis-py would send them (bytes as they are, text as UTF-8,
-    integers in decimal)."""
-    out = bytearray()
-    for op in ops:
-        args = (b"EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
-        out += b"*%d\r\n" % len(args)
-        for a in args:
-            if isinstance(a, bytes):
-                b = a
-            elif isinstance(a, str):
-                b = a.encode()
-            elif isinstance(a, int) and not isinstance(a, bool):
-                b = b"%d" % a
-            else:
-                raise TypeError(f"frame log arguments are bytes, str or int, not {type(a).__name__}")
-            out += b"$%d\r\n" % len(b)
-            out += b
-            out += b"\r\n"
-    return bytes(out)
+    """The batch's EVALSHA commands in RESP."""
+    return resp.pack((b"EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args) for op in ops)

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from rtai_protocol import Job, Reply, encode
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger
-from rtai_transport import WORKER_GROUP, Keys, Redis
+from rtai_transport import WORKER_GROUP, Keys, Redis, resp
 
 log = get_logger("rtai_worker.consumer")
 
@@ -118,21 +118,22 @@ class Consumer:
             )
 
     async def finish(self, done: Sequence[tuple[Delivery, Reply | None]]) -> None:
-        """Publish the replies and ack (and delete) their jobs, atomically."""
+        """Publish the replies and ack (and delete) their jobs, atomically. Packed by hand (`rtai_transport.resp`):
+        through redis-py's Pipeline this transaction was ~17% of a worker's CPU under load."""
         if not done:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            streams = set()
-            for d, reply in done:
-                if reply is not None:
-                    pipe.xadd(d.job.reply_to, {"m": encode(reply)}, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-                    streams.add(d.job.reply_to)
-            for s in streams:
-                pipe.expire(s, REPLY_STREAM_TTL_S)
-            ids = [d.entry_id for d, _ in done]
-            pipe.xack(self.stream, WORKER_GROUP, *ids)
-            pipe.xdel(self.stream, *ids)
-            await pipe.execute()
+        commands: list[resp.Command] = []
+        streams: dict[str, None] = {}
+        for d, reply in done:
+            if reply is not None:
+                stream = d.job.reply_to
+                commands.append(("XADD", stream, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*", "m", encode(reply)))
+                streams[stream] = None
+        commands += [("EXPIRE", s, REPLY_STREAM_TTL_S) for s in streams]
+        ids = [d.entry_id for d, _ in done]
+        commands.append(("XACK", self.stream, WORKER_GROUP, *ids))
+        commands.append(("XDEL", self.stream, *ids))
+        await resp.transaction(self.redis, commands)
 
     async def send(self, job: Job, reply: Reply) -> None:
         """Publish a reply without acking (stream chunks)."""

@@ -12,6 +12,7 @@ import asyncio
 import time
 
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_transport import RedisSettings, close_redis, create_redis
@@ -44,3 +45,28 @@ async def test_command_fails_fast_with_every_sentinel_down_and_works_after(topol
                 await asyncio.sleep(0.2)
     finally:
         await close_redis(client)
+
+
+async def test_closing_a_client_closes_its_connections_to_the_sentinels(topology: SentinelTopology) -> None:
+    name = "rtai-test:closing:sentinels"
+
+    def ours() -> int:
+        count = 0
+        for address in topology.sentinel_addrs:
+            admin = redis.Redis(port=int(address.rsplit(":", 1)[1]), socket_timeout=2)
+            try:
+                count += sum(1 for c in admin.client_list() if c.get("name") == name)
+            finally:
+                admin.close()
+        return count
+
+    client = create_redis(
+        RedisSettings(sentinels=topology.sentinel_addrs, master=MASTER_NAME, prefix="disc"), name=name
+    )
+    await client.set("disc:k", "v")
+    assert ours() >= 1  # discovery connected to a sentinel, under the client's name
+    await close_redis(client)
+    deadline = time.monotonic() + 5
+    while ours() and time.monotonic() < deadline:  # the sentinels see the closes
+        await asyncio.sleep(0.1)
+    assert ours() == 0

@@ -84,6 +84,8 @@ def create_redis(
             # Discovery already tries each sentinel in turn, and the command's own Retry (above) retries it all.
             "retry": Retry(NoBackoff(), 0),
         }
+        if name is not None:
+            sentinel_kwargs["client_name"] = name  # the sentinels' CLIENT LIST names the service too
         if settings.sentinel_password:
             sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
         if tls:
@@ -108,5 +110,11 @@ def create_redis(
 
 
 async def close_redis(client: Redis) -> None:
+    """Close the client's connections, and under Sentinel its connections to the sentinels too. redis-py leaves
+    those open; the garbage collector then closed their sockets at some later moment, after the event loop was gone."""
     await client.aclose()
-    await client.connection_pool.disconnect()
+    pool = client.connection_pool
+    await pool.disconnect()
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()

@@ -65,12 +65,20 @@ async def run(
     redis: Redis,
     attempt: Callable[[AbstractConnection], Awaitable[list[Any]]],
 ) -> list[Any]:
-    """Run `attempt` on a connection of the client's pool, retried on a fresh one as the client's other commands are
-    (on the error types its Retry names: a dropped connection, a failover's READONLY...)."""
+    """Run `attempt` on a connection of the client's pool, reconnected and run again as the client's other commands
+    are (on the error types its Retry names: a dropped connection, a failover's READONLY...)."""
     pool = redis.connection_pool
     conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+    async def connected_attempt() -> list[Any]:
+        # Reconnect through the connection's own connect(): a Sentinel-managed one asks the sentinels for the current
+        # master there, while the reconnect a send does by itself goes back to the address it had (the dead master).
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        return await attempt(conn)
+
     try:
-        results: list[Any] = await conn.retry.call_with_retry(lambda: attempt(conn), lambda _error: conn.disconnect())
+        results: list[Any] = await conn.retry.call_with_retry(connected_attempt, lambda _error: conn.disconnect())
         return results
     finally:
         await pool.release(conn)

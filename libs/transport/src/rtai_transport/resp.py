@@ -98,8 +98,6 @@ async def transaction(redis: Redis, commands: Sequence[Command]) -> list[Any]:
             raise queued[0] from executed
         if isinstance(executed, Exception):
             raise executed
-        if queued:  # cannot happen: a refused command aborts EXEC
-            raise queued[0]
         if not isinstance(executed, list) or len(executed) != len(commands):
             await conn.disconnect()
             raise ResponseError(f"EXEC answered {executed!r} to {len(commands)} commands")

@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "batch-delay-0": ([], [], {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"}),
     "no-cancel-screen": ([], ["--no-cancel-screen"], {}),
     "unlogged-finals": (["--unlogged-finals"], [], {}),
+    "worker-logged-finals": (["--worker-logged-finals"], ["--worker-logged-finals"], {}),
     "gc-log": (["--gc-log"], ["--gc-log"], {}),
     "all": (
         ["--uvloop"],

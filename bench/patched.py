@@ -12,6 +12,11 @@ bench/experiments.py can measure it side by side with the unpatched service, in 
 - `--unlogged-finals` (gateway): send a worker's final frame to its socket without logging it in Redis first (no
   LOG_FRAME round trip; the frame gets the next seq the socket has not seen). It breaks resume and exactly-once, so
   it is no candidate: it measures the most that taking the log step off the gateway's path could buy.
+- `--worker-logged-finals` (gateway and worker): the worker numbers and logs a non-streaming job's final frame itself,
+  in the script that writes its reply (LOG_FRAME's logic run by the worker, the number spliced into the reply), and
+  the gateway sends a reply that comes numbered straight to its socket. It drops the gateway's floor and has no
+  ordering against the gateway's own numbered frames, so it is no candidate as it stands: it measures what moving the
+  log step into the worker could buy (docs/performance.md, "Known limits").
 - `--gc-log`: write a line to stderr (the service's log) for every full collection: seconds since start, its pause
   in ms, the objects it walked. Changes nothing else.
 """
@@ -68,6 +73,98 @@ def _unlogged_finals(hub_class: Any) -> None:
     hub_class._log = _log
 
 
+def _worker_logs_finals() -> None:
+    from rtai_protocol import Error, Result, encode
+    from rtai_transport import WORKER_GROUP, resp
+    from rtai_transport.lua import _APPEND, LOG_FRAME
+    from rtai_worker import consumer
+
+    # LOG_FRAME's body as a function, then: write the reply with the frame's number (and a repeat's logged body).
+    script = (
+        _APPEND
+        + "local function log_frame()\n"
+        + LOG_FRAME.removeprefix(_APPEND)
+        + "end\n"
+        + """
+local r = log_frame()
+local extra = ',"seq":' .. r[1] .. ',"holder":' .. cjson.encode(r[2])
+if r[3] then extra = extra .. ',"logged":' .. cjson.encode(r[3]) end
+local m = string.sub(ARGV[9], 1, -2) .. extra .. '}'
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'm', m)
+redis.call('EXPIRE', KEYS[6], ARGV[11])
+return r[1]
+"""
+    )
+    ensure_group = consumer.Consumer.ensure_group
+
+    async def _ensure_group(self: Any) -> None:
+        self.log_reply_sha = await self.redis.script_load(script)
+        await ensure_group(self)
+
+    async def _finish(self: Any, done: Any) -> None:
+        if not done:
+            return
+        k = self.keys
+        commands: list[Any] = []
+        streams: dict[str, None] = {}
+        for d, reply in done:
+            if reply is None:
+                continue
+            j, stream = d.job, d.job.reply_to
+            streams[stream] = None
+            if j.stream or reply.kind == "chunk":
+                commands.append(("XADD", stream, "MAXLEN", "~", consumer.REPLY_STREAM_MAXLEN, "*", "m", encode(reply)))
+                continue
+            if reply.kind == "result":
+                body = encode(Result(id=reply.request_id, output=reply.data))
+            else:
+                body = encode(Error(id=reply.request_id, code=reply.code or "internal", message=reply.message or ""))
+            keys = [k.session_seq(j.session), k.session_log(j.session), k.session_meta(j.session)]
+            keys += [k.request(j.owner, j.request_id), k.session_inflight(j.session), stream]
+            # The gateway's session settings at their defaults (a real change would carry them in the job).
+            args = [body, "final", 0, 600, 2000, j.request_id, 600, 0, encode(reply), consumer.REPLY_STREAM_MAXLEN]
+            commands.append(("EVALSHA", self.log_reply_sha, 6, *keys, *args, consumer.REPLY_STREAM_TTL_S))
+        commands += [("EXPIRE", s, consumer.REPLY_STREAM_TTL_S) for s in streams]
+        ids = [d.entry_id for d, _ in done]
+        commands.append(("XACK", self.stream, WORKER_GROUP, *ids))
+        commands.append(("XDEL", self.stream, *ids))
+        await resp.transaction(self.redis, commands)
+
+    consumer.Consumer.ensure_group = _ensure_group  # type: ignore[method-assign]
+    consumer.Consumer.finish = _finish  # type: ignore[method-assign]
+
+
+def _gateway_takes_logged_finals() -> None:
+    import orjson
+
+    from rtai_gateway import hub, loops
+    from rtai_protocol import Reply
+
+    class LoggedReply(Reply):
+        seq: int
+        holder: str
+        logged: str | None = None
+
+    decode = vars(loops)["decode_internal"]
+
+    def _decode(raw: bytes) -> Any:
+        data = orjson.loads(raw)
+        return LoggedReply.model_validate(data) if "seq" in data else decode(raw)
+
+    handle = hub.Hub.handle_replies
+
+    async def handle_replies(self: Any, replies: list[Any]) -> None:
+        forwards: list[tuple[str, bytes]] = []
+        for r in replies:
+            if isinstance(r, LoggedReply) and r.seq:
+                body, kind = hub._frame_of(r)
+                self._after_logged(r, r.logged.encode() if r.logged else body, kind, r.seq, r.holder, forwards)
+        await handle(self, [r for r in replies if not isinstance(r, LoggedReply)])
+
+    vars(loops)["decode_internal"] = _decode  # the reply reader's name for it
+    hub.Hub.handle_replies = handle_replies  # type: ignore[method-assign]
+
+
 def _log_full_collections() -> None:
     import gc
     import json
@@ -98,6 +195,7 @@ def main() -> None:
     parser.add_argument("--inline-predict", action="store_true")
     parser.add_argument("--no-cancel-screen", action="store_true")
     parser.add_argument("--unlogged-finals", action="store_true")
+    parser.add_argument("--worker-logged-finals", action="store_true")
     parser.add_argument("--gc-log", action="store_true")
     args = parser.parse_args()
     if args.gc_log:
@@ -106,17 +204,27 @@ def main() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    sys.argv = [sys.argv[0]]
     if args.service == "gateway":
-        from rtai_gateway import __main__ as entry
-        from rtai_gateway import hub
+        _gateway(args)
+    else:
+        _worker(args)
 
-        if args.no_spans:
-            _no_spans(hub)
-        if args.unlogged_finals:
-            _unlogged_finals(hub.Hub)
-        sys.argv = [sys.argv[0]]
-        entry.main()
-        return
+
+def _gateway(args: argparse.Namespace) -> None:
+    from rtai_gateway import __main__ as entry
+    from rtai_gateway import hub
+
+    if args.no_spans:
+        _no_spans(hub)
+    if args.unlogged_finals:
+        _unlogged_finals(hub.Hub)
+    if args.worker_logged_finals:
+        _gateway_takes_logged_finals()
+    entry.main()
+
+
+def _worker(args: argparse.Namespace) -> None:
     from rtai_worker import __main__ as wentry
     from rtai_worker import task_server
 
@@ -144,7 +252,8 @@ def main() -> None:
             return set()
 
         consumer.Consumer.cancelled = _cancelled  # type: ignore[method-assign]
-    sys.argv = [sys.argv[0]]
+    if args.worker_logged_finals:
+        _worker_logs_finals()
     raise SystemExit(wentry.main())
 
 

@@ -34,6 +34,8 @@ def test_smoke_suite_writes_a_report(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     rows = data["rows"]
     assert {r["scenario"] for r in rows} == {"C", "L", "T", "R", "N", "S", "B"}
+    drains = {(r["task"], r["workers"]) for r in rows if r["scenario"] == "S" and "task" in r}
+    assert drains == {(t, n) for t in ("sentiment", "embed") for n in (1, 2)}, drains
     for row in rows:
         assert row["ok"] > 0, row
         assert row["req_s"] > 0, row

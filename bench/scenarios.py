@@ -7,6 +7,7 @@ for the latency plots are kept on the side (`Run.series`).
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ class Profile:
     n_active: int
     n_idle: list[int]
     n_seconds: float
+    n_rounds: int
     r_fractions: list[float]
     r_seconds: float
     s_jobs: int
@@ -50,9 +52,9 @@ class Profile:
 
 
 FULL = Profile(
-    "full", 3000, 50, 15.0, 10, [1000, 10000], 10.0, [0.25, 0.5, 0.75], 10.0, 20000, 3000, 10.0, 64, 15.0, 2.0
+    "full", 3000, 50, 15.0, 10, [1000, 10000], 6.0, 3, [0.25, 0.5, 0.75], 10.0, 20000, 3000, 10.0, 64, 15.0, 2.0
 )
-SMOKE = Profile("smoke", 200, 20, 2.0, 4, [100], 1.5, [0.5], 1.5, 2000, 200, 2.0, 16, 2.0, 0.5)
+SMOKE = Profile("smoke", 200, 20, 2.0, 4, [100], 1.5, 1, [0.5], 1.5, 2000, 200, 2.0, 16, 2.0, 0.5)
 
 
 @dataclass
@@ -171,44 +173,69 @@ def _open_loop(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
 
 
 def _idle(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
-    # Runs without idle sockets before and after each run with them: each is judged against the mean of its two
-    # neighbours, so a drift of the shared machine's speed during the scenario is not taken for the idle sockets' cost.
+    """For each idle count, `n_rounds` pairs of runs without and with the idle sockets, the order alternating from
+    round to round; each is judged by the median over rounds of its paired ratios, so that a drift of the shared
+    machine's speed (which moved single runs by 15% here) is not taken for the idle sockets' cost."""
     p = run.profile
     kw: dict[str, Any] = {"connections": p.n_active, "duration_s": p.n_seconds, "warmup_s": p.warmup_s}
 
-    def without_idle(after: int | None) -> None:
-        r, cpu = measured(servers, run_bench, url=ws_url(gw), label="N base", **kw)
-        what = f"{p.n_active} active, no idle sockets" + (f" (after {after} idle)" if after else "")
-        run.add("N", what, r, cpu, plot=None if after else "idle")
+    def without_idle() -> tuple[BenchResult, dict[str, float]]:
+        return measured(servers, run_bench, url=ws_url(gw), label="N base", **kw)
 
-    without_idle(None)
-    for idle in p.n_idle:
+    def with_idle(idle: int) -> tuple[BenchResult, dict[str, float], float | None]:
         before = gw.rss()
         rss: list[int] = []
         meter = st.CpuMeter(servers)
 
-        def start(meter: st.CpuMeter = meter, rss: list[int] = rss) -> None:
+        def start() -> None:
             rss.append(gw.rss())
             meter.start()
 
+        r = run_bench(
+            ws_url(gw),
+            idle_connections=idle,
+            label=f"N {idle}",
+            on_measure_start=start,
+            on_measure_end=meter.stop,
+            timeout_s=30.0,
+            **kw,
+        )
+        time.sleep(2.0)  # let the gateway close the idle sessions before the next run
+        return r, meter.per_request_us(r.ok), (rss[0] - before) / 1024 / idle if rss else None
+
+    for idle in p.n_idle:
+        bases: list[tuple[BenchResult, dict[str, float]]] = []
+        idles: list[tuple[BenchResult, dict[str, float], float | None]] = []
         try:
-            r = run_bench(
-                ws_url(gw),
-                idle_connections=idle,
-                label=f"N {idle}",
-                on_measure_start=start,
-                on_measure_end=meter.stop,
-                timeout_s=30.0,
-                **kw,
-            )
+            for i in range(p.n_rounds):
+                for idle_first in (False, True) if i % 2 else (True, False):
+                    if idle_first:
+                        idles.append(with_idle(idle))
+                    else:
+                        bases.append(without_idle())
         except (RuntimeError, OSError) as e:
             run.notes.append(f"N with {idle} idle sockets did not run: {e}")
             continue
-        row_what = f"{p.n_active} active + {r.idle_connections} idle sockets"
-        run.add("N", row_what, r, meter.per_request_us(r.ok), plot="idle")
-        run.rows[-1]["gateway_kb_per_idle_socket"] = round((rss[0] - before) / 1024 / idle, 1) if rss else None
-        time.sleep(2.0)  # let the gateway close the idle sessions before the next step
-        without_idle(idle)
+        pairs = list(zip(bases, idles, strict=True))
+        base_r, base_cpu = _median_run(bases)
+        run.add("N", f"{p.n_active} active, no idle sockets (paired with {idle} idle)", base_r, base_cpu, plot="idle")
+        idle_r, idle_cpu, _ = _median_run(idles)
+        run.add("N", f"{p.n_active} active + {idle_r.idle_connections} idle sockets", idle_r, idle_cpu, plot="idle")
+        kbs = [kb for *_, kb in idles if kb is not None]
+        run.rows[-1] |= {
+            # The first round's growth: freed sockets' memory stays with the process and is reused by later rounds.
+            "gateway_kb_per_idle_socket": round(max(kbs), 1) if kbs else None,
+            "rounds": len(pairs),
+            "throughput_change": statistics.median(i[0].throughput / b[0].throughput - 1 for b, i in pairs),
+            "p99_change": statistics.median(i[0].latency_ms["p99"] / b[0].latency_ms["p99"] - 1 for b, i in pairs),
+            "round_throughputs": [[b[0].throughput, i[0].throughput] for b, i in pairs],
+        }
+
+
+def _median_run(runs: list[Any]) -> Any:
+    """The run with the median throughput (the lower middle one for an even count), with what came with it."""
+    ordered = sorted(runs, key=lambda t: t[0].throughput)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _two_gateways(run: Run, s: st.Stack, url: str, prefix: str, gw: st.Proc, wk: st.Proc, redis: st.Proc) -> None:

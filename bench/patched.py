@@ -14,9 +14,11 @@ bench/experiments.py can measure it side by side with the unpatched service, in 
   it is no candidate: it measures the most that taking the log step off the gateway's path could buy.
 - `--worker-logged-finals` (gateway and worker): the worker numbers and logs a non-streaming job's final frame itself,
   in the script that writes its reply (LOG_FRAME's logic run by the worker, the number spliced into the reply), and
-  the gateway sends a reply that comes numbered straight to its socket. It drops the gateway's floor and has no
-  ordering against the gateway's own numbered frames, so it is no candidate as it stands: it measures what moving the
-  log step into the worker could buy (docs/performance.md, "Known limits").
+  the gateway sends a reply that comes numbered straight to its socket. It drops the gateway's floor, has no
+  ordering against the gateway's own numbered frames, does not forward a frame for a session another gateway holds,
+  and loads its script once at start (a NOSCRIPT inside the MULTI would ack a job whose reply failed), so it is no
+  candidate as it stands: it measures what moving the log step into the worker could buy (docs/performance.md,
+  "Known limits").
 - `--gc-log`: write a line to stderr (the service's log) for every full collection: seconds since start, its pause
   in ms, the objects it walked. Changes nothing else.
 """

@@ -81,7 +81,7 @@ test-chaos: install-py ## fault injection: worker kills, Sentinel failover, Redi
 
 test: install check models deploy-tools browser-deps ## everything: static checks, unit, models, integration, chaos, deploy, observability, browser, bench smoke, image builds
 	$(MAKE) --no-print-directory images-smoke
-	RTAI_FORBID_SKIPS=1 $(PYTEST) -p no:cacheprovider
+	RTAI_FORBID_SKIPS=1 $(PYTEST) -p no:cacheprovider --durations=20
 
 run: install-py ## start redis (unless RTAI_REDIS_URL is set), a gateway and a worker; Ctrl-C stops all
 	scripts/install-system.sh redis-server

@@ -1,7 +1,8 @@
 """Chaos on real processes over a real Sentinel topology. Every scenario must end with 0 requests without a final
 frame and 0 duplicate final frames. The only errors allowed are the ones a fault documents (`unavailable` while Redis
 cannot take the request, `overloaded` past the backlog limit): a request that merely timed out (`deadline_exceeded`) or
-failed would be work the system lost. Every scenario must also recover: 20 results in a row after the fault.
+failed would be work the system lost. Every scenario must also recover: 20 results in a row after the fault (after
+its end, for the outage).
 """
 
 from __future__ import annotations
@@ -165,10 +166,11 @@ async def test_all_redis_nodes_down_for_ten_seconds(
             await asyncio.sleep(0.1)
     await asyncio.sleep(10)
     await asyncio.to_thread(topology.restart)
+    back_at = time.monotonic()
     await load
     await driver.settle(40)
     await driver.stop()
-    report = record(driver.report("all Redis nodes down 10 s", fault_at))
+    report = record(driver.report("all Redis nodes down 10 s", fault_at, fault_end=back_at))
     assert_clean(report)
     assert report["errors"].get("unavailable", 0) > 0, "requests during the outage should be refused as unavailable"
     assert httpx.get(f"{g.base}/readyz").status_code == 200

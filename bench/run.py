@@ -123,13 +123,13 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
             dt > -0.1 and dp < 0.1 and kb is not None and kb <= 50,
         )
     s = by("S")
-    for task, cores in (("sentiment", "2 cores shared with Redis"), ("embed", "one core per worker")):
+    for task in dict.fromkeys(r["task"] for r in s if "task" in r):
         drains = {r["workers"]: r for r in s if r.get("task") == task}
         if {1, 2} <= drains.keys() and drains[1]["req_s"]:
             ratio = drains[2]["req_s"] / drains[1]["req_s"]
             add(
                 f"S workers, {task}",
-                f"2 workers = {ratio:.2f}x one worker ({cores})",
+                f"2 workers = {ratio:.2f}x one worker ({drains[2]['cores']})",
                 ">= 1.8x when cores are free",
                 ratio >= 1.8,
             )

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import stack as st
 
@@ -55,6 +55,10 @@ FULL = Profile(
     "full", 3000, 50, 15.0, 10, [1000, 10000], 6.0, 3, [0.25, 0.5, 0.75], 10.0, 20000, 3000, 10.0, 64, 15.0, 2.0
 )
 SMOKE = Profile("smoke", 200, 20, 2.0, 4, [100], 1.5, 1, [0.5], 1.5, 2000, 200, 2.0, 16, 2.0, 0.5)
+
+
+_Run = TypeVar("_Run", bound=tuple[Any, ...])
+"""A measured run: its BenchResult first, then what was measured with it."""
 
 
 @dataclass
@@ -232,7 +236,7 @@ def _idle(run: Run, servers: list[st.Proc], gw: st.Proc) -> None:
         }
 
 
-def _median_run(runs: list[Any]) -> Any:
+def _median_run(runs: list[_Run]) -> _Run:
     """The run with the median throughput (the lower middle one for an even count), with what came with it."""
     ordered = sorted(runs, key=lambda t: t[0].throughput)
     return ordered[(len(ordered) - 1) // 2]
@@ -259,33 +263,38 @@ class Drain:
     task: str
     worker_tasks: str
     label: str
+    jobs: int
+    cores: str
+    """How the workers share the cores, as the verdict reports it."""
     env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 30.0
 
 
-DRAINS = (
-    Drain("sentiment", "sentiment=vader", "sentiment (VADER)"),
-    # One ONNX Runtime thread per worker: each worker gets one core, as a pod with a 1-CPU limit would, so two workers
-    # on the 2 cores are not both trying to use all of them; the model is ~99% of a job's CPU (Redis ~1%).
-    Drain(
-        "embed",
-        "embed=minilm-embed",
-        "embed (MiniLM, one ONNX thread per worker)",
-        {"RTAI_ORT_THREADS": "1"},
-        start_timeout_s=300.0,
-    ),
-)
+def drains(p: Profile) -> tuple[Drain, ...]:
+    return (
+        Drain("sentiment", "sentiment=vader", "sentiment (VADER)", p.s_jobs, "2 cores shared with Redis"),
+        # One ONNX Runtime thread per worker: each worker gets one core, as a pod with a 1-CPU limit would, so two
+        # workers on the 2 cores are not both trying to use all of them; the model is ~99% of a job's CPU (Redis ~1%).
+        Drain(
+            "embed",
+            "embed=minilm-embed",
+            "embed (MiniLM, one ONNX thread per worker)",
+            p.s_embed_jobs,
+            "one core per worker",
+            {"RTAI_ORT_THREADS": "1"},
+            start_timeout_s=300.0,
+        ),
+    )
 
 
 def drain_scenario(run: Run) -> None:
-    for drain in DRAINS:
-        jobs = run.profile.s_jobs if drain.task == "sentiment" else run.profile.s_embed_jobs
+    for drain in drains(run.profile):
         for n_workers in (1, 2):
             with st.Stack(run.workdir) as s:
                 redis = s.start(st.redis())
                 url = f"redis://127.0.0.1:{redis.port}/0"
                 prefix = f"bench{uuid.uuid4().hex[:6]}"
-                asyncio.run(_fill(url, prefix, drain.task, jobs - 1))
+                asyncio.run(_fill(url, prefix, drain.task, drain.jobs - 1))
                 try:
                     workers = [
                         s.start(
@@ -299,15 +308,16 @@ def drain_scenario(run: Run) -> None:
                     break
                 meter = st.CpuMeter([*workers, redis])
                 elapsed, left = asyncio.run(_release_and_wait(url, prefix, drain.task, meter, 120.0))
-                done = jobs - left  # a drain that ran out of time reports what it did, not what it was given
+                done = drain.jobs - left  # a drain that ran out of time reports what it did, not what it was given
                 rate = done / elapsed if elapsed else 0.0
                 run.rows.append(
                     {
                         "scenario": "S",
                         "what": f"{n_workers} worker process{'es' if n_workers > 1 else ''} draining "
-                        f"{jobs} queued jobs (no gateway): {drain.label}",
+                        f"{drain.jobs} queued jobs (no gateway): {drain.label}",
                         "task": drain.task,
                         "workers": n_workers,
+                        "cores": drain.cores,
                         "req_s": round(rate, 1),
                         "ok": done,
                         "errors": {"not drained in 120 s": left} if left else {},

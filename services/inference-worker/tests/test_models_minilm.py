@@ -9,6 +9,7 @@ from _models_support import cpu_options, require_package
 from rtai_worker.engine import ModelInput
 from rtai_worker.models import create_model
 from rtai_worker.models.minilm import DIM, MiniLMEmbedModel, MiniLMEncoder, model_dir
+from rtai_worker.models.options import ModelOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -85,3 +86,18 @@ def test_int8_graph_stays_close_to_torch_fp32() -> None:
     ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     cosines = np.sum(onnx_vectors * ref, axis=1)
     assert np.all(cosines >= 0.99), cosines  # measured: 0.9993 on average, 0.996 at worst over 202 texts
+    # The torch-fp32 backend is the published model itself: the same vectors as the reference computed here.
+    fp32 = MiniLMEncoder(cpu_options(), "torch-fp32")
+    fp32.load()
+    np.testing.assert_allclose(fp32.encode(texts), ref, atol=1e-5)
+
+
+def test_backends_are_checked_and_fingerprinted_apart() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'onnx-fp16'"):
+        MiniLMEncoder(cpu_options(), "onnx-fp16")
+    with pytest.raises(ValueError, match="runs on cpu only"):
+        MiniLMEncoder(ModelOptions(device="cuda"), "onnx-int8-static-per-channel")
+    default, fp32 = MiniLMEmbedModel(cpu_options()), MiniLMEmbedModel(cpu_options(), backend="torch-fp32")
+    # Different vectors must never serve one task name: the fingerprints differ.
+    assert default.info.fingerprint != fp32.info.fingerprint
+    assert "/torch-fp32/" in fp32.info.fingerprint and "/cpu/" in fp32.info.fingerprint

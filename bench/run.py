@@ -137,9 +137,11 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
     if len(gws) == 2 and gws[0]["req_s"]:
         add("S gateways", f"2 gateways = {gws[1]['req_s'] / gws[0]['req_s']:.2f}x one", "(no target)", None)
     b = by("B")
-    if len(b) == 2 and b[1]["req_s"]:
-        ratio = b[0]["req_s"] / b[1]["req_s"]
-        add("B batching", f"batching = {ratio:.2f}x batch size 1", ">= 3x", ratio >= 3)
+    for backend in dict.fromkeys(r["backend"] for r in b if "backend" in r):
+        sizes = {r["batch"]: r for r in b if r.get("backend") == backend}
+        if {1, 32} <= sizes.keys() and sizes[1]["req_s"]:
+            ratio = sizes[32]["req_s"] / sizes[1]["req_s"]
+            add(f"B batching, {backend}", f"batching = {ratio:.2f}x batch size 1", ">= 3x", ratio >= 3)
     return out
 
 

@@ -7,7 +7,11 @@ for the latency plots are kept on the side (`Run.series`).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -401,10 +405,47 @@ BACKENDS: tuple[tuple[str, str, dict[str, str]], ...] = (
 gain ~3.7x from batches where the int8 graph gains ~1.2x (`bench/plugged_models.py` says why both)."""
 
 
+B_SIZES = (32, 1)
+
+
+def _model_alone(run: Run, backend: str, spec: str, env: dict[str, str]) -> bool:
+    """B's ceiling: the model's own throughput at each batch size (`bench/model_alone.py`, a fresh process, run
+    while nothing else is), one row per size."""
+    seconds = max(run.profile.b_seconds / 3, 0.5)
+    argv = [sys.executable, str(st.REPO / "bench" / "model_alone.py"), spec, "--sizes", ",".join(map(str, B_SIZES))]
+    proc = subprocess.run(
+        [*argv, "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=300 + 2 * seconds,
+        env={**os.environ, **env},
+        cwd=st.REPO,
+    )
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        run.notes.append(f"B {backend} not measured: the model did not run alone ({why})")
+        return False
+    for size, figures in json.loads(proc.stdout).items():
+        run.rows.append(
+            {
+                "scenario": "B",
+                "what": f"embed ({backend}), the model alone, batch {size}",
+                "req_s": figures["texts_per_s"],
+                "ok": figures["texts"],
+                "backend": backend,
+                "batch": int(size),
+                "alone": True,
+            }
+        )
+    return True
+
+
 def batching_scenario(run: Run) -> None:
     p = run.profile
     for backend, spec, env in BACKENDS:
-        for size in (32, 1):
+        if not _model_alone(run, backend, spec, env):
+            continue
+        for size in B_SIZES:
             with st.Stack(run.workdir) as s:
                 redis = s.start(st.redis())
                 url = f"redis://127.0.0.1:{redis.port}/0"

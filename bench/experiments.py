@@ -11,6 +11,8 @@ bench/patched.py, against the unpatched services, interleaved in rounds on one R
 at R requests/s (the R scenario) instead of closed-loop.
 A variant named `env:KEY=VALUE[+KEY=VALUE...]` runs the unpatched services with those settings in their environment,
 e.g. `--only base,env:RTAI_GW_SESSIONS__LOG_LANES=1` (each service ignores the other's prefix).
+`--task embed` loads MiniLM `embed` instead of VADER `sentiment`; `--worker-env KEY=VALUE` sets a worker setting for
+every variant, commits included (e.g. `--worker-env RTAI_WORKER_MAX_BATCH_SIZE=1`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     ),
 }
 
+TASKS = {"sentiment": "sentiment=vader", "embed": "embed=minilm-embed"}
+"""Load task -> the worker's task spec."""
+
 
 REVISIONS: dict[str, Path] = {}
 """`rev:REV` variant -> the worktree holding that commit."""
@@ -72,34 +77,38 @@ def worktree(rev: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(st.REPO), "worktree", "remove", "--force", str(path)], check=False)
 
 
-def _procs(url: str, prefix: str, variant: str) -> tuple[st.Proc, st.Proc]:
+def _procs(url: str, prefix: str, variant: str, task: str, worker_env: dict[str, str]) -> tuple[st.Proc, st.Proc]:
+    spec = TASKS[task]
     if variant in REVISIONS:
         tree = REVISIONS[variant]
         # The workspace's members (pyproject: libs/*, services/*), that commit's source first on the path.
         path = os.pathsep.join(str(d) for d in sorted([*tree.glob("libs/*/src"), *tree.glob("services/*/src")]))
-        return st.gateway(url, prefix, **sc.GATEWAY_ENV, PYTHONPATH=path), st.worker(url, prefix, PYTHONPATH=path)
+        return (
+            st.gateway(url, prefix, **sc.GATEWAY_ENV, PYTHONPATH=path),
+            st.worker(url, prefix, spec, **worker_env, PYTHONPATH=path),
+        )
     if variant.startswith("env:"):
         env = dict(kv.split("=", 1) for kv in variant.removeprefix("env:").split("+"))
-        return st.gateway(url, prefix, **{**sc.GATEWAY_ENV, **env}), st.worker(url, prefix, **env)
+        return st.gateway(url, prefix, **{**sc.GATEWAY_ENV, **env}), st.worker(url, prefix, spec, **worker_env, **env)
     gflags, wflags, wenv = VARIANTS[variant]
     gw = st.gateway(url, prefix, **sc.GATEWAY_ENV)
-    wk = st.worker(url, prefix, **wenv)
+    wk = st.worker(url, prefix, spec, **worker_env, **wenv)
     if variant != "base":
         gw.argv = [gw.argv[0], PATCHED, "gateway", *gflags]
         wk.argv = [wk.argv[0], PATCHED, "worker", *wflags]
     return gw, wk
 
 
-def one(
-    s: st.Stack, redis: st.Proc, variant: str, seconds: float, connections: int, idle: int, rate: float | None
-) -> dict[str, Any]:
+def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{redis.port}/0"
-    gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant)
-    gw, wk = s.start(gw_p), s.start(wk_p)
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant, args.task, worker_env)
+    gw, wk = s.start(gw_p), s.start(wk_p, timeout=300)
+    seconds, connections, idle, rate, task = args.seconds, args.connections, args.idle, args.rate, args.task
     try:
         ws = f"ws://127.0.0.1:{gw.port}/v1/ws"
-        run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0)
-        lat = run_bench(ws, connections=1, requests=600, warmup_requests=100)
+        run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0, tasks=task)
+        lat = run_bench(ws, connections=1, requests=600, warmup_requests=100, tasks=task)
         meter = st.CpuMeter([gw, wk, redis])
         thr = run_bench(
             ws,
@@ -108,6 +117,7 @@ def one(
             warmup_s=2.0 if idle else 1.0,
             idle_connections=idle,
             rate=rate,
+            tasks=task,
             on_measure_start=meter.start,
             on_measure_end=meter.stop,
         )
@@ -141,6 +151,8 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(VARIANTS))
     parser.add_argument("--against", action="append", default=[], metavar="REV", help="compare with a commit")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--task", choices=sorted(TASKS), default="sentiment", help="the model the load runs on")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE", help="for every variant")
     args = parser.parse_args()
     variants = [v.strip() for v in args.only.split(",") if v.strip()] + [f"rev:{r}" for r in args.against]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -156,7 +168,7 @@ def main() -> int:
         for i in range(args.rounds):
             # Alternate the order from round to round: a drift in the machine's speed hits every variant alike.
             for v in variants if i % 2 == 0 else reversed(variants):
-                runs[v].append(one(s, redis, v, args.seconds, args.connections, args.idle, args.rate))
+                runs[v].append(one(s, redis, v, args))
                 print(v, runs[v][-1], flush=True)
     base = runs.get("base")
     rows = []
@@ -172,7 +184,15 @@ def main() -> int:
     if args.out:
         write_json(
             args.out,
-            {"rounds": args.rounds, "seconds": args.seconds, "rate": args.rate, "runs": runs, "medians": rows},
+            {
+                "rounds": args.rounds,
+                "seconds": args.seconds,
+                "rate": args.rate,
+                "task": args.task,
+                "worker_env": args.worker_env,
+                "runs": runs,
+                "medians": rows,
+            },
         )
     return 0
 

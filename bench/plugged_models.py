@@ -1,8 +1,9 @@
 """Models the benchmark plugs into its workers by import path (`plugged_models:<factory>`), as a user plugs their own.
 
 B measures what dynamic batching buys. The shipped CPU `embed` backend (the int8 ONNX graph) gains little from
-batches on 2 cores (476 texts/s at batch 1, 558 at 32), so B also runs the same weights in torch fp32, which gains
-~3.7x (~100 -> ~380 texts/s): that shows whether the pipeline passes a model's batch gain on to its clients.
+batches on 2 cores (alone, on B's short texts: ~440 texts/s at batch 1, ~600 at 32; about 1.0x on longer sentences),
+so B also runs the same weights in torch fp32, which gains ~4x (~80-100 -> ~350-380 texts/s): that shows whether the
+pipeline passes a model's batch gain on to its clients.
 """
 
 from __future__ import annotations

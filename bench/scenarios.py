@@ -402,7 +402,7 @@ BACKENDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("torch fp32", "plugged_models:minilm_embed_torch_fp32", {"PYTHONPATH": str(st.REPO / "bench")}),
 )
 """B's models: (label, model spec, worker env). The shipped CPU backend, and the same weights in torch fp32, which
-gain ~3.7x from batches where the int8 graph gains ~1.2x (`bench/plugged_models.py` says why both)."""
+gain ~4x from batches where the int8 graph gains ~1.4x (`bench/plugged_models.py` says why both)."""
 
 
 B_SIZES = (32, 1)

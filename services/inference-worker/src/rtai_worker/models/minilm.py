@@ -5,7 +5,7 @@ On CPU the model runs as a fused, statically quantised int8 ONNX Runtime graph e
 (no torch at serving time; a text's vector does not depend on its batch mates); on CUDA it runs in torch fp16.
 The backends give slightly different vectors, so they have different fingerprints and cannot serve the same
 task name. `torch-fp32` (the weights as published, in torch on either device) is there to be asked for by code,
-not by default: on 2 CPU cores it is ~4x slower than the int8 graph at batch 1 but gains ~3.7x from batching,
+not by default: on 2 CPU cores it is ~4x slower than the int8 graph at batch 1 but gains ~4x from batching,
 which makes it the benchmark's model that batching can help (`bench/plugged_models.py`).
 """
 

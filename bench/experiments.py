@@ -11,6 +11,8 @@ bench/patched.py, against the unpatched services, interleaved in rounds on one R
 at R requests/s (the R scenario) instead of closed-loop.
 A variant named `env:KEY=VALUE[+KEY=VALUE...]` runs the unpatched services with those settings in their environment,
 e.g. `--only base,env:RTAI_GW_SESSIONS__LOG_LANES=1` (each service ignores the other's prefix).
+`--storm N` opens N more sockets (and keeps them open, silent) from 2 s into the throughput phase: a reconnect storm,
+as after a gateway restart, while the load runs.
 `--task embed` loads MiniLM `embed` instead of VADER `sentiment`; `--worker-env KEY=VALUE` sets a worker setting for
 every variant, commits included (e.g. `--worker-env RTAI_WORKER_MAX_BATCH_SIZE=1`).
 """
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +54,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "unlogged-finals": (["--unlogged-finals"], [], {}),
     "worker-logged-finals": (["--worker-logged-finals"], ["--worker-logged-finals"], {}),
     "gc-log": (["--gc-log"], ["--gc-log"], {}),
+    "gc-young": (["--gc-log", "--gc-threshold", "700,100,10"], [], {}),
     "all": (
         ["--uvloop"],
         ["--uvloop", "--inline-predict"],
@@ -105,11 +109,19 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
     gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant, args.task, worker_env)
     gw, wk = s.start(gw_p), s.start(wk_p, timeout=300)
     seconds, connections, idle, rate, task = args.seconds, args.connections, args.idle, args.rate, args.task
+    storm = threading.Timer(
+        (2.0 if idle else 1.0) + 2.0,
+        lambda: run_bench(
+            ws, connections=1, duration_s=max(seconds - 4.0, 1.0), warmup_s=0.0, idle_connections=args.storm
+        ),
+    )
     try:
         ws = f"ws://127.0.0.1:{gw.port}/v1/ws"
         run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0, tasks=task)
         lat = run_bench(ws, connections=1, requests=600, warmup_requests=100, tasks=task)
         meter = st.CpuMeter([gw, wk, redis])
+        if args.storm:
+            storm.start()
         thr = run_bench(
             ws,
             connections=connections,
@@ -121,6 +133,8 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
             on_measure_start=meter.start,
             on_measure_end=meter.stop,
         )
+        if args.storm:
+            storm.join()
         cpu = meter.per_request_us(thr.ok)
         return {
             "L p50 ms": lat.latency_ms["p50"],
@@ -148,6 +162,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--idle", type=int, default=0, help="idle sockets held open during the throughput phase")
     parser.add_argument("--rate", type=float, default=None, help="open loop at this many requests/s")
+    parser.add_argument("--storm", type=int, default=0, help="sockets that connect during the throughput phase")
     parser.add_argument("--only", default=",".join(VARIANTS))
     parser.add_argument("--against", action="append", default=[], metavar="REV", help="compare with a commit")
     parser.add_argument("--out", type=Path, default=None)
@@ -156,7 +171,7 @@ def main() -> int:
     args = parser.parse_args()
     variants = [v.strip() for v in args.only.split(",") if v.strip()] + [f"rev:{r}" for r in args.against]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    if args.idle:
+    if args.idle or args.storm:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway
     workdir = Path(tempfile.mkdtemp(prefix="rtai-exp-"))
@@ -188,6 +203,7 @@ def main() -> int:
                 "rounds": args.rounds,
                 "seconds": args.seconds,
                 "rate": args.rate,
+                "storm": args.storm,
                 "task": args.task,
                 "worker_env": args.worker_env,
                 "runs": runs,

@@ -199,9 +199,14 @@ def main() -> None:
     parser.add_argument("--unlogged-finals", action="store_true")
     parser.add_argument("--worker-logged-finals", action="store_true")
     parser.add_argument("--gc-log", action="store_true")
+    parser.add_argument("--gc-threshold", default=None, help="gc.set_threshold(*A,B,C) at start")
     args = parser.parse_args()
     if args.gc_log:
         _log_full_collections()
+    if args.gc_threshold:
+        import gc
+
+        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
     if args.uvloop:
         import uvloop
 

@@ -21,7 +21,7 @@ from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.runtime import Runtime
 from rtai_gateway.settings import GatewaySettings
 from rtai_gateway.ws import websocket_endpoint
-from rtai_telemetry.heap import freeze_startup_heap
+from rtai_telemetry.heap import prepare_heap_for_serving
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, close_redis, connection_name, create_redis
 
@@ -70,7 +70,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             asyncio.create_task(loops.heartbeat(hub), name="heartbeat"),
         ]
         await reader_started.wait()
-        frozen = freeze_startup_heap()  # before ready: the collection it runs first pauses the loop once, here
+        frozen = prepare_heap_for_serving()  # before ready: the collection it runs first pauses the loop once, here
         rt.reader_ready = True
         log.info(
             "gateway.started",

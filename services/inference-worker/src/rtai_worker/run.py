@@ -11,7 +11,7 @@ import contextlib
 import signal
 
 from rtai_protocol import ErrorCode
-from rtai_telemetry.heap import freeze_startup_heap
+from rtai_telemetry.heap import prepare_heap_for_serving
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, close_redis, connection_name, create_redis
 from rtai_transport.backlog import read_backlog
@@ -127,7 +127,7 @@ class Worker:
             asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 3000, self._keep_claims), name="claims"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
         ]
-        frozen = freeze_startup_heap()  # models are loaded: their objects too stay out of full collections
+        frozen = prepare_heap_for_serving()  # models are loaded: their objects too stay out of full collections
         serving = [asyncio.create_task(s.serve(), name=f"serve-{t}") for t, s in self.servers.items()]
         log.info("worker.ready", tasks=list(self.servers), frozen_objects=frozen)
         stop = asyncio.create_task(self.stopping.wait())

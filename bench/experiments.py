@@ -54,7 +54,6 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "unlogged-finals": (["--unlogged-finals"], [], {}),
     "worker-logged-finals": (["--worker-logged-finals"], ["--worker-logged-finals"], {}),
     "gc-log": (["--gc-log"], ["--gc-log"], {}),
-    "gc-young": (["--gc-log", "--gc-threshold", "700,100,10"], [], {}),
     "all": (
         ["--uvloop"],
         ["--uvloop", "--inline-predict"],

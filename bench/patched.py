@@ -21,6 +21,8 @@ bench/experiments.py can measure it side by side with the unpatched service, in 
   "Known limits").
 - `--gc-log`: write a line to stderr (the service's log) for every full collection: seconds since start, its pause
   in ms, the objects it walked. Changes nothing else.
+- `--gc-threshold A,B,C`: `gc.set_threshold(A, B, C)` at start. The services set generation 1's threshold themselves
+  when they start serving (`rtai_telemetry.heap`), so B is overridden then: this tries other values for A and C.
 """
 
 from __future__ import annotations

@@ -108,18 +108,22 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
     gw_p, wk_p = _procs(url, f"exp{uuid.uuid4().hex[:6]}", variant, args.task, worker_env)
     gw, wk = s.start(gw_p), s.start(wk_p, timeout=300)
     seconds, connections, idle, rate, task = args.seconds, args.connections, args.idle, args.rate, args.task
-    storm = threading.Timer(
-        (2.0 if idle else 1.0) + 2.0,
-        lambda: run_bench(
-            ws, connections=1, duration_s=max(seconds - 4.0, 1.0), warmup_s=0.0, idle_connections=args.storm
-        ),
-    )
     try:
         ws = f"ws://127.0.0.1:{gw.port}/v1/ws"
+        storm = (
+            threading.Timer(
+                (2.0 if idle else 1.0) + 2.0,  # the throughput phase's warmup, then 2 s of load without the storm
+                lambda: run_bench(
+                    ws, connections=1, duration_s=max(seconds - 4.0, 1.0), warmup_s=0.0, idle_connections=args.storm
+                ),
+            )
+            if args.storm
+            else None
+        )
         run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0, tasks=task)
         lat = run_bench(ws, connections=1, requests=600, warmup_requests=100, tasks=task)
         meter = st.CpuMeter([gw, wk, redis])
-        if args.storm:
+        if storm is not None:
             storm.start()
         thr = run_bench(
             ws,
@@ -132,7 +136,7 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
             on_measure_start=meter.start,
             on_measure_end=meter.stop,
         )
-        if args.storm:
+        if storm is not None:
             storm.join()
         cpu = meter.per_request_us(thr.ok)
         return {

@@ -43,8 +43,8 @@ def test_generation_1_is_collected_less_often_and_the_others_keep_their_threshol
     young, _, old = gc.get_threshold()
     prepare_heap_for_serving()
     assert gc.get_threshold() == (young, YOUNG_COLLECTIONS_PER_GEN1, old)
-    # What that buys: objects alive at a generation-1 collection are promoted to the oldest generation, whose growth
-    # triggers full collections. With the same allocations, 10x fewer generation-1 collections run.
+    # What that buys: a full collection is only considered every 10 generation-1 collections, and objects alive at a
+    # generation-1 collection are promoted. With the same allocations, 10x fewer generation-1 collections run.
     gc.collect()
     before = gc.get_stats()[1]["collections"]
     keep = [[i] for i in range(200_000)]  # tracked containers kept alive: only allocations net of frees count

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,13 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # plugged models (`plu
 from rtai_client.loadgen import DEFAULT_TEXTS
 from rtai_worker.engine import Model, ModelInput
 from rtai_worker.models import create_model
+from rtai_worker.models.build import default_cache_dir
 from rtai_worker.models.options import ModelOptions
-
-
-def options() -> ModelOptions:
-    # The worker's own default (settings.model_cache_dir) is this variable, else ModelOptions' default.
-    cache = os.environ.get("RTAI_WORKER_MODEL_CACHE_DIR")
-    return ModelOptions(cache_dir=Path(cache).expanduser()) if cache else ModelOptions()
 
 
 def measure(model: Model, size: int, seconds: float) -> dict[str, float]:
@@ -55,7 +49,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per batch size")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    model = create_model(args.spec, options())
+    model = create_model(args.spec, ModelOptions(cache_dir=default_cache_dir()))
     model.load()
     model.warmup()
     print(json.dumps({size: measure(model, size, args.seconds) for size in sizes}))

@@ -149,14 +149,15 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
 def batching_ratios(b: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     """B per backend: batch 32 over batch 1 through the pipeline (judged), and the same for the model alone."""
     out = []
+    big, one = sc.B_SIZES
     for backend in dict.fromkeys(r["backend"] for r in b):
         piped = {r["batch"]: r for r in b if r["backend"] == backend and not r.get("alone")}
         alone = {r["batch"]: r for r in b if r["backend"] == backend and r.get("alone")}
-        if {1, 32} <= piped.keys() and piped[1]["req_s"]:
-            ratio = piped[32]["req_s"] / piped[1]["req_s"]
-            figure = f"batching = {ratio:.2f}x batch size 1"
-            if {1, 32} <= alone.keys() and alone[1]["req_s"]:
-                figure += f" (the model alone: {alone[32]['req_s'] / alone[1]['req_s']:.2f}x)"
+        if {big, one} <= piped.keys() and piped[one]["req_s"]:
+            ratio = piped[big]["req_s"] / piped[one]["req_s"]
+            figure = f"batching = {ratio:.2f}x batch size {one}"
+            if {big, one} <= alone.keys() and alone[one]["req_s"]:
+                figure += f" (the model alone: {alone[big]['req_s'] / alone[one]['req_s']:.2f}x)"
             out.append((f"B batching, {backend}", figure, ratio >= 3))
     return out
 

@@ -76,8 +76,17 @@ class Run:
     """Ceiling results by shape: "L" (1 connection) and "T" (the T scenario's connections)."""
     notes: list[str] = field(default_factory=list)
 
-    def add(self, scenario: str, what: str, r: BenchResult, cpu: dict[str, float], plot: str | None = None) -> None:
-        row: dict[str, Any] = {"scenario": scenario, "what": what, **_figures(r), "cpu_us_per_req": cpu}
+    def add(
+        self,
+        scenario: str,
+        what: str,
+        r: BenchResult,
+        cpu: dict[str, float],
+        plot: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """One row of figures; `extra` are the keys the verdict groups a scenario's rows by (B: backend, batch)."""
+        row: dict[str, Any] = {"scenario": scenario, "what": what, **_figures(r), "cpu_us_per_req": cpu, **extra}
         self.rows.append(row)
         if plot is not None:
             self.series.setdefault(plot, {})[f"{scenario}: {what}"] = r.samples_ms
@@ -406,6 +415,7 @@ gain ~4x from batches where the int8 graph gains ~1.4x (`bench/plugged_models.py
 
 
 B_SIZES = (32, 1)
+"""B's batch sizes: dynamic batching up to this many, and one at a time."""
 
 
 def _model_alone(run: Run, backend: str, spec: str, env: dict[str, str]) -> bool:
@@ -471,6 +481,13 @@ def batching_scenario(run: Run) -> None:
                     tasks="embed",
                     label=f"B {backend} batch {size}",
                 )
-                what = "dynamic batching (max 32)" if size > 1 else "max_batch_size=1"
-                run.add("B", f"embed ({backend}), {p.b_connections} connections, {what}", r, cpu, plot="batching")
-                run.rows[-1].update(backend=backend, batch=size)
+                what = f"dynamic batching (max {size})" if size > 1 else "max_batch_size=1"
+                run.add(
+                    "B",
+                    f"embed ({backend}), {p.b_connections} connections, {what}",
+                    r,
+                    cpu,
+                    plot="batching",
+                    backend=backend,
+                    batch=size,
+                )

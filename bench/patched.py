@@ -21,8 +21,6 @@ bench/experiments.py can measure it side by side with the unpatched service, in 
   "Known limits").
 - `--gc-log`: write a line to stderr (the service's log) for every full collection: seconds since start, its pause
   in ms, the objects it walked. Changes nothing else.
-- `--gc-threshold A,B,C`: `gc.set_threshold(A, B, C)` at start. The services set generation 1's threshold themselves
-  when they start serving (`rtai_telemetry.heap`), so B is overridden then: this tries other values for A and C.
 """
 
 from __future__ import annotations
@@ -201,14 +199,9 @@ def main() -> None:
     parser.add_argument("--unlogged-finals", action="store_true")
     parser.add_argument("--worker-logged-finals", action="store_true")
     parser.add_argument("--gc-log", action="store_true")
-    parser.add_argument("--gc-threshold", default=None, help="gc.set_threshold(*A,B,C) at start")
     args = parser.parse_args()
     if args.gc_log:
         _log_full_collections()
-    if args.gc_threshold:
-        import gc
-
-        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
     if args.uvloop:
         import uvloop
 

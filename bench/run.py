@@ -25,6 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import batching
+import drain
 import scenarios as sc
 
 from rtai_client.report import markdown_table, plot_hdr, text_table, write_json
@@ -122,7 +124,8 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
         add(
             f"N {row['idle']} idle",
             f"throughput {dt:+.1%}, p99 {dp:+.1%} (medians of {row['rounds']} paired rounds), {kb} KB/socket",
-            "< 10% worse, <= 50 KB per idle socket",
+            # The issue sets the bound for 1,000 idle sockets; the 10,000 variant is held to the same one.
+            "< 10% worse, <= 50 KB per idle socket" + ("" if row["idle"] == 1000 else " (1,000's bound)"),
             # One-sided: the target bounds what idle sockets cost the active ones; a run that came out faster with
             # them (seen here, +10-16%) is shown with its sign, not judged a failure.
             dt > -0.1 and dp < 0.1 and kb is not None and kb <= 50,
@@ -149,7 +152,7 @@ def targets(run: sc.Run) -> list[dict[str, Any]]:
 def batching_ratios(b: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
     """B per backend: batch 32 over batch 1 through the pipeline (judged), and the same for the model alone."""
     out = []
-    big, one = sc.B_SIZES
+    big, one = batching.B_SIZES
     for backend in dict.fromkeys(r["backend"] for r in b):
         piped = {r["batch"]: r for r in b if r["backend"] == backend and not r.get("alone")}
         alone = {r["batch"]: r for r in b if r["backend"] == backend and r.get("alone")}
@@ -183,9 +186,9 @@ def main() -> int:
         if which & {"L", "T", "N", "R", "S"}:
             sc.pipeline_scenarios(run, which)
         if "S" in which:
-            sc.drain_scenario(run)
+            drain.drain_scenario(run)
         if "B" in which:
-            sc.batching_scenario(run)
+            batching.batching_scenario(run)
     finally:
         logs = out / f"{stem}-logs"
         if profile is sc.SMOKE:

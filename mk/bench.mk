@@ -5,7 +5,7 @@ BENCH_OUT ?= bench/results
 
 .PHONY: bench bench-smoke bench-typecheck
 
-bench: install-py models ## full benchmark suite on loopback (~6 min): writes bench/results/<date>.md, .json and PNG plots
+bench: install-py models ## full benchmark suite on loopback (~10 min): writes bench/results/<date>.md, .json and PNG plots
 	scripts/install-system.sh redis-server
 	$(PY) bench/run.py --profile full --only $(BENCH_ONLY) --out $(BENCH_OUT)
 

@@ -136,3 +136,35 @@ def test_bench_writes_json_and_png(live: Callable[..., Any], tmp_path: Path) -> 
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     assert width >= 400
     assert height >= 300
+
+
+@pytest.mark.timeout(120)
+def test_bench_holds_idle_sockets_in_a_process_of_its_own(live: Callable[..., Any]) -> None:
+    import httpx
+
+    from rtai_client.loadgen import run_bench
+
+    live("worker")
+    g = live("gateway", RTAI_GW_LIMITS__MESSAGES_PER_S="100000", RTAI_GW_LIMITS__MESSAGE_BURST="100000")
+    open_at_start: list[str] = []
+
+    def gateway_connections() -> None:
+        text = httpx.get(f"http://127.0.0.1:{g.port}/metrics", timeout=5).text
+        open_at_start.extend(line for line in text.splitlines() if line.startswith("rtai_gateway_connections "))
+
+    timed = run_bench(
+        url_of(g),
+        connections=2,
+        duration_s=1.5,
+        warmup_s=0.3,
+        idle_connections=300,
+        on_measure_start=gateway_connections,
+    )
+    assert open_at_start == ["rtai_gateway_connections 302.0"]  # the idle sockets were open while it measured
+    assert (timed.processes, timed.connections, timed.idle_connections) == (2, 2, 300)
+    assert timed.error_count == 0 and timed.ok > 20
+    assert 1.4 <= timed.duration_s <= 1.6  # the measuring window, not the holder's
+    # A run counted in requests ends when its requests do, whatever the idle sockets' holder is still doing.
+    counted = run_bench(url_of(g), connections=1, requests=50, warmup_s=0.0, idle_connections=50, duration_s=30.0)
+    assert counted.ok == 50 and counted.error_count == 0
+    assert counted.duration_s < 10

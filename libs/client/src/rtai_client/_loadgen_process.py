@@ -104,6 +104,8 @@ class _Worker:
         await asyncio.gather(*(one(i) for i in range(total)))
 
     def on_close(self, ws: RawWebSocket, code: int) -> None:
+        if self.running and not self.active:  # a holder (its sockets are all idle), closed by the server mid-run
+            self.error(f"idle_closed_{code}")
         if ws in self.active and self.running:
             self.error(f"closed_{code}")
             lost = len(ws.outstanding)
@@ -263,15 +265,19 @@ def _child_main() -> None:
             return {}
         cpu0 = time.process_time()
         await w.run(float(line.split()[1]))
+        if not spec.connections:  # an idle-socket holder: keep them open until the measuring processes are done
+            await asyncio.to_thread(sys.stdin.readline)
+            w.running = False
         cpu = time.process_time() - cpu0
         await w.close_all()
+        window = (w.last_completion - w.started_at) if spec.requests else spec.duration_s
         return {
             "ok": w.ok,
             "sent": w.sent,
             "errors": w.errors,
             "samples": base64.b64encode(w.samples.tobytes()).decode(),
             "cpu_s": cpu,
-            "window_s": (w.last_completion - w.started_at) if spec.requests else spec.duration_s,
+            "window_s": window if spec.connections else 0.0,  # a holder measured nothing
             "loop": loop_name,
         }
 

@@ -4,7 +4,8 @@ The generator must not be what limits the measurement, so it does the least work
 minimal RFC 6455 client written as an asyncio Protocol (no task, future or queue per message; the next request of a
 closed loop is written from inside the callback that received the answer), frames parsed with orjson, masks applied
 by websockets' C helper. Connections are spread over several processes when asked, and each process reports the CPU
-time it used, so the report says what the generator itself cost. This module plans a run and merges the processes'
+time it used, so the report says what the generator itself cost; idle sockets are held by processes of their own.
+This module plans a run and merges the processes'
 results; `_loadgen_process` is one process, `_ws_wire` its WebSocket client.
 
 Closed loop: each connection keeps `inflight` requests outstanding. Open loop: requests leave on a fixed schedule
@@ -31,6 +32,8 @@ from rtai_client._loadgen_process import ProcessSpec
 if TYPE_CHECKING:
     from rtai_client.report import BenchResult
 
+IDLE_PER_PROCESS = 20_000
+"""Idle sockets one holder process keeps open (each needs a file descriptor and ~10 KB of its heap)."""
 
 DEFAULT_TEXTS: tuple[str, ...] = (
     "I love this product, it works great!",
@@ -88,7 +91,8 @@ def run_bench(
       128) outstanding, and schedule slots beyond that are counted as `not_sent` errors.
     - `requests=N` runs N requests (after `warmup_requests`) instead of `duration_s` seconds (after `warmup_s`).
     - `tasks` is a task name, a list (equal weights) or `{task: weight}`; `texts` are cycled through.
-    - `idle_connections` more sockets say hello and then stay silent for the whole run.
+    - `idle_connections` more sockets say hello and then stay silent for the whole run, held by processes of their
+      own (one per `IDLE_PER_PROCESS`), so that holding them does not slow the processes that measure.
     - `processes` generator processes share the connections (default: 1 per 200 active connections, at most
       the CPU count); `on_measure_start`/`on_measure_end` are called around the measured window (in this process).
     """
@@ -111,7 +115,7 @@ def run_bench(
                 urls=urls,
                 index=i,
                 connections=share,
-                idle=idle_connections // nproc + (1 if i < idle_connections % nproc else 0),
+                idle=0,
                 mode=mode,
                 rate=(rate or 0.0) * share / connections,
                 requests=(requests or 0) * share // connections,
@@ -128,7 +132,34 @@ def run_bench(
         specs[0].warmup_requests += warmup_requests - sum(s.warmup_requests for s in specs)
         for s in specs:
             s.requests += s.warmup_requests
+    specs += _idle_holders(urls, nproc, idle_connections, mode, warmup_s, duration_s, timeout_s)
     return _orchestrate(specs, label, urls, weights, rate, idle_connections, on_measure_start, on_measure_end)
+
+
+def _idle_holders(
+    urls: list[str], first_index: int, idle: int, mode: str, warmup_s: float, duration_s: float, timeout_s: float
+) -> list[ProcessSpec]:
+    """Processes that only hold idle sockets open, kept apart from the measuring ones: 10,000 idle clients answering
+    pings and filling a process's heap would otherwise slow the event loop that times the active requests, and the
+    scenario would charge that to the gateway (in production idle clients are other machines)."""
+    n = -(-idle // IDLE_PER_PROCESS)
+    return [
+        ProcessSpec(
+            urls=urls,
+            index=first_index + j,
+            connections=0,
+            idle=idle // n + (1 if j < idle % n else 0),
+            mode=mode,
+            rate=0.0,
+            requests=0,
+            warmup_requests=0,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            inflight=1,
+            timeout_s=timeout_s,
+        )
+        for j in range(n)
+    ]
 
 
 def _orchestrate(
@@ -165,9 +196,16 @@ def _orchestrate(
             time.sleep(max(start_wall + s0.warmup_s + s0.duration_s - time.time(), 0.0))
             on_end()
         limit = (s0.duration_s + s0.warmup_s + s0.timeout_s + 60) if timed else 3600
-        outs = [orjson.loads(_read_line(p, limit)) for p in procs]
+        measuring = [p for p, spec in zip(procs, specs, strict=True) if spec.connections]
+        holders = [p for p, spec in zip(procs, specs, strict=True) if not spec.connections]
+        outs = [orjson.loads(_read_line(p, limit)) for p in measuring]
         if not timed and on_end is not None:
             on_end()
+        for p in holders:  # the idle sockets stay open until every measured request is done
+            assert p.stdin is not None
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+        outs += [orjson.loads(_read_line(p, 60)) for p in holders]
         wall = max([o.get("window_s", 0.0) for o in outs] + [1e-9])
     finally:
         for p in procs:

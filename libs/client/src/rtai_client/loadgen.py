@@ -3,10 +3,10 @@
 The generator must not be what limits the measurement, so it does the least work per request that Python allows: a
 minimal RFC 6455 client written as an asyncio Protocol (no task, future or queue per message; the next request of a
 closed loop is written from inside the callback that received the answer), frames parsed with orjson, masks applied
-by websockets' C helper. Connections are spread over several processes when asked, and each process reports the CPU
-time it used, so the report says what the generator itself cost; idle sockets are held by processes of their own.
-This module plans a run and merges the processes'
-results; `_loadgen_process` is one process, `_ws_wire` its WebSocket client.
+by websockets' C helper. Connections are spread over several processes when asked, idle sockets are held by
+processes of their own, and each process reports the CPU time it used, so the report says what the generator itself
+cost. This module plans a run and merges the processes' results; `_loadgen_process` is one process, `_ws_wire` its
+WebSocket client.
 
 Closed loop: each connection keeps `inflight` requests outstanding. Open loop: requests leave on a fixed schedule
 (`rate` per second in total, round-robin over connections) and latency counts from the scheduled time, so a server
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from rtai_client.report import BenchResult
 
 IDLE_PER_PROCESS = 20_000
-"""Idle sockets one holder process keeps open (each needs a file descriptor and ~10 KB of its heap)."""
+"""Idle sockets one holder process keeps open (each takes a file descriptor, raised to fit by the process)."""
 
 DEFAULT_TEXTS: tuple[str, ...] = (
     "I love this product, it works great!",

@@ -10,8 +10,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 import stack as st
 from scenarios import Profile, Run
+
+from rtai_client.loadgen import DEFAULT_TEXTS
+from rtai_protocol import Job, encode
+from rtai_transport import WORKER_GROUP, Keys
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,6 @@ def drain_scenario(run: Run) -> None:
 
 
 def _job(prefix: str, task: str, i: int) -> bytes:
-    from rtai_client.loadgen import DEFAULT_TEXTS
-    from rtai_protocol import Job, encode
-    from rtai_transport import Keys
-
     now = int(time.time() * 1000)
     job = Job(
         job_id=uuid.uuid4().hex,
@@ -105,10 +106,6 @@ def _job(prefix: str, task: str, i: int) -> bytes:
 
 
 async def _fill(url: str, prefix: str, task: str, n: int) -> None:
-    import redis.asyncio as aioredis
-
-    from rtai_transport import WORKER_GROUP, Keys
-
     r = aioredis.Redis.from_url(url)
     stream = Keys(prefix).jobs(task)
     try:
@@ -126,10 +123,6 @@ async def _fill(url: str, prefix: str, task: str, n: int) -> None:
 async def _release_and_wait(url: str, prefix: str, task: str, meter: st.CpuMeter, limit_s: float) -> tuple[float, int]:
     """Rewind the group so every queued job is deliverable, add one more (XGROUP SETID does not wake blocked
     readers; an XADD does), and time until the workers have acked and deleted them all."""
-    import redis.asyncio as aioredis
-
-    from rtai_transport import WORKER_GROUP, Keys
-
     stream = Keys(prefix).jobs(task)
     r = aioredis.Redis.from_url(url)
     try:

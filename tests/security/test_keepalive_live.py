@@ -1,10 +1,12 @@
-"""Keepalive: a peer that stops answering WebSocket pings (a dead NAT, a frozen client) is closed, not kept forever."""
+"""Unresponsive peers: one that stops answering WebSocket pings (a dead NAT, a frozen client), or reads the gateway's
+close frame and never answers it, is closed, not kept forever."""
 
 from __future__ import annotations
 
 import base64
 import os
 import socket
+import struct
 import time
 
 import httpx
@@ -69,5 +71,54 @@ def test_a_peer_that_never_answers_pings_is_closed(
         except (TimeoutError, ConnectionResetError):
             pass
         assert b"\x89" in data, "the gateway never pinged"  # 0x89: a ping frame was sent before giving up
+    finally:
+        sock.close()
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole server frame (unmasked) at the start of `data`."""
+    frames = []
+    while len(data) >= 2:
+        size, head = data[1] & 0x7F, 2
+        if size == 126:
+            (size,), head = struct.unpack("!H", data[2:4]), 4
+        elif size == 127:
+            (size,), head = struct.unpack("!Q", data[2:10]), 10
+        if len(data) < head + size:
+            break
+        frames.append((data[0] & 0x0F, data[head : head + size]))
+        data = data[head + size :]
+    return frames
+
+
+def test_a_peer_that_never_answers_the_close_frame_is_reset(
+    redis_server: RedisHandle, prefix: str, sec_services: list[procs.Service]
+) -> None:
+    """The gateway closes an idle socket (1000); the peer reads the close frame but never sends its own. After
+    `limits.close_timeout_s` the gateway aborts the socket (a reset, counted), rather than closing it gracefully,
+    which leaves a socket whose peer stopped reading orphaned in the kernel with the bytes it did not read."""
+    env = procs.redis_env_for_url(redis_server.url)
+    g = procs.gateway(env, prefix, LIMITS__IDLE_TIMEOUT_S="0.5", LIMITS__CLOSE_TIMEOUT_S="1").start()
+    sec_services.append(g)
+    sock = _handshake(g.port)
+    try:
+        sock.settimeout(10)
+        data = b""
+        close_seen_at = None
+        reset_at = None
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+                if close_seen_at is None and any(op == 0x8 for op, _ in _frames(data)):
+                    close_seen_at = time.monotonic()
+        except ConnectionResetError:
+            reset_at = time.monotonic()
+        closes = [payload for op, payload in _frames(data) if op == 0x8]
+        assert closes, f"no close frame in {data[:200]!r}"
+        assert struct.unpack("!H", closes[0][:2])[0] == 1000, closes[0]
+        assert close_seen_at is not None
+        assert reset_at is not None, "the gateway closed gracefully instead of resetting the socket"
+        assert 0.8 < reset_at - close_seen_at < 5, reset_at - close_seen_at
+        assert "rtai_gateway_aborted_sockets_total 1.0" in httpx.get(f"{g.base}/metrics", timeout=2).text
     finally:
         sock.close()

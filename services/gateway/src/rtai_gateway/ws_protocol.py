@@ -16,17 +16,25 @@ written, its place in the gateway's receive loop, for as long as the client kept
 - a socket whose closing began `close_timeout_s` ago (the app returned, the keepalive failed, or the server is
   shutting down) and that is still open is aborted: its buffers are dropped and the client sees a reset instead of
   the close frame it did not read. A client that reads gets the close frame and answers it well within that time.
-  Counted in `rtai_gateway_aborted_sockets_total`.
+  Counted in `rtai_gateway_aborted_sockets_total`;
+- uvicorn's own wait for the client's close reply (`close_timer`, started when the close frame is sent) ends the
+  same way, not with uvicorn's graceful `transport.close()`: when the client has not read, but the kernel took the
+  last of the transport's buffer, that close hands the unsent bytes to the kernel, which keeps the orphaned socket
+  (and them) until it gives up on the peer, and the gateway counted nothing.
 
 Written against uvicorn 0.54's sans-I/O protocol (uv.lock pins it) and its attributes `writable`, `close_timer`,
 `disconnected`, `handshake_complete`, `close_sent`, `initial_response`, `conn` (websockets' sans-I/O state machine),
-`scope`, `request`, `response`: `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` fails if
-the first three change, every WebSocket test if the others do.
+`scope`, `request`, `response`: `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` and
+`tests/security/test_keepalive_live.py::test_a_peer_that_never_answers_the_close_frame_is_reset` fail if the first four
+change, every WebSocket test if the others do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any, ClassVar
 
 from uvicorn._types import ASGISendEvent
@@ -45,6 +53,7 @@ SEND_TEXT_NOW = "rtai.send_text_now"
 class BoundedCloseProtocol(WebSocketsSansIOProtocol):
     close_timeout_s: ClassVar[float] = 10.0
     _abort_timer: asyncio.TimerHandle | None = None
+    _aborted = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,22 +85,28 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
         return True
 
     async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] != "websocket.close" or self.writable.is_set() or not self.handshake_complete:
+        if message["type"] != "websocket.close":
             await super().send(message)
             if message["type"] == "websocket.accept" and self.handshake_complete:
                 # uvicorn keeps the handshake's request and response (two header maps: ~20 containers) for the
                 # socket's life and never reads them again; an idle socket is cheaper for the collector without.
                 self.request = self.response = None  # type: ignore[assignment]
             return
-        # The client is not reading: uvicorn would wait for it before writing the close frame. Let the frame join
-        # the buffer now. super().send() does not suspend once `writable` is set, so no other send can slip through
-        # before the flag is back to what the transport last said.
-        self.writable.set()
-        try:
+        if self.writable.is_set() or not self.handshake_complete:
             await super().send(message)
-        finally:
-            if not self.disconnected:
-                self.writable.clear()
+        else:
+            # The client is not reading: uvicorn would wait for it before writing the close frame. Let the frame
+            # join the buffer now. super().send() does not suspend once `writable` is set, so no other send can slip
+            # through before the flag is back to what the transport last said.
+            self.writable.set()
+            try:
+                await super().send(message)
+            finally:
+                if not self.disconnected:
+                    self.writable.clear()
+        if self.close_timer is not None:  # the close frame went out: no close reply within the timeout aborts
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout_s, self._abort)
 
     def on_task_complete(self, task: asyncio.Task[None]) -> None:
         super().on_task_complete(task)
@@ -116,9 +131,15 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
             self._abort_timer = self.loop.call_later(self.close_timeout_s, self._abort)
 
     def _abort(self) -> None:
-        self._abort_timer = None
-        if self.disconnected:
+        # Two timers may lead here (uvicorn's close reply wait and ours) in the same turn of the loop, before
+        # `connection_lost` marks the socket disconnected: the first one aborts and counts.
+        for timer in (self._abort_timer, self.close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._abort_timer = self.close_timer = None
+        if self.disconnected or self._aborted:
             return
+        self._aborted = True
         rt = self.app_state.get("rt")  # the app's lifespan state: uvicorn hands it to each connection
         if rt is not None:
             rt.metrics.aborted_sockets.inc()
@@ -126,8 +147,15 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
             "ws.aborted",
             client=self.client[0] if self.client else None,
             unsent_bytes=self.transport.get_write_buffer_size(),
-            detail="still open limits.close_timeout_s after closing began: a client that does not read",
+            detail="still open limits.close_timeout_s after closing began: a client that neither reads nor answers",
         )
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # A transport's abort() only closes the descriptor: the kernel would go on sending what it still
+            # buffers, from an orphaned socket, to a peer that does not read it. A zero linger makes the close a
+            # reset that drops those bytes too.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
 

@@ -118,7 +118,7 @@ def test_a_peer_that_never_answers_the_close_frame_is_reset(
         assert struct.unpack("!H", closes[0][:2])[0] == 1000, closes[0]
         assert close_seen_at is not None
         assert reset_at is not None, "the gateway closed gracefully instead of resetting the socket"
-        assert 0.8 < reset_at - close_seen_at < 5, reset_at - close_seen_at
+        assert 0.5 < reset_at - close_seen_at < 5, reset_at - close_seen_at  # 1 s, and the client reads late
         assert "rtai_gateway_aborted_sockets_total 1.0" in httpx.get(f"{g.base}/metrics", timeout=2).text
     finally:
         sock.close()

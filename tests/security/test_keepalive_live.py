@@ -95,8 +95,9 @@ def test_a_peer_that_never_answers_the_close_frame_is_reset(
     redis_server: RedisHandle, prefix: str, sec_services: list[procs.Service]
 ) -> None:
     """The gateway closes an idle socket (1000); the peer reads the close frame but never sends its own. After
-    `limits.close_timeout_s` the gateway aborts the socket (a reset, counted), rather than closing it gracefully,
-    which leaves a socket whose peer stopped reading orphaned in the kernel with the bytes it did not read."""
+    `limits.close_timeout_s` the gateway aborts the socket (a reset, counted) rather than closing it gracefully: for
+    a peer that has also stopped reading, a graceful close leaves the bytes it did not read in an orphaned kernel
+    socket."""
     env = procs.redis_env_for_url(redis_server.url)
     g = procs.gateway(env, prefix, LIMITS__IDLE_TIMEOUT_S="0.5", LIMITS__CLOSE_TIMEOUT_S="1").start()
     sec_services.append(g)

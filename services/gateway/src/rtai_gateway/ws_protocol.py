@@ -53,11 +53,6 @@ SEND_TEXT_NOW = "rtai.send_text_now"
 class BoundedCloseProtocol(WebSocketsSansIOProtocol):
     close_timeout_s: ClassVar[float] = 10.0
     _abort_timer: asyncio.TimerHandle | None = None
-    _aborted = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.close_timeout = self.close_timeout_s  # uvicorn's own wait for the client's close reply
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -131,15 +126,14 @@ class BoundedCloseProtocol(WebSocketsSansIOProtocol):
             self._abort_timer = self.loop.call_later(self.close_timeout_s, self._abort)
 
     def _abort(self) -> None:
-        # Two timers may lead here (uvicorn's close reply wait and ours) in the same turn of the loop, before
-        # `connection_lost` marks the socket disconnected: the first one aborts and counts.
+        # Two timers lead here (the close reply's and ours): the first cancels the other, even when both are due in
+        # the same turn of the loop, before `connection_lost` marks the socket disconnected.
         for timer in (self._abort_timer, self.close_timer):
             if timer is not None:
                 timer.cancel()
         self._abort_timer = self.close_timer = None
-        if self.disconnected or self._aborted:
+        if self.disconnected:
             return
-        self._aborted = True
         rt = self.app_state.get("rt")  # the app's lifespan state: uvicorn hands it to each connection
         if rt is not None:
             rt.metrics.aborted_sockets.inc()

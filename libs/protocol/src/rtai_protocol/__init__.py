@@ -18,7 +18,7 @@ from rtai_protocol.client import (
 )
 from rtai_protocol.codec import decode_client_frame, decode_internal, decode_server_frame, encode, with_seq
 from rtai_protocol.errors import RETRYABLE, ErrorCode, ProtocolError
-from rtai_protocol.internal import Forward, Job, Reply
+from rtai_protocol.internal import Forward, Job, Reply, now_ms
 
 __all__ = [
     "FINAL_TYPES",
@@ -45,5 +45,6 @@ __all__ = [
     "decode_internal",
     "decode_server_frame",
     "encode",
+    "now_ms",
     "with_seq",
 ]

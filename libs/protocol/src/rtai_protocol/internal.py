@@ -6,12 +6,20 @@ not know. Every message carries `headers` for W3C trace context (`traceparent`, 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 INTERNAL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({INTERNAL_VERSION, INTERNAL_VERSION - 1})
+
+
+def now_ms() -> int:
+    """Wall-clock time in Unix epoch milliseconds: the unit of the deadlines and timestamps these messages carry.
+    Wall clock, not a monotonic one, because the gateway that stamps a deadline and the worker that checks it are
+    different machines."""
+    return int(time.time() * 1000)
 
 
 class _Internal(BaseModel):

@@ -7,12 +7,12 @@ refused while live workers serve the task with another fingerprint.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
+from rtai_protocol import now_ms
 from rtai_transport.client import Redis, text
 from rtai_transport.errors import TaskConfigConflict
 from rtai_transport.keys import Keys
@@ -42,10 +42,6 @@ class TaskInfo:
             streaming=bool(data.get("streaming", False)),
             device=str(data.get("device", "cpu")),
         )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def register_task(redis: Redis, keys: Keys, info: TaskInfo, worker_id: str, ttl_s: float) -> None:

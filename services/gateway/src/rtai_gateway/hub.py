@@ -28,7 +28,7 @@ from rtai_gateway.framelog import FrameLog
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
-from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode
+from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job, Reply, Result, encode, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_transport import Keys, Redis, connection_name
@@ -36,10 +36,6 @@ from rtai_transport.lua import LOG_FRAME, SUBMIT
 
 log = get_logger("rtai_gateway.hub")
 tracer = trace.get_tracer("rtai_gateway")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(eq=False)

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from rtai_gateway.connection import Connection
-from rtai_gateway.hub import Hub, Pending, now_ms
+from rtai_gateway.hub import Hub, Pending
 from rtai_gateway.session import Session, new_session_id
-from rtai_protocol import ErrorCode, Hello, Job
+from rtai_protocol import ErrorCode, Hello, Job, now_ms
 from rtai_protocol.codec import decode_internal
 from rtai_telemetry.logging import get_logger
 

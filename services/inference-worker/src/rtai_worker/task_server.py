@@ -14,7 +14,7 @@ from typing import Any, Literal, cast
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
-from rtai_protocol import ErrorCode, Job, Reply
+from rtai_protocol import ErrorCode, Job, Reply, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_worker.consumer import Consumer, Delivery
@@ -36,10 +36,6 @@ def _advance(gen: Iterator[Any]) -> tuple[bool, Any]:
         return False, next(gen)
     except StopIteration as stop:
         return True, stop.value
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TaskServer:
@@ -111,7 +107,7 @@ class TaskServer:
         return got
 
     async def run(self, batch: list[Delivery], *, reclaimed: bool = False) -> None:
-        now = _now_ms()
+        now = now_ms()
         m = self.metrics
         for d in batch:
             m.queue_wait.labels(self.task).observe(max(now - d.job.enqueued_ms, 0) / 1000)
@@ -278,7 +274,7 @@ class TaskServer:
         async with self._streams:
             try:
                 reply: Reply | None
-                if job.deadline_ms <= _now_ms():  # it waited for a slot past its deadline: answer, don't run
+                if job.deadline_ms <= now_ms():  # it waited for a slot past its deadline: answer, don't run
                     self.metrics.jobs.labels(self.task, "expired").inc()
                     reply = self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before a slot was free")
                 else:
@@ -321,7 +317,7 @@ class TaskServer:
                 if job.job_id in self.cancelled_jobs:
                     self.metrics.jobs.labels(self.task, "cancelled").inc()
                     return None  # the gateway already sent `cancelled`
-                if job.deadline_ms <= _now_ms():
+                if job.deadline_ms <= now_ms():
                     self.metrics.jobs.labels(self.task, "expired").inc()
                     return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
                 await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))

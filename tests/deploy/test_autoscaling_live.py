@@ -41,14 +41,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-import yaml
 
 from tests.deploy.hpa_sim import ScaledTarget, Step, Trigger, simulate, table
 from tests.deploy.local_service import SERVICES, LocalService
 from tests.deploy.render import REPO_ROOT, VALUES_DIR, Doc, container_view, find, render_chart
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "observability"))
-from obs_stack import Proc, spawn, start_redis, wait_http, wait_until_scraped
+from obs_stack import Proc, run_prometheus, start_redis, wait_until_scraped
 from obs_support import PROMETHEUS
 
 pytestmark = pytest.mark.skipif(
@@ -112,29 +111,7 @@ def scrape_job(docs: list[Doc], svc: LocalService) -> dict[str, Any]:
 
 
 def start_prometheus(workdir: Path, jobs: list[dict[str, Any]]) -> tuple[Proc, str]:
-    from tests.support.ports import free_port
-
-    port = free_port()
-    cfg = workdir / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": SCRAPE}, "scrape_configs": jobs}, sort_keys=False))
-    proc = spawn(
-        "prometheus",
-        [
-            PROMETHEUS,
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        workdir,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(proc, f"{url}/-/ready")
-    except Exception:
-        proc.stop()
-        raise
-    return proc, url
+    return run_prometheus(workdir, {"global": {"scrape_interval": SCRAPE}, "scrape_configs": jobs})
 
 
 def query_range(url: str, query: str, start: float, end: float) -> dict[float, float | None]:

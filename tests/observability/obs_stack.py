@@ -187,16 +187,9 @@ def live_rules_file(workdir: Path) -> Path:
     return path
 
 
-def start_prometheus(workdir: Path, targets: dict[str, list[int]]) -> tuple[Proc, str]:
+def run_prometheus(workdir: Path, config: dict[str, Any]) -> tuple[Proc, str]:
+    """A Prometheus server on a free loopback port with `config` as its prometheus.yml, once it says it is ready."""
     port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
-        "rule_files": [str(live_rules_file(workdir))],
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}
-            for job, ports in targets.items()
-        ],
-    }
     cfg = workdir / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = spawn(
@@ -217,6 +210,19 @@ def start_prometheus(workdir: Path, targets: dict[str, list[int]]) -> tuple[Proc
         proc.stop()
         raise
     return proc, url
+
+
+def start_prometheus(workdir: Path, targets: dict[str, list[int]]) -> tuple[Proc, str]:
+    """Prometheus scraping `targets` (job -> ports) every second, with the shipped rules evaluated every second."""
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+        "rule_files": [str(live_rules_file(workdir))],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}
+            for job, ports in targets.items()
+        ],
+    }
+    return run_prometheus(workdir, config)
 
 
 @dataclass

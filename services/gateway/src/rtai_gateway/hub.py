@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rtai_gateway.catalog import Catalog
+from rtai_gateway.connection import WS_1013_TRY_AGAIN_LATER, Connection
 from rtai_gateway.framelog import FrameLog
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
@@ -92,6 +93,9 @@ class Hub:
         self._job_ids = itertools.count()
         self._log_frame = redis.register_script(LOG_FRAME)
         self._submit = redis.register_script(SUBMIT)
+        self.gap_filler: Callable[[Session], None] = self._fill_gap
+        """Every session's `fill_gap` hook: one bound method for all, not one object more per socket."""
+        self._gap_reads: set[asyncio.Task[None]] = set()
 
     # ---- admission and submission -------------------------------------------------------------------------------
 
@@ -402,6 +406,26 @@ class Hub:
                 p.session.deliver(int(res[0]), _logged_body(res, body))
 
         await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
+
+    def _fill_gap(self, session: Session) -> None:
+        task = asyncio.get_running_loop().create_task(self._read_gap(session, session.conn))
+        self._gap_reads.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._gap_reads.discard)
+
+    async def _read_gap(self, session: Session, conn: Connection | None) -> None:
+        """A frame skipped a number (`Session.deliver`): read the session log after what the socket has."""
+        try:
+            entries: Any = await self.redis.xrange(
+                self.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+"
+            )
+        except Exception as e:
+            # The missing frame cannot be read now. Sending the newer ones would lose it for good; closing makes the
+            # client resume from its last seq, and the replay sends the log in order.
+            log.warning("session.gap_unread", session=session.id, error=type(e).__name__)
+            if conn is not None and session.conn is conn:
+                conn.close(WS_1013_TRY_AGAIN_LATER, "resume with your last seq")
+            entries = []
+        session.end_fill([(int(entry_id.split(b"-")[0]), fields[b"f"]) for entry_id, fields in entries])
 
 
 def _logged_body(res: Any, sent: bytes) -> bytes:

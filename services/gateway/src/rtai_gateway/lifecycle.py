@@ -44,7 +44,10 @@ async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: 
             return session, True
     session_id = new_session_id()
     session = Session(
-        id=session_id, identity=identity if identity is not None else anonymous_identity(session_id), conn=conn
+        id=session_id,
+        identity=identity if identity is not None else anonymous_identity(session_id),
+        conn=conn,
+        fill_gap=hub.gap_filler,
     )
     hub.sessions[session.id] = session
     await _claim(hub, session)
@@ -68,7 +71,7 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
         return None
     session = hub.sessions.get(session_id)
     if session is None:
-        session = Session(id=session_id, identity=identity)
+        session = Session(id=session_id, identity=identity, fill_gap=hub.gap_filler)
         hub.sessions[session_id] = session
     elif session.conn is not None and session.conn is not conn:
         session.conn.close(1008, "session resumed on another connection")

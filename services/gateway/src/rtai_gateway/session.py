@@ -7,10 +7,13 @@ to another gateway, resumes from the last seq it saw.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from rtai_gateway.connection import Connection
-from rtai_protocol import with_seq
+from rtai_protocol import FINAL_TYPES, with_seq
 
 FINALS_KEPT = 256
 """Request ids per session whose final frame was sent, remembered to refuse a second one (see `Session.first_final`)."""
@@ -30,7 +33,14 @@ class Session:
     """Highest seq sent on the current socket (the client resumes from the highest it saw)."""
     replaying: bool = False
     held: list[tuple[int, bytes]] = field(default_factory=list)
-    """Live frames that arrived while the log was being replayed; sent after it, in order."""
+    """Live frames that arrived while the log was being replayed or a gap filled; sent after it, in order."""
+    fill_gap: Callable[[Session], None] | None = None
+    """Reads the session log after `delivered` and hands what it read to `end_fill` (the hub's; None: no gap filling).
+    Numbers are given out in Redis, so a frame another gateway numbered (and forwards, or died before forwarding) can
+    come after newer frames this gateway numbered itself. Sending those first would lose it: the client drops what is
+    not above its last seq, and a resume starts after that."""
+    filling_to: int = 0
+    """While a gap is being filled: the highest seq held when the read began (0: no fill running)."""
     requests: set[str] = field(default_factory=set)
     """Request ids of this session in flight on this gateway."""
     detached_at: float | None = None
@@ -49,14 +59,44 @@ class Session:
         return True
 
     def deliver(self, seq: int, body: bytes) -> None:
-        """Send a numbered frame unless the client already has it."""
-        if self.replaying:
+        """Send a numbered frame unless the client already has it; one that skips a number waits until the missing
+        ones were read from the session log (`fill_gap`)."""
+        if self.replaying or self.filling_to:
             self.held.append((seq, body))
             return
-        if seq <= self.delivered or self.conn is None:
+        if seq <= self.delivered or self.conn is None or self.conn.closed:
+            return
+        if seq > self.delivered + 1 and self.fill_gap is not None:
+            self.held.append((seq, body))
+            self.filling_to = seq
+            self.fill_gap(self)
             return
         if self.conn.offer(with_seq(body, seq)):
             self.delivered = seq
+
+    def end_fill(self, logged: list[tuple[int, bytes]]) -> None:
+        """Send what the gap's read found in the log (frames after `delivered`) and the frames held meanwhile, in
+        order. Up to the highest number the read covered, a number the log lacks (trimmed, lost in a failover) is
+        skipped; a frame held after it that skips one starts another read. A logged final frame for a request that
+        already had one here is not sent: a final sent unnumbered while Redis was down is not in the log."""
+        covered = max([self.filling_to, *(seq for seq, _ in logged)])
+        self.filling_to = 0
+        frames = dict(self.held)
+        self.held = []
+        if self.replaying:  # a resume began meanwhile: its replay reads the log again, from the client's last seq
+            self.held = sorted(frames.items())
+            return
+        for seq, body in logged:
+            if seq in frames or seq <= self.delivered:
+                continue
+            request_id = _final_id(body)
+            if request_id is None or self.first_final(request_id):
+                frames[seq] = body
+        for seq, body in sorted(frames.items()):
+            if seq <= covered:
+                self.deliver_replay(seq, body)
+            else:
+                self.deliver(seq, body)
 
     def deliver_replay(self, seq: int, body: bytes) -> None:
         """Send a frame read back from the session log (during a resume)."""
@@ -73,3 +113,14 @@ class Session:
         held, self.held = sorted(self.held), []
         for seq, body in held:
             self.deliver(seq, body)
+
+
+def _final_id(body: bytes) -> str | None:
+    """The request id of a final frame read from the log; None for other frames."""
+    try:
+        frame = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(frame, dict) and frame.get("type") in FINAL_TYPES and isinstance(frame.get("id"), str):
+        return str(frame["id"])
+    return None

@@ -1,0 +1,67 @@
+"""A session that moves between gateways: frames another gateway numbered reach the socket in order, and the
+gateway a session left does not cancel the work the session took with it."""
+
+from __future__ import annotations
+
+import redis as redis_sync
+
+from rtai_gateway.lifecycle import anonymous_identity
+from rtai_protocol import Result, encode
+from rtai_transport import Keys
+from rtai_transport.lua import LOG_FRAME
+from tests.support import procs
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+TOKENS = "generate=tests.support.fake_models:tokens"
+LONG_TEXT = " ".join(f"w{i}" for i in range(40))
+
+
+def ws_url(g: procs.Service) -> str:
+    return f"ws://127.0.0.1:{g.port}/v1/ws"
+
+
+def start(services: list[procs.Service], svc: procs.Service) -> procs.Service:
+    services.append(svc.start())
+    return svc
+
+
+def log_as_another_gateway(redis_url: str, prefix: str, session: str, request_id: str) -> int:
+    """Number and log a final frame for `session` the way a gateway that ran the request does (LOG_FRAME), without
+    forwarding it: what the holder sees when that gateway dies between the two, or when its forward is still on the
+    way while the holder numbers newer frames. Returns the frame's seq."""
+    k = Keys(prefix)
+    owner = anonymous_identity(session)
+    body = encode(Result(id=request_id, output={"label": "positive", "score": 0.9}))
+    r = redis_sync.Redis.from_url(redis_url)
+    try:
+        keys = [
+            k.session_seq(session),
+            k.session_log(session),
+            k.session_meta(session),
+            k.request(owner, request_id),
+            k.session_inflight(session),
+        ]
+        res = r.eval(LOG_FRAME, len(keys), *keys, body, "final", 0, 600, 2000, request_id, 600, 0)
+    finally:
+        r.close()
+    return int(res[0])
+
+
+async def test_a_frame_another_gateway_numbered_reaches_the_socket_before_newer_ones(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    g, _ = procs.vader_stack(redis_server.url, prefix, services)
+    c = await Conn(ws_url(g)).open()
+    assert (await c.call("sentiment", "a fine day"))["type"] == "result"
+    assert c.session is not None
+    seq = log_as_another_gateway(redis_server.url, prefix, c.session, "ran-elsewhere")
+    assert seq == c.last_seq + 1
+    # The next request's frames are numbered after it: the socket must get the missing one first, or never (the
+    # client drops what is not above its last seq, and a resume starts above it).
+    assert (await c.call("sentiment", "a dreadful day"))["type"] == "result"
+    numbered = [f for f in c.frames if f.get("seq") is not None]
+    assert [f["seq"] for f in numbered] == list(range(1, len(numbered) + 1)), numbered
+    elsewhere = [f for f in numbered if f.get("id") == "ran-elsewhere"]
+    assert [(f["type"], f["seq"]) for f in elsewhere] == [("result", seq)]
+    await c.close()

@@ -65,3 +65,25 @@ async def test_a_frame_another_gateway_numbered_reaches_the_socket_before_newer_
     elsewhere = [f for f in numbered if f.get("id") == "ran-elsewhere"]
     assert [(f["type"], f["seq"]) for f in elsewhere] == [("result", seq)]
     await c.close()
+
+
+async def test_the_gateway_a_session_left_does_not_cancel_its_work_when_the_grace_runs_out(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="100"))  # 40 chunks: ~4 s
+    grace = {"SESSIONS__DETACH_GRACE_S": "0.5"}  # far shorter than the stream
+    a = start(services, procs.gateway(env, prefix, **grace))
+    b = start(services, procs.gateway(env, prefix, **grace))
+    c1 = await Conn(ws_url(a)).open()
+    rid = await c1.infer("generate", LONG_TEXT, stream=True)
+    await c1.wait_for(lambda f: f["type"] == "chunk" and f.get("id") == rid, 10)
+    session, last_seq = c1.session, c1.last_seq
+    c1.ws.transport.abort()  # the network drops: `a` keeps the session for its grace, then lets go of it
+    c2 = await Conn(ws_url(b)).open(hello={"type": "hello", "session": session, "last_seq": last_seq})
+    assert c2.frames[0]["resumed"] is True
+    final = await c2.final(rid, timeout=20)
+    assert final["type"] == "result", final
+    chunks = [f["index"] for f in c1.by_id[rid] + c2.by_id[rid] if f["type"] == "chunk"]
+    assert chunks == list(range(40)), chunks
+    await c2.close()

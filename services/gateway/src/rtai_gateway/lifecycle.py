@@ -107,7 +107,13 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
             job = decode_internal(job_b)
         except ValueError:
             continue
-        if not isinstance(job, Job) or (job.owner, rid_b.decode()) in hub.pending:
+        if not isinstance(job, Job):
+            continue
+        tracked = hub.pending.get((job.owner, rid_b.decode()))
+        if tracked is not None:
+            # Still tracked here from before the session left this gateway: its frames go to this socket again.
+            tracked.session = session
+            session.requests.add(job.request_id)
             continue
         origin_alive = job.reply_to != hub.reply_stream and await _gateway_alive(hub, job.reply_to)
         pending = Pending(job=job, session=session, received=time.monotonic())
@@ -213,6 +219,21 @@ async def reap(hub: Hub) -> None:
             break
         expired.append(session)
     for session in expired:
+        if session.conn is None and session.requests and await _resumed_elsewhere(hub, session):
+            # Its requests went with it: the new holder tracks them and this gateway forwards their replies. Cancelling
+            # them would stop work the client is waiting for. They stay tracked here until they finish or expire.
+            if session.conn is None and hub.sessions.get(session.id) is session:
+                hub.detached.pop(session.id, None)
+                del hub.sessions[session.id]
+                log.info("session.handed_over", session=session.id, requests=len(session.requests))
+            continue
         hub.detached.pop(session.id, None)
         if session.conn is None:  # not resumed meanwhile (end_session awaits)
             await end_session(hub, session)
+
+
+async def _resumed_elsewhere(hub: Hub, session: Session) -> bool:
+    """Another gateway holds the session now (a Redis error propagates: the session stays detached and the next pass
+    asks again)."""
+    holder: Any = await hub.redis.hget(hub.keys.session_meta(session.id), "gateway")
+    return holder is not None and holder.decode() != hub.gateway_id

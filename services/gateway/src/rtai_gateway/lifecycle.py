@@ -50,7 +50,11 @@ async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: 
         fill_gap=hub.gap_filler,
     )
     hub.sessions[session.id] = session
-    await _claim(hub, session)
+    try:
+        await _claim(hub, session)
+    except BaseException:
+        del hub.sessions[session.id]  # the socket fails with it: nothing else would ever remove it
+        raise
     return session, False
 
 
@@ -81,7 +85,13 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
     session.delivered = last_seq
     # Live frames wait in `held` until replay() has sent the log: order is by seq, whatever arrives first.
     session.replaying = True
-    await _claim(hub, session)
+    try:
+        await _claim(hub, session)
+    except BaseException:
+        # Detached again, so that its grace and the reaper apply (the socket fails with this error).
+        session.end_replay()
+        await detach(hub, session, None)
+        raise
     return session
 
 

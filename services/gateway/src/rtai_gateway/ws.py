@@ -164,6 +164,7 @@ async def _handle_text(sock: _Socket, text: str) -> None:
 async def _start(sock: _Socket, hello: Hello | None) -> Session:
     rt = sock.rt
     session, resumed = await lifecycle.open_session(rt.hub, sock.conn, sock.identity, hello)
+    sock.session = session  # from here on the endpoint detaches it however the socket ends, a failed replay included
     welcome = Welcome(
         session=session.id,
         resumed=resumed,

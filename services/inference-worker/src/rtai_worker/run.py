@@ -17,6 +17,7 @@ from rtai_transport import Keys, Redis, close_redis, connection_name, create_red
 from rtai_transport.backlog import read_backlog
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
+from rtai_worker.cancels import listen_cancels
 from rtai_worker.consumer import Consumer
 from rtai_worker.engine import Model
 from rtai_worker.health import HealthServer
@@ -222,20 +223,9 @@ class Worker:
                 await server.run(rest, reclaimed=True)
 
     async def _listen_cancels(self) -> None:
-        """Pub/Sub wake-up for running streams; the cancel key stays the truth (streams also poll it)."""
-        while True:
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(self.keys.cancel_channel)
-                async for msg in pubsub.listen():
-                    if msg.get("type") != "message":
-                        continue
-                    job_id = msg["data"].decode()
-                    for server in self.servers.values():
-                        if any(d.job.job_id == job_id for d in server.running.values()):
-                            server.cancelled_jobs.add(job_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.debug("cancels.reconnect", error=type(e).__name__)
-                await asyncio.sleep(1)
+        await listen_cancels(self.redis, self.keys.cancel_channel, self._note_cancel)
+
+    def _note_cancel(self, job_id: str) -> None:
+        for server in self.servers.values():
+            if any(d.job.job_id == job_id for d in server.running.values()):
+                server.cancelled_jobs.add(job_id)

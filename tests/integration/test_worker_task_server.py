@@ -239,3 +239,20 @@ async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis:
     [(_, fields)] = await redis.xrange(keys.replies("g1"))
     reply = Reply.model_validate_json(fields[b"m"])
     assert (reply.kind, reply.code) == ("error", "deadline_exceeded")
+
+
+async def test_a_cancel_noted_while_a_batch_ran_is_forgotten_with_the_batch(redis: Redis, prefix: str) -> None:
+    """The cancel listener notes the ids of jobs being run; once a batch is answered its ids go, so the set holds
+    only jobs still running, however long the worker lives."""
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    await consumer.ensure_group()
+    server = TaskServer("sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics())
+    server.model.load()
+    batch = [Delivery(f"0-{n + 1}", _job(n, keys.replies("g1"))) for n in range(3)]
+    server.cancelled_jobs.update(d.job.job_id for d in batch)  # as the listener does for jobs in `running`
+    await server.run(batch)
+    await server.replies_written()
+    assert server.running == {}
+    assert server.cancelled_jobs == set()
+    assert await redis.xlen(keys.replies("g1")) == 3

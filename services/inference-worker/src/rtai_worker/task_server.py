@@ -164,7 +164,7 @@ class TaskServer:
             replies = await self._replies(batch)
         except BaseException:
             for d in batch:
-                self.running.pop(d.entry_id, None)
+                self._release(d)
             raise
         await self._reply_and_ack(replies)
 
@@ -227,7 +227,12 @@ class TaskServer:
             await self.consumer.finish(replies)
         finally:
             for d, _ in replies:
-                self.running.pop(d.entry_id, None)
+                self._release(d)
+
+    def _release(self, d: Delivery) -> None:
+        """A job is no longer being run here (answered, or handed back to be reclaimed)."""
+        self.running.pop(d.entry_id, None)
+        self.cancelled_jobs.discard(d.job.job_id)
 
     async def replies_written(self) -> None:
         """Wait for the last batch's replies and acks (a failure was logged; the jobs stay pending and are
@@ -291,8 +296,7 @@ class TaskServer:
                 log.exception("stream.failed", task=self.task)
                 # Left pending: another worker (or this one) reclaims it, and the delivery limit ends a poison job.
             finally:
-                self.running.pop(d.entry_id, None)
-                self.cancelled_jobs.discard(job.job_id)
+                self._release(d)
 
     async def _generate(self, job: Job) -> Reply | None:
         item = self._input(job)

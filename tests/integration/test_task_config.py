@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 
 from tests.support import procs
 from tests.support.redis_server import RedisHandle
@@ -27,3 +29,27 @@ def test_a_worker_with_another_model_for_a_live_task_is_refused(
     assert "give it another task name" in refused[0]["reason"]
     # Under its own task name the same model is welcome.
     services.append(procs.worker(env, prefix, tasks="sentiment-slow=tests.support.fake_models:slow").start())
+
+
+def test_a_worker_that_finds_its_task_taken_by_another_model_after_a_pause_stops_serving_it(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    ttl = {"REGISTRATION_TTL_S": "1.5"}  # heartbeats every 0.375 s
+    first = procs.worker(env, prefix, tasks="sentiment=vader", **ttl).start()
+    services.append(first)
+    first.signal(signal.SIGSTOP)  # a long pause: its registration expires
+    try:
+        time.sleep(2.5)
+        # With no live worker listed, one with another model may take the task.
+        services.append(procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **ttl).start())
+    finally:
+        first.signal(signal.SIGCONT)
+    assert first.proc is not None
+    try:
+        code = first.proc.wait(30)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("the worker went on serving a task registered with another model") from e
+    assert code == 3
+    events = [json.loads(ln)["event"] for ln in first.logs().splitlines() if ln.startswith("{")]
+    assert "task.config_conflict" in events and "worker.refused" in events, events[-20:]

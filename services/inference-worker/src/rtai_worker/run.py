@@ -13,7 +13,7 @@ import signal
 from rtai_protocol import ErrorCode
 from rtai_telemetry.heap import prepare_heap_for_serving
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Keys, Redis, close_redis, connection_name, create_redis
+from rtai_transport import Keys, Redis, TaskConfigConflict, close_redis, connection_name, create_redis
 from rtai_transport.backlog import read_backlog
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
@@ -50,6 +50,8 @@ class Worker:
         self.registered = False
         self.redis_ok = False
         self.stopping = asyncio.Event()
+        self.conflict: TaskConfigConflict | None = None
+        """Set when a heartbeat found the task taken by another model configuration: `run` raises it once drained."""
         self.health = HealthServer(settings.http_host, settings.http_port, self.metrics, self._not_ready)
 
     def _not_ready(self) -> list[str]:
@@ -107,6 +109,8 @@ class Worker:
             await self._serve_until_stopped()
         finally:
             await self._shutdown()
+        if self.conflict is not None:
+            raise self.conflict
 
     async def _wait_for_redis(self) -> None:
         while not self.stopping.is_set():
@@ -188,7 +192,17 @@ class Worker:
             lag=health.replication_lag_bytes,
         )
         if not self.stopping.is_set():
-            await self.register()
+            try:
+                await self.register()
+            except TaskConfigConflict as e:
+                # This worker's registration lapsed (it could not heartbeat: a long pause, a partition) and workers
+                # with another model took the task meanwhile. Serving on would answer one task with two models: drain
+                # and exit as a worker refused at start does, so the orchestrator shows it.
+                log.error("task.config_conflict", reason=str(e))
+                self.registered = False
+                self.conflict = e
+                self.stopping.set()
+                return
         live = await live_tasks(self.redis, self.keys)
         for task in self.servers:
             b = await read_backlog(self.redis, self.keys, task)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_protocol import Job, Reply, encode
-from rtai_transport import Keys, Redis
+from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.models.options import ModelOptions
@@ -256,3 +256,26 @@ async def test_a_cancel_noted_while_a_batch_ran_is_forgotten_with_the_batch(redi
     assert server.running == {}
     assert server.cancelled_jobs == set()
     assert await redis.xlen(keys.replies("g1")) == 3
+
+
+async def test_reclaimed_jobs_keep_their_delivery_counts_among_many_of_the_reclaimers_own(
+    redis: Redis, prefix: str
+) -> None:
+    """The delivery counts of reclaimed jobs come from a pending-entries range that also lists the reclaiming
+    worker's own running jobs; where those crowd a reclaimed job out, its count is still the true one (a guess could
+    keep a poison job below the dead-letter limit for good)."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    mine = Consumer(redis, keys, "sentiment", "w1")
+    await mine.ensure_group()
+    ids = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(40)]
+    # A worker that died read the first job and the last; this one the 38 between, and runs them.
+    await redis.xreadgroup(WORKER_GROUP, "dead", {stream: ">"}, count=1)
+    await redis.xreadgroup(WORKER_GROUP, "w1", {stream: ">"}, count=38)
+    await redis.xreadgroup(WORKER_GROUP, "dead", {stream: ">"}, count=1)
+    for _ in range(3):  # the last job went round three more times before
+        await redis.xclaim(stream, WORKER_GROUP, "dead", 0, [ids[-1]])
+    await asyncio.sleep(0.3)
+    await redis.xclaim(stream, WORKER_GROUP, "w1", 0, ids[1:39], justid=True)  # running: not idle
+    claimed = await mine.reclaim(min_idle_ms=200)
+    assert {d.entry_id: d.deliveries for d in claimed} == {ids[0]: 2, ids[-1]: 5}

@@ -392,6 +392,8 @@ class Hub:
 
     async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
         """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""
+        if self.pending.get(p.key) is not p:
+            return  # its final came while the caller awaited something (a cancel's signal, an earlier expiry's log)
         job = p.job
         body = encode(Error(id=job.request_id, code=str(code), message=message))
         self._finished(p, str(code))

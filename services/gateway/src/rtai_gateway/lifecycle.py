@@ -208,6 +208,8 @@ async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
 
 async def end_session(hub: Hub, session: Session) -> None:
     for rid in list(session.requests):
+        if session.conn is not None:
+            return  # resumed while a cancel awaited: the rest of its requests belong to the new socket
         p = hub.pending.get((session.identity, rid))
         if p is not None and p.session is session:
             await cancel(hub, p, notify=False)

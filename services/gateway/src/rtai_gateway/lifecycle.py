@@ -88,9 +88,10 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
     try:
         await _claim(hub, session)
     except BaseException:
-        # Detached again, so that its grace and the reaper apply (the socket fails with this error).
-        session.end_replay()
+        # Detached again, so that its grace and the reaper apply (the socket fails with this error); frames held
+        # for the replay are in the log, for the next resume.
         await detach(hub, session, None)
+        session.end_replay()
         raise
     return session
 

@@ -1,6 +1,6 @@
 """The cancel channel: a Pub/Sub wake-up for jobs being run, so a stream stops between two tokens. The cancel key in
-Redis stays the truth (streams poll it too, and a batch screens it before running), so a message lost while the
-subscription reconnects costs a little latency, nothing else."""
+Redis stays the truth (streams poll it too, and a threaded model's batch is screened against it), so a message lost
+while the subscription reconnects costs a little latency, nothing else."""
 
 from __future__ import annotations
 

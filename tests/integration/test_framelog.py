@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtai_gateway.framelog import FrameLog
 from rtai_transport import Redis, RedisSettings
@@ -95,3 +98,44 @@ async def test_a_node_without_the_scripts_keeps_a_sessions_order(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
     assert seen == [1, 2, 3, 4, 5, 6], "a session's numbers must come back in the order its frames were queued"
+
+
+async def test_a_failed_batch_fails_the_queued_ops_of_its_sessions_too(
+    redis_server: RedisHandle, redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ops of a session queued behind a batch that failed were submitted before the failure: run, they would number a
+    session's later frame before its earlier one, which its caller submits again. They fail with the batch; other
+    sessions' ops run. The first batch's failure is injected (the connection refused, as in a failover); Redis is
+    real for the rest."""
+    log = FrameLog(RedisSettings(url=redis_server.url), lanes=1, name=NAME)
+    script = redis.register_script(NUMBER)
+    lane = log._lanes[0]
+    execute = lane._execute
+    release = asyncio.Event()
+
+    async def first_batch_fails(ops: list[Any]) -> list[Any]:
+        if not release.is_set():
+            await release.wait()
+            raise RedisConnectionError("refused: the master is being replaced")
+        return await execute(ops)
+
+    monkeypatch.setattr(lane, "_execute", first_batch_fails)
+    running = asyncio.create_task(log.run())
+    results: dict[str, Any] = {}
+
+    def op(session: str, name: str) -> asyncio.Future[None]:
+        return log.submit(session, script, [f"{prefix}:seq:{session}"], [], lambda res: results.__setitem__(name, res))
+
+    try:
+        first = op("s", "s-chunk-0")
+        await asyncio.sleep(0.1)  # the lane took it and is running it
+        behind = [op("s", "s-chunk-1"), op("t", "t-frame")]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *behind), 10)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert isinstance(results["s-chunk-0"], RedisConnectionError)
+    assert isinstance(results["s-chunk-1"], RedisConnectionError), "a session's later op ran after its earlier failed"
+    assert results["t-frame"] == 1
+    assert await redis.get(f"{prefix}:seq:s") is None

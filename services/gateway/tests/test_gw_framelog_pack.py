@@ -17,7 +17,7 @@ class _Script:
 
 
 def _op(keys: list[str], args: list[Any]) -> _Op:
-    return _Op(_Script(), keys, args, lambda _res: None, asyncio.Future())  # type: ignore[arg-type]
+    return _Op("s", _Script(), keys, args, lambda _res: None, asyncio.Future())  # type: ignore[arg-type]
 
 
 async def test_packs_as_redis_py_does() -> None:

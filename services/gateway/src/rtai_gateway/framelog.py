@@ -37,6 +37,7 @@ Callback = Callable[[Any], None]
 
 @dataclass(slots=True)
 class _Op:
+    session: str
     script: AsyncScript
     keys: list[str]
     args: list[Any]
@@ -53,7 +54,7 @@ class FrameLog:
     ) -> asyncio.Future[None]:
         """Queue a script run for a session; `then` receives its result, in order with the session's other scripts.
         The future resolves after `then` ran."""
-        return self._lanes[self.lane_of(session_id)].submit(script, keys, args, then)
+        return self._lanes[self.lane_of(session_id)].submit(session_id, script, keys, args, then)
 
     def lane_of(self, session_id: str) -> int:
         return hash(session_id) % len(self._lanes)  # the same lane for the life of this process
@@ -72,9 +73,11 @@ class _Lane:
         """Every script this lane has run, loaded on each new connection before anything else is sent on it."""
         self._hooked: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
 
-    def submit(self, script: AsyncScript, keys: list[str], args: list[Any], then: Callback) -> asyncio.Future[None]:
+    def submit(
+        self, session: str, script: AsyncScript, keys: list[str], args: list[Any], then: Callback
+    ) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(script, keys, args, then, done))
+        self._queue.put_nowait(_Op(session, script, keys, args, then, done))
         return done
 
     async def run(self) -> None:
@@ -99,6 +102,10 @@ class _Lane:
                     op.done.cancel()
                 raise
             except Exception as e:
+                # The queued ops of the same sessions were submitted before this failure: run now, they could log a
+                # session's later frame before its earlier one (a stream's chunk index the log then skips for good).
+                # They fail with the batch, and their callers submit them again, in order.
+                ops += self._take_queued({op.session for op in ops})
                 results = [e] * len(ops)
             for op, res in zip(ops, results, strict=True):
                 try:
@@ -107,6 +114,14 @@ class _Lane:
                     log.exception("framelog.callback_failed")
                 if not op.done.done():
                     op.done.set_result(None)
+
+    def _take_queued(self, sessions: set[str]) -> list[_Op]:
+        """Remove and return the queued ops of `sessions`; the others stay queued, in order."""
+        queued = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for op in queued:
+            if op.session not in sessions:
+                self._queue.put_nowait(op)
+        return [op for op in queued if op.session in sessions]
 
     async def _execute(self, ops: list[_Op]) -> list[Any]:
         assert self._redis is not None

@@ -17,28 +17,18 @@ from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
 from tests.support import procs
+from tests.support.fake_models import LONG_TEXT, TOKENS_TASK
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.slow_client import slow_reader_socket
 from tests.support.ws_client import Conn
-
-TOKENS = "generate=tests.support.fake_models:tokens"
-LONG_TEXT = " ".join(f"w{i}" for i in range(40))
-
-
-def ws_url(g: procs.Service) -> str:
-    return f"ws://127.0.0.1:{g.port}/v1/ws"
-
-
-def start(services: list[procs.Service], svc: procs.Service) -> procs.Service:
-    services.append(svc.start())
-    return svc
 
 
 async def test_cancel_stops_a_running_stream(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
-    w = start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="50"))
+    w = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, RTAI_TEST_TOKEN_MS="50"))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     rid = await c.infer("generate", LONG_TEXT, stream=True)
@@ -138,7 +128,7 @@ async def test_resume_on_another_gateway_replays_missed_frames(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
-    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="30"))
+    start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, RTAI_TEST_TOKEN_MS="30"))
     a = start(services, procs.gateway(env, prefix))
     b = start(services, procs.gateway(env, prefix))
     # A clean close cancels the session's work by design; resume is for connections that drop.
@@ -170,13 +160,13 @@ async def test_worker_killed_mid_stream_rerun_skips_delivered_chunks(
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
     extra = {"RTAI_TEST_TOKEN_MS": "40", "RECLAIM_IDLE_MS": "800"}
-    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     rid = await c.infer("generate", LONG_TEXT, stream=True)
     await c.wait_for(lambda f: f["type"] == "chunk" and f["index"] >= 5, 10)
     w1.kill()
-    start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
     final = await c.final(rid, timeout=30)
     assert final["type"] == "result"
     indices = [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"]
@@ -190,8 +180,8 @@ async def test_long_stream_keeps_its_claim(
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
     extra = {"RTAI_TEST_TOKEN_MS": "60", "RECLAIM_IDLE_MS": "600"}
-    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
-    w2 = start(services, procs.worker(env, prefix, tasks=TOKENS, **extra))
+    w1 = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
+    w2 = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     final = await c.call("generate", LONG_TEXT, timeout=30, stream=True)  # ~2.4 s, four times the reclaim idle

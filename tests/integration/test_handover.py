@@ -10,20 +10,10 @@ from rtai_protocol import Result, encode
 from rtai_transport import Keys
 from rtai_transport.lua import LOG_FRAME
 from tests.support import procs
+from tests.support.fake_models import LONG_TEXT, TOKENS_TASK
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
-
-TOKENS = "generate=tests.support.fake_models:tokens"
-LONG_TEXT = " ".join(f"w{i}" for i in range(40))
-
-
-def ws_url(g: procs.Service) -> str:
-    return f"ws://127.0.0.1:{g.port}/v1/ws"
-
-
-def start(services: list[procs.Service], svc: procs.Service) -> procs.Service:
-    services.append(svc.start())
-    return svc
 
 
 def log_as_another_gateway(redis_url: str, prefix: str, session: str, request_id: str) -> int:
@@ -71,7 +61,7 @@ async def test_the_gateway_a_session_left_does_not_cancel_its_work_when_the_grac
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     env = procs.redis_env_for_url(redis_server.url)
-    start(services, procs.worker(env, prefix, tasks=TOKENS, RTAI_TEST_TOKEN_MS="100"))  # 40 chunks: ~4 s
+    start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, RTAI_TEST_TOKEN_MS="100"))  # 40 chunks: ~4 s
     grace = {"SESSIONS__DETACH_GRACE_S": "0.5"}  # far shorter than the stream
     a = start(services, procs.gateway(env, prefix, **grace))
     b = start(services, procs.gateway(env, prefix, **grace))

@@ -10,6 +10,7 @@ import httpx
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from tests.support import procs
+from tests.support.procs import ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
 
@@ -29,10 +30,6 @@ def expected_labels() -> dict[str, str]:
         c = analyzer.polarity_scores(t)["compound"]
         out[t] = "positive" if c >= 0.05 else "negative" if c <= -0.05 else "neutral"
     return out
-
-
-def ws_url(g: procs.Service) -> str:
-    return f"ws://127.0.0.1:{g.port}/v1/ws"
 
 
 async def test_ten_connections_hundred_requests_each(stack: tuple[procs.Service, procs.Service]) -> None:

@@ -57,15 +57,6 @@ def sec_services(redis_server: RedisHandle) -> Iterator[list[procs.Service]]:
         s.stop(timeout=15)
 
 
-def start(services: list[procs.Service], service: procs.Service) -> procs.Service:
-    services.append(service)
-    return service.start()
-
-
-def ws_url(g: procs.Service) -> str:
-    return f"ws://127.0.0.1:{g.port}/v1/ws"
-
-
 async def metrics_text(g: procs.Service) -> str:
     async with httpx.AsyncClient() as http:
         return (await http.get(f"{g.base}/metrics", timeout=5)).text

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.conftest import JWT_ENV, start, token, ws_url
+from tests.security.conftest import JWT_ENV, token
 from tests.support import procs
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
 

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.security.conftest import start, ws_url
 from tests.support import procs
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 
 pytestmark = pytest.mark.integration

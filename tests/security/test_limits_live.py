@@ -12,8 +12,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.security.conftest import metrics_text, start, ws_url
+from tests.security.conftest import metrics_text
 from tests.support import procs
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
 

@@ -29,9 +29,10 @@ import websockets
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.security.conftest import JWT_ENV, JWT_SECRET, metrics_text, start, token, ws_url
+from tests.security.conftest import JWT_ENV, JWT_SECRET, metrics_text, token
 from tests.support import procs
 from tests.support.ports import free_port
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import redis_binary
 from tests.support.ws_client import Conn
 

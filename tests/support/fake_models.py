@@ -91,3 +91,9 @@ def bulky(options: ModelOptions) -> BulkyModel:
 
 def tokens(options: ModelOptions) -> TokenModel:
     return TokenModel(options)
+
+
+TOKENS_TASK = "generate=tests.support.fake_models:tokens"
+"""A worker's task spec for the streaming TokenModel."""
+LONG_TEXT = " ".join(f"w{i}" for i in range(40))
+"""An input TokenModel streams as 40 chunks."""

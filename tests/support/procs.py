@@ -133,6 +133,17 @@ def redis_env_for_sentinels(sentinels: list[str], master: str = "mymaster") -> d
     return {"REDIS__SENTINELS": ",".join(sentinels), "REDIS__MASTER": master}
 
 
+def ws_url(g: Service) -> str:
+    """The WebSocket endpoint of a gateway."""
+    return f"ws://127.0.0.1:{g.port}/v1/ws"
+
+
+def start(services: list[Service], svc: Service) -> Service:
+    """Start `svc`, listed in `services` first so the test's fixture stops it even if it fails to start."""
+    services.append(svc)
+    return svc.start()
+
+
 def vader_stack(redis_url: str, prefix: str, services: list[Service], **gateway_env: str) -> tuple[Service, Service]:
     """One VADER worker and one gateway (with `gateway_env` settings) on `redis_url` under `prefix`, started and
     added to `services` (which the test stops). Returns (gateway, worker)."""

@@ -417,17 +417,22 @@ class Hub:
     async def _read_gap(self, session: Session, conn: Connection | None) -> None:
         """A frame skipped a number (`Session.deliver`): read the session log after what the socket has."""
         try:
-            entries: Any = await self.redis.xrange(
-                self.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+"
-            )
+            logged = await self.logged_after(session)
         except Exception as e:
             # The missing frame cannot be read now. Sending the newer ones would lose it for good; closing makes the
             # client resume from its last seq, and the replay sends the log in order.
             log.warning("session.gap_unread", session=session.id, error=type(e).__name__)
             if conn is not None and session.conn is conn:
                 conn.close(WS_1013_TRY_AGAIN_LATER, "resume with your last seq")
-            entries = []
-        session.end_fill([(int(entry_id.split(b"-")[0]), fields[b"f"]) for entry_id, fields in entries])
+            logged = []
+        session.end_fill(logged)
+
+    async def logged_after(self, session: Session) -> list[tuple[int, bytes]]:
+        """The session log's frames numbered above what the session's socket was sent, as (seq, frame) in order."""
+        entries: Any = await self.redis.xrange(
+            self.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+"
+        )
+        return [(int(entry_id.split(b"-")[0]), fields[b"f"]) for entry_id, fields in entries]
 
 
 def _logged_body(res: Any, sent: bytes) -> bytes:

@@ -99,11 +99,9 @@ async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, la
 async def replay(hub: Hub, session: Session) -> None:
     """Send a resumed session's logged frames after the client's last seq, then take over its unfinished requests."""
     try:
-        entries: Any = await hub.redis.xrange(
-            hub.keys.session_log(session.id), min=f"{session.delivered + 1}-0", max="+"
-        )
-        for entry_id, fields in entries:
-            session.deliver_replay(int(entry_id.split(b"-")[0]), fields[b"f"])
+        entries = await hub.logged_after(session)
+        for seq, frame in entries:
+            session.deliver_replay(seq, frame)
         await _take_over_inflight(hub, session)
     finally:
         session.end_replay()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from rtai_gateway import lifecycle, ws
 from rtai_gateway.fairness import FairScheduler
 from rtai_gateway.guard_metrics import GuardMetrics
 from rtai_gateway.hub import refusal
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings, LimitSettings
-from rtai_protocol import Infer
+from rtai_protocol import Cancel, Infer
 
 
 class FakeConn:
@@ -29,6 +32,7 @@ class FakeConn:
 @dataclass(eq=False)
 class FakePending:
     key: tuple[str, str]
+    session: Session
 
 
 @dataclass
@@ -39,11 +43,15 @@ class FakeHub:
     finish_hooks: list[Any] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Request ids whose submit waits on an event: a SUBMIT's Redis round trip, held open."""
 
     async def submit(self, session: Session, frame: Infer) -> None:
         self.order.append(frame.id)
+        if frame.id in self.gates:
+            await self.gates[frame.id].wait()
         if frame.id not in self.refuse:
-            self.pending[(session.identity, frame.id)] = FakePending((session.identity, frame.id))
+            self.pending[(session.identity, frame.id)] = FakePending((session.identity, frame.id), session)
 
     def refused(
         self, req: Infer, code: str, message: str, retry_after_ms: int | None = None, reason: str | None = None
@@ -163,3 +171,50 @@ async def test_waiting_requests_of_a_gone_client_are_dropped() -> None:
     await settle()
     assert hub.order == ["a"]
     assert sched.queued == 0
+
+
+async def test_a_cancel_that_lands_while_the_pump_submits_the_request_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub, sched = make(cap=1)
+    cancelled: list[Any] = []
+
+    async def cancel(hub: Any, p: Any, *, notify: bool) -> None:
+        cancelled.append((p.key, notify))
+
+    monkeypatch.setattr(lifecycle, "cancel", cancel)
+    sock = SimpleNamespace(rt=SimpleNamespace(draining=False, hub=hub), guard=SimpleNamespace(scheduler=sched))
+    u = user("u")
+    hub.gates["second"] = asyncio.Event()
+    await ws._dispatch(sock, u, infer("first"))  # type: ignore[arg-type]
+    await ws._dispatch(sock, u, infer("second"))  # type: ignore[arg-type]
+    assert sched.queued == 1
+    hub.finish("u", "first")
+    await settle()
+    assert hub.order == ["first", "second"], "the pump is submitting the second request"
+    cancelling = asyncio.create_task(ws._dispatch(sock, u, Cancel(type="cancel", id="second")))  # type: ignore[arg-type]
+    await settle()
+    assert not cancelling.done(), "the cancel waits for the submit it raced with"
+    hub.gates["second"].set()
+    await asyncio.wait_for(cancelling, 1)
+    assert cancelled == [(("u", "second"), True)]
+    assert not any(b"invalid_request" in f for f in u.conn.frames)  # type: ignore[union-attr]
+
+
+async def test_a_cancel_for_another_sessions_request_does_not_wait_for_its_admission(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub, sched = make(cap=1)
+    monkeypatch.setattr(lifecycle, "cancel", lambda *a, **k: pytest.fail("cancelled another session's request"))
+    sock = SimpleNamespace(rt=SimpleNamespace(draining=False, hub=hub), guard=SimpleNamespace(scheduler=sched))
+    u = user("u")
+    other = Session(id="other", identity="u", conn=FakeConn())  # type: ignore[arg-type]
+    hub.gates["second"] = asyncio.Event()
+    await sched.submit(u, infer("first"))
+    await sched.submit(u, infer("second"))
+    hub.finish("u", "first")
+    await settle()
+    await asyncio.wait_for(ws._dispatch(sock, other, Cancel(type="cancel", id="second")), 1)  # type: ignore[arg-type]
+    assert b"invalid_request" in other.conn.frames[-1]  # type: ignore[union-attr]
+    hub.gates["second"].set()
+    await settle()

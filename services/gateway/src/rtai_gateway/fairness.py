@@ -50,6 +50,8 @@ class FairScheduler:
         self.queued = 0
         self.high_water = 0
         self._pump_task: asyncio.Task[None] | None = None
+        self._admitting: dict[tuple[str, str], tuple[Session, asyncio.Future[None]]] = {}
+        """Requests the pump took from a queue and is submitting now: neither waiting here nor tracked by the hub."""
         hub.finish_hooks.append(self._on_finish)
 
     async def submit(self, session: Session, frame: Infer) -> None:
@@ -92,6 +94,15 @@ class FairScheduler:
                 return w.frame
         return None
 
+    async def admitted(self, session: Session, request_id: str) -> None:
+        """Wait until the request, if the pump is submitting it right now, is tracked by the hub (or refused).
+
+        Its SUBMIT is one Redis round trip; a cancel that lands during it would otherwise find the request nowhere,
+        be refused, and the request would run anyway."""
+        admitting = self._admitting.get((session.identity, request_id))
+        if admitting is not None and admitting[0] is session:
+            await asyncio.shield(admitting[1])
+
     def waiting_for(self, session: Session) -> int:
         queue = self._queues.get(session.identity)
         return 0 if queue is None else sum(1 for w in queue if w.session is session)
@@ -124,11 +135,17 @@ class FairScheduler:
 
     async def _pump(self) -> None:
         while (w := self._next()) is not None:
+            key = (w.session.identity, w.frame.id)
+            done = asyncio.get_running_loop().create_future()
+            self._admitting[key] = (w.session, done)
             try:
                 await self._admit(w.session, w.frame, w.session.identity)
             except Exception:
                 log.exception("fairness.admit_failed", request_id=w.frame.id)
                 w.session.send(refusal(w.frame.id, ErrorCode.INTERNAL, "internal error"))
+            finally:
+                del self._admitting[key]
+                done.set_result(None)
 
     def _next(self) -> _Waiting | None:
         """The next waiting request whose user has a free slot, taking users in turn."""

@@ -198,6 +198,7 @@ async def _dispatch(sock: _Socket, session: Session, frame: Hello | Infer | Canc
         if waiting is not None:
             session.send(rt.hub.refused(waiting, ErrorCode.CANCELLED, "cancelled by the client"))
             return
+        await sock.guard.scheduler.admitted(session, frame.id)
         p = rt.hub.pending.get((session.identity, frame.id))
         if p is None or p.session is not session:
             session.send(refusal(frame.id, ErrorCode.INVALID_REQUEST, "no request with that id is in flight"))

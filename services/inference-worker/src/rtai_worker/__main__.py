@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 
@@ -34,15 +35,26 @@ def main() -> int:
     configure_logging(json=settings.log_json, level=settings.log_level)
     setup_tracing("rtai-worker")
     log = get_logger("rtai_worker")
+    worker = Worker(settings)
+    runner = asyncio.Runner(loop_factory=_loop_factory())
+    code = 1
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(Worker(settings).run())
+        runner.run(worker.run())
+        code = 0
     except (ModelSpecError, TaskConfigConflict) as e:
         log.error("worker.refused", reason=str(e))
-        return 3
+        code = 3
     finally:
         shutdown_tracing()
-    return 0
+        if calls := worker.model_calls_running():
+            # A batch the grace period cut off computes on in its thread (its jobs were handed back). Closing the loop
+            # and exiting would join that thread, holding the pod past its grace period for nothing: leave now.
+            log.warning("worker.left_running_model_calls", calls=calls)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        runner.close()
+    return code
 
 
 if __name__ == "__main__":

@@ -143,29 +143,37 @@ class Worker:
         log.info("worker.draining", grace_s=self.settings.shutdown_grace_s)
         for s in self.servers.values():
             s.stopping.set()
-        # The read loops finish their current batch (a blocking read ends within 0.5 s); streams get the grace period.
+        # The read loops finish their current batch (a blocking read ends within 0.5 s) and the streams run on, all
+        # within one grace period: the orchestrator's termination grace is sized for it (the chart checks).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_s
         _, late = await asyncio.wait(serving, timeout=self.settings.shutdown_grace_s)
         for s in self.servers.values():
-            await s.wait_streams(self.settings.shutdown_grace_s)
+            await s.wait_streams(deadline - loop.time())
         for t in [*late, *background]:
             t.cancel()
         await asyncio.gather(*late, *background, return_exceptions=True)
 
     async def _shutdown(self) -> None:
         for task, server in self.servers.items():
+            unfinished = list(server.running)  # before the cancelled streams run their way out
             server.cancel_streams()
             with contextlib.suppress(Exception):
                 await deregister_task(self.redis, self.keys, task, self.settings.worker_id)
-            unfinished = list(server.running)
             if unfinished:
                 with contextlib.suppress(Exception):
                     await server.consumer.hand_back(unfinished, HANDED_BACK_IDLE_MS)
                 log.info("worker.handed_back", task=task, jobs=len(unfinished))
+            server.threads.close()
         await self.health.stop()
         await close_redis(self.probe)
         await close_redis(self.reader)
         await close_redis(self.redis)
         log.info("worker.stopped")
+
+    def model_calls_running(self) -> int:
+        """Model calls still computing in their threads after the drain (their jobs were handed back)."""
+        return sum(server.threads.running() for server in self.servers.values())
 
     async def _every(self, interval_s: float, step: object) -> None:
         while True:

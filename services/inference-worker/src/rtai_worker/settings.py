@@ -61,7 +61,9 @@ class WorkerSettings(BaseSettings):
         default=10.0, gt=0, description="A worker that misses heartbeats this long is no longer listed for its tasks."
     )
     shutdown_grace_s: float = Field(
-        default=20.0, ge=0, description="On SIGTERM, how long the current batch may take before it is handed back."
+        default=20.0,
+        ge=0,
+        description="On SIGTERM, how long the current batch and streams may take, in all, before they are handed back.",
     )
     device: str = Field(default="cpu", description="`cpu` or `cuda` (fails at start if no GPU is there).")
     model_cache_dir: Path = Field(

@@ -1,6 +1,6 @@
 """Serving one task: gather a batch, run the model off the event loop, reply and ack; stream generations chunk by chunk.
 
-Model code runs in threads (`asyncio.to_thread`) so heartbeats, claim refreshes and acks keep flowing while a batch
+Model code runs in threads (`ModelThreads`) so heartbeats, claim refreshes and acks keep flowing while a batch
 computes. Streaming jobs run concurrently (up to `max_streams`) and check for cancellation between chunks.
 """
 
@@ -20,6 +20,7 @@ from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of,
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.model_threads import ModelThreads
 from rtai_worker.models.microbatch import cut_by_length
 from rtai_worker.settings import WorkerSettings
 
@@ -55,6 +56,8 @@ class TaskServer:
         self._replying: asyncio.Task[None] | None = None
         """The last batch's replies and acks, still being written while the next batch is read."""
         self.stopping = asyncio.Event()
+        # One thread per stream slot, one for plain batches and one for a reclaimed batch run beside them.
+        self.threads = ModelThreads(f"model-{task}", settings.max_streams + 2)
 
     # ---- the read loop -------------------------------------------------------------------------------------------
 
@@ -66,6 +69,8 @@ class TaskServer:
         while not self.stopping.is_set():
             try:
                 size = await self._read_budget(s.max_batch_size)
+                if self.stopping.is_set():
+                    break  # told to stop while waiting for a stream slot: a job read now could only be handed back
                 batch = await self._gather(size, s.max_batch_delay_ms)
                 if batch:
                     # Replying and acking can fail too (Redis down or failing over past the client's retries): the
@@ -162,6 +167,8 @@ class TaskServer:
             self.running[d.entry_id] = d
         try:
             replies = await self._replies(batch)
+        except asyncio.CancelledError:
+            raise  # cut off at shutdown: the jobs stay in `running`, and the worker hands them back on its way out
         except BaseException:
             for d in batch:
                 self._release(d)
@@ -252,7 +259,7 @@ class TaskServer:
         try:
             if self.model.info.inline:
                 return self.model.predict(inputs)
-            return await asyncio.to_thread(self.model.predict, inputs)
+            return await self.threads.run(self.model.predict, inputs)
         except Exception as e:
             # One bad batch must not take the others down: every request in it gets `internal`, logged here.
             log.exception("model.failed", task=self.task, batch=len(inputs))
@@ -291,12 +298,11 @@ class TaskServer:
                         reply = await self._generate(job)
                 await self.consumer.finish([(d, reply)])
             except asyncio.CancelledError:
-                raise
+                raise  # cut off at shutdown: the job stays in `running`, and the worker hands it back on its way out
             except Exception:
                 log.exception("stream.failed", task=self.task)
                 # Left pending: another worker (or this one) reclaims it, and the delivery limit ends a poison job.
-            finally:
-                self._release(d)
+            self._release(d)
 
     async def _generate(self, job: Job) -> Reply | None:
         item = self._input(job)
@@ -308,7 +314,7 @@ class TaskServer:
         try:
             while True:
                 try:
-                    finished, value = await asyncio.to_thread(_advance, gen)
+                    finished, value = await self.threads.run(_advance, gen)
                 except ModelError as e:
                     self.metrics.jobs.labels(self.task, "error").inc()
                     return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))
@@ -327,7 +333,10 @@ class TaskServer:
                 await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))
                 index += 1
         finally:
-            await asyncio.to_thread(gen.close)
+            # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it
+            # is dropped with the process.
+            if not getattr(gen, "gi_running", False):
+                await self.threads.run(gen.close)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
             self.metrics.busy.set(0)
         self.metrics.jobs.labels(self.task, "ok").inc()
@@ -376,9 +385,9 @@ class TaskServer:
     def error_reply(self, job: Job, code: ErrorCode, message: str) -> Reply:
         return self._reply(job, "error", code=str(code), message=message)
 
-    async def wait_streams(self, grace_s: float) -> None:
-        if self._stream_tasks:
-            await asyncio.wait(self._stream_tasks, timeout=grace_s)
+    async def wait_streams(self, timeout_s: float) -> None:
+        if self._stream_tasks and timeout_s > 0:
+            await asyncio.wait(self._stream_tasks, timeout=timeout_s)
 
     def cancel_streams(self) -> None:
         for t in self._stream_tasks:

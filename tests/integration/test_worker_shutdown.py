@@ -1,0 +1,77 @@
+"""A worker told to stop (SIGTERM) drains within one grace period and hands back what it could not finish, so another
+worker takes it over at once instead of after the reclaim idle time. Real Redis, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import redis as redis_sync
+
+from tests.support import procs
+from tests.support.fake_models import LONG_TEXT, TOKENS_TASK
+from tests.support.procs import start, ws_url
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+GRACE_S = 2.0
+RECLAIM_IDLE_MS = 30_000
+"""Far longer than the test waits: a job that was not handed back is only taken over after this."""
+
+
+async def test_a_stopping_worker_drains_within_one_grace_period_and_hands_back_what_it_cut_off(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    tasks = f"sentiment=tests.support.fake_models:slow,{TOKENS_TASK}"
+    a = start(
+        services,
+        procs.worker(
+            env,
+            prefix,
+            tasks=tasks,
+            RTAI_TEST_SLOW_MS="8000",  # one batch that outlasts the grace period
+            RTAI_TEST_TOKEN_MS="300",  # 40 words: a stream that outlasts it too
+            SHUTDOWN_GRACE_S=str(GRACE_S),
+            RECLAIM_IDLE_MS=str(RECLAIM_IDLE_MS),
+            MAX_STREAMS="1",
+        ),
+    )
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    batch = await c.infer("sentiment", "cut off mid-batch", deadline_ms=60_000)
+    stream = await c.infer("generate", LONG_TEXT, stream=True, deadline_ms=60_000)
+    await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == stream, 10)
+    queued = await c.infer("generate", "waits for a stream slot", stream=True, deadline_ms=60_000)
+    await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == queued, 10)
+
+    t0 = time.monotonic()
+    a.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(a.proc.wait, 15) == 0  # type: ignore[union-attr]
+    drained_s = time.monotonic() - t0
+    # Before: the batch had the grace period, then the streams another one.
+    assert drained_s < GRACE_S + 1.5, f"drained in {drained_s:.1f} s, grace {GRACE_S} s"
+
+    r = redis_sync.Redis.from_url(redis_server.url)
+    pending = r.xpending(f"{prefix}:v1:jobs:generate", "workers")["pending"]
+    assert pending == 1, "a stopping worker must not read a job it could only hand back (only the cut-off stream)"
+
+    start(
+        services,
+        procs.worker(
+            env,
+            prefix,
+            tasks=tasks,
+            RTAI_TEST_SLOW_MS="10",
+            RTAI_TEST_TOKEN_MS="10",
+            RECLAIM_IDLE_MS=str(RECLAIM_IDLE_MS),
+        ),
+    )
+    for rid in (batch, stream, queued):  # before: the cut-off jobs waited for the reclaim idle time (30 s)
+        final = await c.final(rid, timeout=10)
+        assert final["type"] == "result", final
+        assert len(c.finals(rid)) == 1
+    chunks = [f["index"] for f in c.by_id[stream] if f["type"] == "chunk"]
+    assert chunks == list(range(40)), "chunks missing or repeated across the hand-over"
+    await c.close()

@@ -402,7 +402,7 @@ class Hub:
             if isinstance(res, Exception):
                 # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
                 log.warning("final.unlogged", request_id=job.request_id, error=type(res).__name__)
-                p.session.first_final(job.request_id)  # a result logged once Redis is back must not follow it
+                p.session.sent_unlogged_final(job.request_id)  # a result logged once Redis is back must not follow it
                 p.session.send(body)
             elif int(res[0]) and p.session.first_final(job.request_id):
                 p.session.deliver(int(res[0]), _logged_body(res, body))

@@ -47,6 +47,17 @@ class Session:
     finals: dict[str, None] = field(default_factory=dict)
     """The last FINALS_KEPT request ids that got their final frame here, oldest first."""
 
+    unlogged_finals: dict[str, None] = field(default_factory=dict)
+    """The last FINALS_KEPT request ids whose final frame went out unnumbered (Redis was down when the gateway ended
+    them). The log may later get another final for one (the worker's result, logged once Redis is back): a resume's
+    replay must not send it."""
+
+    def sent_unlogged_final(self, request_id: str) -> None:
+        self.first_final(request_id)
+        self.unlogged_finals[request_id] = None
+        if len(self.unlogged_finals) > FINALS_KEPT:
+            del self.unlogged_finals[next(iter(self.unlogged_finals))]
+
     def first_final(self, request_id: str) -> bool:
         """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second
         final for a request, but a failover can lose the request's stored final (asynchronous replication) while the
@@ -100,7 +111,12 @@ class Session:
 
     def deliver_replay(self, seq: int, body: bytes) -> None:
         """Send a frame read back from the session log (during a resume)."""
-        if seq > self.delivered and self.conn is not None and self.conn.offer(with_seq(body, seq)):
+        if seq <= self.delivered or self.conn is None:
+            return
+        if self.unlogged_finals and _final_id(body) in self.unlogged_finals:
+            self.delivered = seq  # the client had this request's final, unnumbered: numbered past, never sent
+            return
+        if self.conn.offer(with_seq(body, seq)):
             self.delivered = seq
 
     def send(self, body: bytes) -> None:

@@ -1,6 +1,7 @@
-"""A final frame the gateway sends unnumbered while Redis refuses writes stays the request's only final: the worker's
-result, logged once Redis is back, reaches neither the live socket nor a resume's replay. Redis is real; `CLIENT PAUSE
-... WRITE` times out the gateway's log write as an outage would."""
+"""A final frame the gateway sends unnumbered while Redis refuses writes (a deadline passing during an outage): the
+socket that got it does not get the worker's result, logged once Redis is back, as a second final; a socket that did
+not get it (the session was detached, or resumed since) gets the result. Redis is real; `CLIENT PAUSE ... WRITE` times
+out the gateway's log write as an outage would."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub, Pending
 from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import ErrorCode, Hello, Job, Reply
 from rtai_transport import Keys, close_redis, create_redis
@@ -57,15 +59,11 @@ def finals(conn: FakeConn, rid: str) -> list[dict[str, Any]]:
     return [f for f in conn.frames if f.get("id") == rid and f["type"] in ("result", "error")]
 
 
-async def test_a_result_logged_after_an_unlogged_final_is_not_replayed_on_resume(
-    hub: Hub, redis_server: RedisHandle
-) -> None:
-    first = FakeConn()
-    session, _ = await lifecycle.open_session(hub, first, None, None)  # type: ignore[arg-type]
+def _job(hub: Hub, session: Session, rid: str) -> Job:
     now = int(time.time() * 1000)
-    job = Job(
-        job_id="j-r1",
-        request_id="r1",
+    return Job(
+        job_id=f"j-{rid}",
+        request_id=rid,
         owner=session.identity,
         session=session.id,
         task="sentiment",
@@ -74,9 +72,15 @@ async def test_a_result_logged_after_an_unlogged_final_is_not_replayed_on_resume
         enqueued_ms=now,
         reply_to=hub.reply_stream,
     )
-    p = Pending(job=job, session=session, received=time.monotonic())
-    hub.track(p)
 
+
+def _result(job: Job) -> Reply:
+    return Reply(
+        job_id=job.job_id, request_id=job.request_id, owner=job.owner, session=job.session, task=job.task, kind="result"
+    )
+
+
+async def _end_while_writes_fail(hub: Hub, redis_server: RedisHandle, p: Pending) -> None:
     admin = aioredis.Redis.from_url(redis_server.url)
     await admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
     try:
@@ -84,27 +88,54 @@ async def test_a_result_logged_after_an_unlogged_final_is_not_replayed_on_resume
     finally:
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
+
+
+async def _resume(hub: Hub, session: Session, last_seq: int) -> FakeConn:
+    await lifecycle.detach(hub, session, 1006)  # the network drops; the client resumes on this gateway
+    conn = FakeConn()
+    hello = Hello(type="hello", session=session.id, last_seq=last_seq)
+    resumed, was_resumed = await lifecycle.open_session(hub, conn, None, hello)  # type: ignore[arg-type]
+    assert was_resumed and resumed is session
+    await lifecycle.replay(hub, session)
+    return conn
+
+
+async def test_the_socket_that_got_an_unlogged_final_does_not_get_the_result_logged_later(
+    hub: Hub, redis_server: RedisHandle
+) -> None:
+    first = FakeConn()
+    session, _ = await lifecycle.open_session(hub, first, None, None)  # type: ignore[arg-type]
+    job = _job(hub, session, "r1")
+    p = Pending(job=job, session=session, received=time.monotonic())
+    hub.track(p)
+    await _end_while_writes_fail(hub, redis_server, p)
     [sent] = finals(first, "r1")
     assert sent["code"] == "deadline_exceeded" and "seq" not in sent, sent
 
-    # The job ran after all; its result is logged now that Redis takes writes again.
-    result = Reply(
-        job_id=job.job_id, request_id="r1", owner=job.owner, session=session.id, task="sentiment", kind="result"
-    )
-    await hub.handle_replies([result])
+    await hub.handle_replies([_result(job)])  # the job ran after all; logged now that Redis takes writes again
     assert [seq for seq, _ in await hub.logged_after(session)], "the result should be in the session log"
     assert finals(first, "r1") == [sent], "the live socket got a second final"
 
-    await lifecycle.detach(hub, session, 1006)  # the network drops; the client resumes on this gateway
-    second = FakeConn()
-    hello = Hello(type="hello", session=session.id, last_seq=0)
-    resumed, was_resumed = await lifecycle.open_session(hub, second, None, hello)  # type: ignore[arg-type]
-    assert was_resumed and resumed is session
-    await lifecycle.replay(hub, session)
-    assert finals(second, "r1") == [], "the replay sent a second final"
+    # A new socket may have lost the unnumbered frame with the old one: the replay sends the logged result (a second
+    # final, which clients ignore, rather than none).
+    second = await _resume(hub, session, last_seq=0)
+    assert [f["type"] for f in finals(second, "r1")] == ["result"]
 
-    # Frames after the skipped one still reach the socket.
-    p2 = Pending(job=job.model_copy(update={"job_id": "j-r2", "request_id": "r2"}), session=session, received=0)
-    hub.track(p2)
-    await hub.handle_replies([result.model_copy(update={"job_id": "j-r2", "request_id": "r2"})])
-    assert [f["type"] for f in finals(second, "r2")] == ["result"]
+
+async def test_an_unlogged_final_that_reached_no_socket_leaves_the_result_to_be_the_final(
+    hub: Hub, redis_server: RedisHandle
+) -> None:
+    first = FakeConn()
+    session, _ = await lifecycle.open_session(hub, first, None, None)  # type: ignore[arg-type]
+    job = _job(hub, session, "r1")
+    p = Pending(job=job, session=session, received=time.monotonic())
+    hub.track(p)
+    await lifecycle.detach(hub, session, 1006)
+    await _end_while_writes_fail(hub, redis_server, p)  # the deadline passes while detached and Redis is down
+    second = await _resume(hub, session, last_seq=0)
+    hub.track(Pending(job=job, session=session, received=time.monotonic()))  # the client sent it again: adopted
+    await hub.handle_replies([_result(job)])
+    # Before: the unlogged final counted as sent, and the result, the only final that could reach the client, was
+    # dropped as a second one.
+    assert [f["type"] for f in finals(second, "r1")] == ["result"]
+    assert finals(first, "r1") == []

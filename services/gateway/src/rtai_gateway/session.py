@@ -47,16 +47,23 @@ class Session:
     finals: dict[str, None] = field(default_factory=dict)
     """The last FINALS_KEPT request ids that got their final frame here, oldest first."""
 
-    unlogged_finals: dict[str, None] = field(default_factory=dict)
+    unlogged_finals: dict[str, Connection] = field(default_factory=dict)
     """The last FINALS_KEPT request ids whose final frame went out unnumbered (Redis was down when the gateway ended
-    them). The log may later get another final for one (the worker's result, logged once Redis is back): a resume's
-    replay must not send it."""
+    them), with the socket it was offered to. A final logged for one later (the worker's result, once Redis is back)
+    is not sent on that socket. Another socket (a resume) gets it: the unnumbered frame may have died with the old
+    socket, and a second final, which clients ignore, is better than none."""
 
-    def sent_unlogged_final(self, request_id: str) -> None:
-        self.first_final(request_id)
-        self.unlogged_finals[request_id] = None
+    def sent_unlogged_final(self, request_id: str, body: bytes) -> None:
+        """Offer a final frame that could not be logged (and so cannot be replayed) to the socket, unnumbered."""
+        if self.conn is None or not self.conn.offer(body):
+            return  # never sent: the result, if one is logged later, is this request's final frame
+        self.unlogged_finals[request_id] = self.conn
         if len(self.unlogged_finals) > FINALS_KEPT:
             del self.unlogged_finals[next(iter(self.unlogged_finals))]
+
+    def has_unlogged_final(self, request_id: str) -> bool:
+        """Whether the socket now attached got an unnumbered final frame for `request_id`."""
+        return self.conn is not None and self.unlogged_finals.get(request_id) is self.conn
 
     def first_final(self, request_id: str) -> bool:
         """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second
@@ -111,12 +118,7 @@ class Session:
 
     def deliver_replay(self, seq: int, body: bytes) -> None:
         """Send a frame read back from the session log (during a resume)."""
-        if seq <= self.delivered or self.conn is None:
-            return
-        if self.unlogged_finals and _final_id(body) in self.unlogged_finals:
-            self.delivered = seq  # the client had this request's final, unnumbered: numbered past, never sent
-            return
-        if self.conn.offer(with_seq(body, seq)):
+        if seq > self.delivered and self.conn is not None and self.conn.offer(with_seq(body, seq)):
             self.delivered = seq
 
     def send(self, body: bytes) -> None:

@@ -35,18 +35,23 @@ def main() -> int:
     configure_logging(json=settings.log_json, level=settings.log_level)
     setup_tracing("rtai-worker")
     log = get_logger("rtai_worker")
-    worker = Worker(settings)
+    worker: Worker | None = None
     runner = asyncio.Runner(loop_factory=_loop_factory())
     code = 1
     try:
+        worker = Worker(settings)
         runner.run(worker.run())
         code = 0
     except (ModelSpecError, TaskConfigConflict) as e:
         log.error("worker.refused", reason=str(e))
         code = 3
+    except BaseException:
+        if worker is not None and worker.model_calls_running():
+            log.exception("worker.crashed")  # leaving with os._exit below would not print the traceback
+        raise
     finally:
         shutdown_tracing()
-        if calls := worker.model_calls_running():
+        if worker is not None and (calls := worker.model_calls_running()):
             # A batch the grace period cut off computes on in its thread (its jobs were handed back). Closing the loop
             # and exiting would join that thread, holding the pod past its grace period for nothing: leave now.
             log.warning("worker.left_running_model_calls", calls=calls)

@@ -23,6 +23,7 @@ class ModelThreads:
     def __init__(self, name: str, size: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
         self._calls: set[Future[Any]] = set()
+        self.closed = False
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` in one of the threads, with the caller's context (as `asyncio.to_thread`)."""
@@ -42,4 +43,5 @@ class ModelThreads:
 
     def close(self) -> None:
         """No new calls; idle threads end. A call still running goes on until it returns."""
+        self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -232,9 +232,16 @@ class TaskServer:
     async def _finish(self, replies: list[tuple[Delivery, Reply | None]]) -> None:
         try:
             await self.consumer.finish(replies)
-        finally:
-            for d, _ in replies:
-                self._release(d)
+        except asyncio.CancelledError:
+            raise  # cut off at shutdown: the jobs stay in `running`, and the worker hands them back on its way out
+        except BaseException:
+            self._release_all(replies)
+            raise
+        self._release_all(replies)
+
+    def _release_all(self, replies: list[tuple[Delivery, Reply | None]]) -> None:
+        for d, _ in replies:
+            self._release(d)
 
     def _release(self, d: Delivery) -> None:
         """A job is no longer being run here (answered, or handed back to be reclaimed)."""
@@ -335,7 +342,7 @@ class TaskServer:
         finally:
             # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it
             # is dropped with the process.
-            if not getattr(gen, "gi_running", False):
+            if not getattr(gen, "gi_running", False) and not self.threads.closed:
                 await self.threads.run(gen.close)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
             self.metrics.busy.set(0)

@@ -451,3 +451,29 @@ async def test_admission_caps_in_flight_per_connection_and_refuses_on_old_backlo
     assert (await d.call("sentiment", "after the drain"))["type"] == "result"
     await c.close()
     await d.close()
+
+
+async def test_a_request_sent_again_while_its_task_has_no_live_worker_is_not_refused(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A client sends its unfinished requests again after a reconnect. While the task's workers are all away (here:
+    stopped until their registration lapses) the copy of a request in flight must not end it with `unavailable`."""
+    env = procs.redis_env_for_url(redis_server.url)
+    w = start(services, procs.worker(env, prefix, REGISTRATION_TTL_S="1"))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    async with procs.stalled(w):
+        rid = await c.infer("sentiment", "in flight while the worker is away", deadline_ms=30_000)
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
+        await asyncio.sleep(2.5)  # the stopped worker's registration lapses; the gateway's catalog sees no worker
+        fresh = await c.call("sentiment", "a new request")
+        assert (fresh["type"], fresh.get("code")) == ("error", "unavailable"), fresh
+        await c.infer("sentiment", "in flight while the worker is away", rid=rid, deadline_ms=30_000)
+        await c.send({"type": "cancel", "id": "nothing"})  # a round trip: the copy has been handled
+        await c.wait_for(lambda f: f.get("id") == "nothing")
+        assert c.finals(rid) == [], c.by_id[rid]
+    final = await c.final(rid, timeout=15)
+    assert final["type"] == "result", final
+    await asyncio.sleep(0.3)
+    assert len(c.finals(rid)) == 1
+    await c.close()

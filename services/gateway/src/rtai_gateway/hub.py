@@ -126,6 +126,10 @@ class Hub:
 
     def _admit(self, session: Session, req: Infer) -> bytes | None:
         """None to go ahead, or the refusal frame (counted as the request's outcome)."""
+        if (session.identity, req.id) in self.pending:
+            # A copy of a request in flight (a client sends its unfinished requests again after a reconnect): it was
+            # admitted once, and refusing the copy (its task's workers all restarting, say) would end it for the client.
+            return None  # _enqueue_new answers it without new work
         info = self.catalog.tasks.get(req.task)
         retry = self.settings.admission.retry_after_ms
         if info is None:
@@ -148,8 +152,6 @@ class Hub:
             return self.refused(
                 req, ErrorCode.INVALID_REQUEST, f"task {req.task!r} does not stream; send options.stream=false"
             )
-        if (session.identity, req.id) in self.pending:
-            return None  # a retry of a request in flight: _enqueue_new answers it without new work
         cap = self.settings.admission.max_inflight_per_connection
         if len(session.requests) >= cap:
             return self.refused(

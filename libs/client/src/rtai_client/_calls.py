@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtai_client.errors import RtaiError
+from rtai_client.backoff import retry_delay
+from rtai_client.errors import RequestError, RtaiError
 from rtai_protocol import Chunk, Error, Result
 
 Item = Chunk | Result | Error | RtaiError
@@ -27,6 +28,10 @@ class Call:
     """Index of the next chunk expected: a chunk below it is a repeat and is dropped."""
     done: bool = False
     """A final frame (or a client-side failure) was queued; frames that still arrive for this id are dropped."""
+    started: bool = False
+    """Its caller started it (a Stream starts when iterated): only started requests are sent, and sent again."""
+    waiting: bool = False
+    """Refused before it was accepted and waiting to be sent again: nothing of it is on the server."""
     sent_gen: int = -1
     """The connection generation this request was last sent on (sent once per connection, never twice)."""
     cancel_requested: bool = False
@@ -39,14 +44,15 @@ class Call:
         return f
 
     def offer(self, item: Chunk | Result | Error) -> None:
-        """Queue a frame that names this request; drop repeats and anything after the final frame."""
+        """Queue a frame that names this request; drop repeats and anything after the final frame. A retryable
+        refusal does not end the request by itself: the caller's loop decides (retry, or raise it)."""
         if self.done:
             return
         if isinstance(item, Chunk):
             if item.index < self.next_index:
                 return
             self.next_index = item.index + 1
-        else:
+        elif not (isinstance(item, Error) and is_refusal(item)):
             self.done = True
         self.queue.put_nowait(item)
 
@@ -55,10 +61,73 @@ class Call:
             self.done = True
             self.queue.put_nowait(exc)
 
+    @property
+    def admitted(self) -> bool:
+        """The server accepted it (an `accepted` frame or a chunk came): it runs, whatever a later copy is told."""
+        return self.accepted or self.next_index > 0
+
     def retryable(self, err: Error) -> bool:
-        return err.seq is None and err.code in RETRY_CODES and not self.accepted and not self.cancel_requested
+        return is_refusal(err) and not self.admitted and not self.cancel_requested
 
     def rearm(self) -> None:
         """Prepare to send again after a refusal."""
-        self.done = False
+        self.waiting = False
         self.sent_gen = -1
+
+
+def is_refusal(err: Error) -> bool:
+    """An unnumbered `overloaded`, `rate_limited` or `unavailable`: this copy of the request was not admitted."""
+    return err.seq is None and err.code in RETRY_CODES
+
+
+@dataclass(eq=False)
+class Retry:
+    """When a refused request is sent again. Meanwhile its frames are still taken: an `unavailable` whose admission's
+    answer was lost may be followed by the request's own frames. A refused copy of a request the server already
+    admitted (one sent again after a reconnect) does not end it: it runs, and the copy is sent again later in case the
+    server lost it."""
+
+    call: Call
+    retries: int
+    fallback_s: float
+    started: float
+    budget_ms: int | None = None
+    """The request's own deadline budget, if it set one: a request sent again asks for what is left of it."""
+    attempts: int = 0
+    at: float | None = None
+    """When to send the request again (None: no retry pending)."""
+
+    def wake(self, end: float) -> float:
+        return end if self.at is None else min(end, self.at)
+
+    def on_error(self, err: Error, now: float, end: float) -> bool:
+        """Schedule a retry for a refusal; False if the error ends the request."""
+        call = self.call
+        delay = retry_delay(err.retry_after_ms, self.fallback_s)
+        if is_refusal(err) and call.admitted:
+            if self.at is None:
+                self.at = now + delay
+            return True
+        if self.attempts >= self.retries or not call.retryable(err) or now + delay >= end:
+            return False
+        self.attempts += 1
+        call.waiting = True
+        self.at = now + delay
+        return True
+
+    def due(self, now: float) -> bool:
+        """At a wake-up: whether to send the request again now. Raises `cancelled` for a request cancelled while it
+        waited to be retried (nothing of it is on the server)."""
+        self.at = None
+        call = self.call
+        if call.cancel_requested:
+            if not call.admitted:
+                raise RequestError(Error(id=call.id, code="cancelled", message="cancelled by the client"))
+            return False  # the cancel went to the server, which ends the request
+        if call.waiting and call.admitted:
+            call.waiting = False  # admitted after all (its `accepted` or a chunk came meanwhile)
+            return False
+        if call.waiting and self.budget_ms is not None:  # the server counts the budget from its receipt
+            call.options["deadline_ms"] = max(1, int(self.budget_ms - (now - self.started) * 1000))
+        call.rearm()
+        return True

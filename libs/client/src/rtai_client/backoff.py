@@ -18,6 +18,8 @@ class Backoff:
     factor: float = 2.0
     max_s: float = 10.0
     max_attempts: int | None = 12
+    stable_s: float = 5.0
+    """A connection that stayed up this long starts the attempt count again at its next drop."""
 
     def cap(self, attempt: int) -> float:
         return min(self.max_s, self.base_s * self.factor ** min(attempt, 64))

@@ -10,7 +10,7 @@ What the client does for you:
   it reconnects with `Backoff` and sends `hello{session,last_seq}`, so the server replays what was missed; requests
   without a final frame are sent again under the same id, which the server never runs twice;
 - refusals: `overloaded`, `rate_limited` and `unavailable` for requests never accepted are retried after the server's
-  `retry_after_ms` (plus jitter), at most `retries` times and only within the request's deadline;
+  `retry_after_ms` (plus jitter), at most `retries` times and only within the request's deadline (`Retry`);
 - deadlines: `deadline_ms` goes to the server; the client itself gives up `timeout_grace_s` later (RequestTimeout).
 """
 
@@ -30,9 +30,9 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from rtai_client._calls import Call
+from rtai_client._calls import Call, Retry
 from rtai_client._http import TaskInfo, get_json, http_url, parse_tasks
-from rtai_client.backoff import Backoff, retry_delay
+from rtai_client.backoff import Backoff
 from rtai_client.errors import ConnectionLost, RequestError, RequestTimeout, RtaiError, SessionLost
 from rtai_client.stream import Stream
 from rtai_protocol import Accepted, Chunk, Error, Result, Welcome, decode_server_frame
@@ -89,6 +89,10 @@ class Client:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._lost: ConnectionLost | None = None
+        self._attempt = 0
+        """Reconnect attempts since the connection last stayed up `backoff.stable_s`: a server that welcomes and then
+        closes every time is retried with growing delays (and given up on), not every few hundred milliseconds."""
+        self._background: set[asyncio.Task[Any]] = set()
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -107,7 +111,14 @@ class Client:
         welcome = await self._open()
         self._set_state("open")
         self._runner = asyncio.create_task(self._run(), name="rtai-client")
+        self._runner.add_done_callback(self._runner_ended)
         return welcome
+
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        """The reader must never die unnoticed: its callers would wait for their timeouts."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("rtai.reader_failed", exc_info=exc)
+            self._lose(ConnectionLost(f"the client's reader failed: {exc!r}"))
 
     async def close(self) -> None:
         """Close normally (code 1000): the server cancels this session's unfinished requests."""
@@ -116,7 +127,7 @@ class Client:
             await self._ws.close()
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a reader failure was reported already
                 await self._runner
         self._fail_all(ConnectionLost("the client was closed", 1000))
         self._set_state("closed")
@@ -125,7 +136,10 @@ class Client:
         if state != self.state:
             self.state = state
             if self.on_state is not None:
-                self.on_state(state)
+                try:
+                    self.on_state(state)
+                except Exception:
+                    log.exception("rtai.on_state_failed")  # the application's callback must not stop the client
 
     async def _open(self) -> Welcome:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -162,7 +176,10 @@ class Client:
                     raise ConnectionLost(f"{refusal.code}: {refusal.message}", code, refusal.code) from e
                 reason = e.rcvd.reason if e.rcvd else ""
                 raise ConnectionLost(f"closed before welcome ({code} {reason})", code) from e
-            frame = decode_server_frame(raw)
+            try:
+                frame = decode_server_frame(raw)
+            except ValidationError:
+                continue  # a frame type this client does not know: ignored, as the protocol asks
             if isinstance(frame, Welcome):
                 return frame
             if isinstance(frame, Error) and frame.id is None:
@@ -171,9 +188,11 @@ class Client:
 
     async def _run(self) -> None:
         """Read frames; after an unexpected close, reconnect and resume (or fail every request in flight)."""
+        loop = asyncio.get_running_loop()
         while True:
             ws = self._ws
             assert ws is not None
+            opened_at = loop.time()
             try:
                 async for raw in ws:
                     self._dispatch(raw)
@@ -186,6 +205,8 @@ class Client:
             if not self.reconnect or code in FATAL_CLOSE_CODES:
                 self._lose(ConnectionLost(f"connection closed ({code} {ws.close_reason})", code))
                 return
+            if loop.time() - opened_at >= self.backoff.stable_s:
+                self._attempt = 0
             if not await self._reconnect():
                 self._lose(ConnectionLost(f"could not reconnect after close {code}", code))
                 return
@@ -197,10 +218,10 @@ class Client:
 
     async def _reconnect(self) -> bool:
         self._set_state("reconnecting")
-        attempt = 0
-        while not self.backoff.exhausted(attempt):
-            await asyncio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+        while not self.backoff.exhausted(self._attempt):
+            await asyncio.sleep(self.backoff.delay(self._attempt))
+            self._attempt += 1
+            attempt = self._attempt
             try:
                 welcome = await self._open()
             except ConnectionLost as e:
@@ -220,8 +241,8 @@ class Client:
     async def _resend_unfinished(self, resumed: bool) -> None:
         """Send again every request without a final frame: the server answers each id once (idempotency)."""
         for call in list(self._calls.values()):
-            if call.done:
-                continue
+            if call.done or not call.started or call.waiting:
+                continue  # a waiting request is sent again when its retry is due
             if not resumed:
                 if call.next_index > 0:
                     call.fail(SessionLost(f"session lost while request {call.id!r} was streaming"))
@@ -310,18 +331,22 @@ class Client:
         return self.default_timeout_s
 
     async def _drive(self, call: Call, limit_s: float, retries: int) -> AsyncIterator[Chunk]:
-        """Send the request and yield its chunks; set `call.result`, or raise the error that ended it."""
+        """Send the request and yield its chunks; set `call.result`, or raise the error that ended it. Refusals are
+        retried after `retry_after_ms` (`Retry`)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
-        attempt = 0
-        budget_ms = call.options.get("deadline_ms")
-        started = loop.time()
+        retry = Retry(call, retries, self.backoff.base_s, loop.time(), call.options.get("deadline_ms"))
+        call.started = True
         await self._send_call(call)
         while True:
             try:
-                item = await asyncio.wait_for(call.queue.get(), max(end - loop.time(), 0))
+                item = await asyncio.wait_for(call.queue.get(), max(retry.wake(end) - loop.time(), 0))
             except TimeoutError:
-                raise RequestTimeout(f"no final frame for {call.id!r} within {limit_s:.1f}s") from None
+                if retry.at is None or loop.time() >= end:
+                    raise RequestTimeout(f"no final frame for {call.id!r} within {limit_s:.1f}s") from None
+                if retry.due(loop.time()):
+                    await self._send_call(call)
+                continue
             if isinstance(item, RtaiError):
                 raise item
             if isinstance(item, Chunk):
@@ -330,16 +355,11 @@ class Client:
                 call.result = item
                 return
             else:
-                delay = retry_delay(item.retry_after_ms, self.backoff.base_s)
-                if attempt >= retries or not call.retryable(item) or loop.time() + delay >= end:
+                attempts = retry.attempts
+                if not retry.on_error(item, loop.time(), end):
+                    call.done = True
                     raise RequestError(item)
-                attempt += 1
-                self.retried += 1
-                await asyncio.sleep(delay)
-                if budget_ms is not None:  # the server counts the budget from receipt: send what is left of it
-                    call.options["deadline_ms"] = max(1, int(budget_ms - (loop.time() - started) * 1000))
-                call.rearm()
-                await self._send_call(call)
+                self.retried += retry.attempts - attempts
 
     async def infer(
         self,
@@ -361,7 +381,7 @@ class Client:
             assert call.result is not None
             return call.result
         finally:
-            self._calls.pop(call.id, None)
+            self._abandon(call)
 
     def stream(
         self,
@@ -386,7 +406,24 @@ class Client:
         call = self._calls.get(request_id)
         if call is not None:
             call.cancel_requested = True
+            if call.waiting or not call.started:  # nothing of it is on the server: end it here
+                call.fail(RequestError(Error(id=call.id, code="cancelled", message="cancelled by the client")))
+                return
         await self._send_raw({"type": "cancel", "id": request_id})
+
+    def _abandon(self, call: Call) -> None:
+        """Forget a request whose caller stopped waiting (a timeout, a cancelled task, a stream left early). One that
+        may still run on the server is cancelled there, so it does not hold a worker for nothing."""
+        self._calls.pop(call.id, None)
+        if call.done or call.waiting or call.sent_gen < 0 or self.state != "open":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a stream left un-finished and collected outside any loop: nothing to send it with
+        task = loop.create_task(self._send_raw({"type": "cancel", "id": call.id}))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def tasks(self) -> list[TaskInfo]:
         """The tasks live workers serve now (`GET /v1/tasks` on the same host)."""

@@ -38,7 +38,7 @@ class Stream:
             async for chunk in self._client._drive(self._call, self._timeout, self._retries):
                 yield chunk
         finally:
-            self._client._calls.pop(self._call.id, None)
+            self._client._abandon(self._call)
 
     async def cancel(self) -> None:
         await self._client.cancel(self._call.id)

@@ -1,0 +1,253 @@
+"""The SDK against a scripted server: interleavings a real gateway produces only under faults (a refused copy of a
+request in flight, frames arriving while a refusal waits to be retried, a server that closes after every welcome),
+played exactly. The server is a real WebSocket server on loopback speaking the protocol's frames; the tests against
+a real gateway are in test_sdk_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from rtai_client import Backoff, Client, RequestError, RequestTimeout
+from rtai_client.errors import ConnectionLost
+
+Script = Callable[["Peer"], Awaitable[None]]
+
+
+class Peer:
+    """One connection as the script sees it: frames received are recorded on the server for the test to inspect."""
+
+    def __init__(self, ws: ServerConnection, server: Scripted, n: int) -> None:
+        self.ws = ws
+        self.server = server
+        self.n = n
+        """0 for the first connection, 1 for the first reconnect, ..."""
+
+    async def recv(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.ws.recv())
+        self.server.received.append((self.n, frame))
+        return frame
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def welcome(self, resumed: bool = False) -> dict[str, Any]:
+        hello = await self.recv()
+        assert hello["type"] == "hello"
+        await self.send({"type": "welcome", "session": "s1", "resumed": resumed, "gateway": "g1", "protocol": "1"})
+        return hello
+
+    async def drain(self) -> None:
+        """Record what the client sends until it goes away."""
+        try:
+            while True:
+                await self.recv()
+        except Exception:
+            return
+
+
+class Scripted:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.received: list[tuple[int, dict[str, Any]]] = []
+        self.connections = 0
+        self.server: Server | None = None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        n = self.connections
+        self.connections += 1
+        await self.script(Peer(ws, self, n))
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = next(iter(self.server.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/v1/ws"
+
+    def sent(self, kind: str) -> list[dict[str, Any]]:
+        return [f for _, f in self.received if f["type"] == kind]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[Scripted]]]:
+    servers: list[Scripted] = []
+
+    async def start(script: Script) -> Scripted:
+        s = Scripted(script)
+        s.server = await serve(s._handle, "127.0.0.1", 0)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        assert s.server is not None
+        s.server.close()
+        await s.server.wait_closed()
+
+
+def refusal(rid: str, code: str, retry_after_ms: int) -> dict[str, Any]:
+    return {"type": "error", "id": rid, "seq": None, "code": code, "message": code, "retry_after_ms": retry_after_ms}
+
+
+async def test_a_refused_copy_of_an_accepted_request_does_not_end_it(scripted: Any) -> None:
+    """After a reconnect the client sends its unfinished request again; the server refuses the copy (its task had no
+    live worker for a moment) while the request itself still runs. Its result must still reach the caller."""
+
+    async def script(peer: Peer) -> None:
+        if peer.n == 0:
+            await peer.welcome()
+            infer = await peer.recv()
+            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.welcome(resumed=True)
+        copy = await peer.recv()
+        await peer.send(refusal(copy["id"], "unavailable", 50))
+        await peer.send({"type": "result", "id": copy["id"], "seq": 2, "output": {"ok": True}})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
+        result = await asyncio.wait_for(c.infer("t", "x"), 5)
+    assert result.output == {"ok": True}
+
+
+async def test_frames_that_arrive_while_a_refusal_waits_to_be_retried_are_kept(scripted: Any) -> None:
+    """An `unavailable` whose admission's answer was lost may be followed by the request's own frames: the request ran.
+    The client takes them instead of dropping them and sending it again."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        await peer.send(refusal(infer["id"], "unavailable", 500))
+        await peer.send({"type": "result", "id": infer["id"], "seq": 1, "output": {"ran": True}})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        result = await asyncio.wait_for(c.infer("t", "x"), 5)
+        await asyncio.sleep(0.7)  # past the retry that was scheduled: it must not be sent
+    assert result.output == {"ran": True}
+    assert len(server.sent("infer")) == 1
+
+
+async def test_a_refused_request_is_sent_again_after_retry_after(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        first = await peer.recv()
+        await peer.send(refusal(first["id"], "overloaded", 100))
+        again = await peer.recv()
+        await peer.send({"type": "accepted", "id": again["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+        await peer.send({"type": "result", "id": again["id"], "seq": 2, "output": 1})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        t0 = time.monotonic()
+        result = await asyncio.wait_for(c.infer("t", "x", deadline_ms=10_000), 5)
+        assert time.monotonic() - t0 >= 0.1
+        assert c.retried == 1
+    assert result.output == 1
+    first, again = server.sent("infer")
+    assert first["id"] == again["id"]
+    assert again["options"]["deadline_ms"] < 10_000, "a request sent again asks for what is left of its budget"
+
+
+async def test_a_cancel_while_a_refused_request_waits_ends_it_at_once_without_sending_it(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        await peer.send(refusal(infer["id"], "overloaded", 3000))
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        call = asyncio.create_task(c.infer("t", "x", request_id="r1"))
+        while not server.sent("infer"):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the refusal arrived; the request waits to be sent again
+        t0 = time.monotonic()
+        await c.cancel("r1")
+        with pytest.raises(RequestError) as e:
+            await asyncio.wait_for(call, 2)
+        assert e.value.code == "cancelled"
+        assert time.monotonic() - t0 < 1
+        await asyncio.sleep(0.2)
+    assert len(server.sent("infer")) == 1, "a cancelled request was sent again"
+    assert server.sent("cancel") == [], "nothing of it was on the server to cancel"
+
+
+async def test_a_server_that_closes_after_every_welcome_gets_growing_delays_then_is_given_up(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=peer.n > 0)
+        await peer.ws.close(1011, "replay failed")
+
+    server = await scripted(script)
+    c = Client(server.url, backoff=Backoff(base_s=0.05, max_s=0.4, max_attempts=4))
+    await c.connect()
+    t0 = time.monotonic()
+    while c.state != "closed" and time.monotonic() - t0 < 10:
+        await asyncio.sleep(0.05)
+    assert c.state == "closed", "a server that drops every connection was retried forever"
+    # The first connection and 4 attempts: without the count kept across welcomes, ~40 connections in that time.
+    assert server.connections == 5
+    with pytest.raises(ConnectionLost):
+        await c.infer("t", "x")
+    await c.close()
+
+
+async def test_a_frame_type_the_client_does_not_know_before_the_welcome_is_ignored(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send({"type": "notice", "text": "a frame type from a newer server"})
+        await peer.send({"type": "welcome", "session": "s1", "resumed": False, "gateway": "g1", "protocol": "1"})
+        infer = await peer.recv()
+        await peer.send({"type": "result", "id": infer["id"], "seq": 1, "output": 1})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        assert (await asyncio.wait_for(c.infer("t", "x"), 5)).output == 1
+
+
+async def test_a_request_its_caller_gave_up_on_is_cancelled_on_the_server(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        with pytest.raises(RequestTimeout):
+            await c.infer("t", "x", request_id="slow", timeout_s=0.3)
+        t0 = time.monotonic()
+        while not server.sent("cancel") and time.monotonic() - t0 < 2:
+            await asyncio.sleep(0.02)
+    assert server.sent("cancel") == [{"type": "cancel", "id": "slow"}]
+
+
+async def test_a_stream_never_iterated_is_not_sent_after_a_reconnect(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=peer.n > 0)
+        if peer.n == 0:
+            await asyncio.sleep(0.2)
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
+        c.stream("t", "never iterated")
+        t0 = time.monotonic()
+        while c.reconnects == 0 and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.02)
+        assert c.reconnects == 1
+        await asyncio.sleep(0.2)
+    assert server.sent("infer") == []

@@ -251,3 +251,25 @@ async def test_a_stream_never_iterated_is_not_sent_after_a_reconnect(scripted: A
         assert c.reconnects == 1
         await asyncio.sleep(0.2)
     assert server.sent("infer") == []
+
+
+async def test_an_on_state_callback_that_raises_does_not_stop_the_client(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        if peer.n == 0:
+            await peer.welcome()
+            infer = await peer.recv()
+            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.welcome(resumed=True)
+        copy = await peer.recv()
+        await peer.send({"type": "result", "id": copy["id"], "seq": 2, "output": 1})
+        await peer.drain()
+
+    def on_state(state: str) -> None:
+        if state == "reconnecting":
+            raise RuntimeError("a bug in the application's callback")
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05), on_state=on_state) as c:  # type: ignore[arg-type]
+        assert (await asyncio.wait_for(c.infer("t", "x"), 5)).output == 1

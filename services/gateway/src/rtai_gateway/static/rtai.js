@@ -13,6 +13,9 @@
 
 export const FATAL_CLOSE_CODES = new Set([1008, 1009]);
 const RETRY_CODES = new Set(["overloaded", "rate_limited", "unavailable"]);
+// A connection that stayed up this long starts the reconnect attempt count again at its next drop; a server that
+// welcomes and then closes every time gets growing delays instead of a reconnect every few hundred milliseconds.
+const STABLE_MS = 5000;
 
 /** An `error` frame that ended a request, or a client-side failure (code "timeout", "connection_lost"). */
 export class RtaiError extends Error {
@@ -109,7 +112,7 @@ export class RtaiClient extends EventTarget {
 
   /** Reconnect now instead of waiting for the backoff timer (e.g. when the browser comes back online). */
   reconnectNow() {
-    if (this.state === "reconnecting") {
+    if (this.state === "reconnecting" && this._ws === null) { // not while a socket is already opening
       clearTimeout(this._timer);
       this._open();
     }
@@ -128,9 +131,10 @@ export class RtaiClient extends EventTarget {
       return;
     }
     this._ws = ws;
-    let welcomed = false;
+    let welcomedAt = null;
     let refusal = null;
     ws.onopen = () => {
+      if (this._ws !== ws) return; // replaced (new credentials) while it opened
       const hello = { type: "hello" };
       if (this.session) {
         hello.session = this.session;
@@ -139,6 +143,7 @@ export class RtaiClient extends EventTarget {
       ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (ev) => {
+      if (this._ws !== ws) return;
       let frame;
       try {
         frame = JSON.parse(ev.data);
@@ -146,9 +151,9 @@ export class RtaiClient extends EventTarget {
         return;
       }
       if (frame.type === "welcome") {
-        welcomed = true;
+        welcomedAt = Date.now();
         this._onWelcome(frame);
-      } else if (!welcomed && frame.type === "error" && frame.id == null) {
+      } else if (welcomedAt === null && frame.type === "error" && frame.id == null) {
         refusal = frame; // e.g. unauthenticated, just before a 1008 close
         this.dispatchEvent(new CustomEvent("refused", { detail: frame }));
       } else {
@@ -166,7 +171,7 @@ export class RtaiClient extends EventTarget {
         this._setState("closed", { closeCode: ev.code, reason: ev.reason, code, message });
         return;
       }
-      if (welcomed) this._attempt = 0;
+      if (welcomedAt !== null && Date.now() - welcomedAt >= STABLE_MS) this._attempt = 0;
       this._scheduleReconnect(ev.code, ev.reason);
     };
   }
@@ -189,7 +194,6 @@ export class RtaiClient extends EventTarget {
     this.session = w.session;
     this.gateway = w.gateway || "";
     this._gen += 1;
-    this._attempt = 0;
     if (wasConnected) this.reconnects += 1;
     this._setState("open", { resumed: !!w.resumed, gateway: this.gateway });
     this.dispatchEvent(new CustomEvent("welcome", { detail: w }));
@@ -231,8 +235,21 @@ export class RtaiClient extends EventTarget {
   }
 
   _onError(call, f) {
-    const retryable = f.seq == null && RETRY_CODES.has(f.code) && !call.accepted && !call.cancelRequested;
+    const refusal = f.seq == null && RETRY_CODES.has(f.code);
     const delayMs = (f.retry_after_ms ?? this.backoff.baseMs) * (1 + 0.2 * Math.random());
+    if (refusal && (call.accepted || call.nextIndex > 0)) {
+      // A copy sent again after a reconnect was refused; the request itself was accepted and runs. Send the copy
+      // again later, in case the server lost the request.
+      if (call.resendTimer == null && !call.cancelRequested) {
+        call.resendTimer = setTimeout(() => {
+          call.resendTimer = null;
+          call.sentGen = -1;
+          this._sendCall(call);
+        }, delayMs);
+      }
+      return;
+    }
+    const retryable = refusal && !call.accepted && !call.cancelRequested;
     if (retryable && call.attempt < call.retries && Date.now() + delayMs < call.deadline) {
       call.attempt += 1;
       call.waiting = true;
@@ -256,6 +273,7 @@ export class RtaiClient extends EventTarget {
     call.done = true;
     clearTimeout(call.timer);
     clearTimeout(call.retryTimer);
+    clearTimeout(call.resendTimer);
     this._calls.delete(call.id);
     if (err) call.reject(err);
     else call.resolve(result);
@@ -300,10 +318,11 @@ export class RtaiClient extends EventTarget {
       call.resolve = resolve;
       call.reject = reject;
     });
-    call.timer = setTimeout(
-      () => this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`)),
-      limitMs,
-    );
+    call.timer = setTimeout(() => {
+      // Given up on here: if it may still run on the server, stop it there too (it would hold a worker for nothing).
+      if (!call.waiting && call.sentGen >= 0) this._send({ type: "cancel", id });
+      this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`));
+    }, limitMs);
     this._calls.set(id, call);
     if (this.state === "idle" || this.state === "closed") {
       this._finish(call, new RtaiError("connection_lost", "not connected: call connect() first"));

@@ -181,3 +181,29 @@ def test_a_request_that_timed_out_is_cancelled_on_the_server(page: Page) -> None
         """,
     )
     assert out == {"code": "timeout", "cancels": ["slow"]}
+
+
+def test_a_request_over_the_gateways_frame_limit_is_refused_without_sending_it(page: Page) -> None:
+    out = run(
+        page,
+        """
+        window.serverScript = (sock, f) => {
+          if (f.type === "hello") {
+            return sock.serverSend({ type: "welcome", session: "s1", resumed: false, max_frame_bytes: 200 });
+          }
+          if (f.type === "infer") sock.serverSend({ type: "result", id: f.id, seq: 1, output: f.input.length });
+        };
+        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
+        c.connect();
+        await sleep(50);
+        let code = null;
+        try {
+          await c.request("t", "x".repeat(300)).done;
+        } catch (e) {
+          code = e.code;
+        }
+        const small = await c.request("t", "small").done;
+        return { code, small: small.output, sent: sent.filter(([, f]) => f.type === "infer").length };
+        """,
+    )
+    assert out == {"code": "invalid_request", "small": 5, "sent": 1}

@@ -273,3 +273,22 @@ async def test_an_on_state_callback_that_raises_does_not_stop_the_client(scripte
     server = await scripted(script)
     async with Client(server.url, backoff=Backoff(base_s=0.05), on_state=on_state) as c:  # type: ignore[arg-type]
         assert (await asyncio.wait_for(c.infer("t", "x"), 5)).output == 1
+
+
+async def test_a_request_over_the_gateways_frame_limit_is_refused_without_closing_the_socket(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.recv()
+        welcome = {"type": "welcome", "session": "s1", "resumed": False, "gateway": "g1", "max_frame_bytes": 200}
+        await peer.send(welcome)
+        while True:
+            infer = await peer.recv()
+            await peer.send({"type": "result", "id": infer["id"], "seq": 1, "output": len(infer["input"])})
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        with pytest.raises(RequestError) as e:
+            await c.infer("t", "x" * 300)
+        assert e.value.code == "invalid_request"
+        assert "at most 200" in (e.value.message or "")
+        assert (await asyncio.wait_for(c.infer("t", "small"), 5)).output == 5
+    assert [f["input"] for f in server.sent("infer")] == ["small"]

@@ -76,6 +76,9 @@ class Client:
         """The resume token of the current session (treat it as a secret)."""
         self.last_seq = 0
         self.gateway = ""
+        self.max_frame_bytes = 0
+        """The largest frame the gateway takes (from its welcome; 0: not known). A larger one would close the socket
+        (1009) and end every request on it, so the client refuses it before sending."""
         self.state: State = "idle"
         self.reconnects = 0
         """Successful reconnects so far."""
@@ -160,6 +163,7 @@ class Client:
             self.last_seq = 0  # a new session numbers its frames from 1
         self.session = welcome.session
         self.gateway = welcome.gateway
+        self.max_frame_bytes = welcome.max_frame_bytes
         self.resumed = welcome.resumed
         self._ws = ws
         self._gen += 1
@@ -320,6 +324,10 @@ class Client:
         if deadline_ms is not None:
             options["deadline_ms"] = deadline_ms
         call = Call(id=rid, task=task, input=text, options=options)
+        size = len(json.dumps(call.frame()).encode())
+        if 0 < self.max_frame_bytes < size:
+            msg = f"the request is {size} bytes; the gateway takes frames of at most {self.max_frame_bytes}"
+            raise RequestError(Error(id=rid, code="invalid_request", message=msg))
         self._calls[rid] = call
         return call
 

@@ -68,6 +68,7 @@ export class RtaiClient extends EventTarget {
     this.session = null;
     this.lastSeq = 0;
     this.gateway = "";
+    this.maxFrameBytes = 0; // from the welcome: a larger frame would close the socket (1009) and end every request
     this.state = "idle";
     this.reconnects = 0;
     this._ws = null;
@@ -193,6 +194,7 @@ export class RtaiClient extends EventTarget {
     if (!w.resumed) this.lastSeq = 0;
     this.session = w.session;
     this.gateway = w.gateway || "";
+    this.maxFrameBytes = w.max_frame_bytes || 0;
     this._gen += 1;
     if (wasConnected) this.reconnects += 1;
     this._setState("open", { resumed: !!w.resumed, gateway: this.gateway });
@@ -324,8 +326,12 @@ export class RtaiClient extends EventTarget {
       this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`));
     }, limitMs);
     this._calls.set(id, call);
+    const size = new TextEncoder().encode(JSON.stringify({ type: "infer", id, task, input, options })).length;
     if (this.state === "idle" || this.state === "closed") {
       this._finish(call, new RtaiError("connection_lost", "not connected: call connect() first"));
+    } else if (this.maxFrameBytes > 0 && size > this.maxFrameBytes) {
+      const message = `the request is ${size} bytes; the gateway takes frames of at most ${this.maxFrameBytes}`;
+      this._finish(call, new RtaiError("invalid_request", message));
     } else {
       this._sendCall(call);
     }

@@ -207,3 +207,55 @@ def test_a_request_over_the_gateways_frame_limit_is_refused_without_sending_it(p
         """,
     )
     assert out == {"code": "invalid_request", "small": 5, "sent": 1}
+
+
+def test_a_request_made_before_the_welcome_is_checked_against_its_frame_limit(page: Page) -> None:
+    out = run(
+        page,
+        """
+        window.openDelayMs = 50;
+        window.serverScript = (sock, f) => {
+          if (f.type === "hello") {
+            return sock.serverSend({ type: "welcome", session: "s1", resumed: false, max_frame_bytes: 200 });
+          }
+          if (f.type === "infer") sock.serverSend({ type: "result", id: f.id, seq: 1, output: f.input.length });
+        };
+        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
+        c.connect();
+        const big = c.request("t", "x".repeat(300)).done.then(() => null, (e) => e.code);  // before the welcome
+        const small = await c.request("t", "small").done;
+        return { big: await big, small: small.output, sent: sent.filter(([, f]) => f.type === "infer").length };
+        """,
+    )
+    assert out == {"big": "invalid_request", "small": 5, "sent": 1}
+
+
+def test_a_request_that_timed_out_while_disconnected_is_cancelled_once_the_session_resumes(page: Page) -> None:
+    out = run(
+        page,
+        """
+        window.serverScript = (sock, f) => {
+          if (f.type === "hello") {
+            welcome(sock, sock.n > 0);
+            return;
+          }
+          if (f.type === "infer" && sock.n === 0) {
+            sock.serverSend({ type: "accepted", id: f.id, seq: 1, task: "t", deadline_ms: 0 });
+            setTimeout(() => sock.serverClose(1012, "restart"), 50);
+          }
+        };
+        const backoff = { baseMs: 1000, maxMs: 1000 };  // reconnects 0.5-1 s after the drop
+        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket, graceMs: 100, backoff });
+        c.connect();
+        await sleep(30);
+        let code = null;
+        try {
+          await c.request("t", "x", { id: "slow", deadlineMs: 200 }).done;  // times out while disconnected
+        } catch (e) {
+          code = e.code;
+        }
+        await sleep(1300);
+        return { code, cancels: sent.filter(([, f]) => f.type === "cancel").map(([n, f]) => [n, f.id]) };
+        """,
+    )
+    assert out == {"code": "timeout", "cancels": [[1, "slow"]]}

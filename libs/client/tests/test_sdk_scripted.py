@@ -169,9 +169,8 @@ async def test_a_cancel_while_a_refused_request_waits_ends_it_at_once_without_se
     server = await scripted(script)
     async with Client(server.url) as c:
         call = asyncio.create_task(c.infer("t", "x", request_id="r1"))
-        while not server.sent("infer"):
+        while not ("r1" in c._calls and c._calls["r1"].waiting):  # refused: it waits to be sent again
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # the refusal arrived; the request waits to be sent again
         t0 = time.monotonic()
         await c.cancel("r1")
         with pytest.raises(RequestError) as e:
@@ -292,3 +291,84 @@ async def test_a_request_over_the_gateways_frame_limit_is_refused_without_closin
         assert "at most 200" in (e.value.message or "")
         assert (await asyncio.wait_for(c.infer("t", "small"), 5)).output == 5
     assert [f["input"] for f in server.sent("infer")] == ["small"]
+
+
+async def test_a_refused_request_admitted_meanwhile_is_sent_again_when_the_session_is_lost(scripted: Any) -> None:
+    """Refused, then its `accepted` came after all (the admission's answer was lost); then the connection drops and the
+    session cannot be resumed: the request must be sent again on the new session, not left to time out."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=False)
+        infer = await peer.recv()
+        if peer.n == 0:
+            await peer.send(refusal(infer["id"], "unavailable", 2000))
+            await asyncio.sleep(0.1)  # the client takes the refusal: it waits to send the request again
+            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await asyncio.sleep(0.1)
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.send({"type": "result", "id": infer["id"], "seq": 1, "output": "again"})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
+        assert (await asyncio.wait_for(c.infer("t", "x"), 5)).output == "again"
+
+
+async def test_a_stream_cancelled_before_it_is_iterated_is_never_sent(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        s = c.stream("t", "x")
+        await s.cancel()
+        with pytest.raises(RequestError) as e:
+            async for _ in s:
+                pass
+        assert e.value.code == "cancelled"
+        await asyncio.sleep(0.2)
+    assert server.sent("infer") == [] and server.sent("cancel") == []
+
+
+async def test_a_request_given_up_on_while_disconnected_is_cancelled_once_the_session_resumes(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=peer.n > 0)
+        if peer.n == 0:
+            infer = await peer.recv()
+            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await asyncio.sleep(0.2)
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=1.0, max_s=1.0)) as c:  # reconnects 0.5-1 s later
+        with pytest.raises(RequestTimeout):
+            await c.infer("t", "x", request_id="slow", timeout_s=0.4)  # gives up while disconnected
+        t0 = time.monotonic()
+        while not server.sent("cancel") and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.02)
+    assert server.sent("cancel") == [{"type": "cancel", "id": "slow"}]
+
+
+async def test_a_request_over_a_new_gateways_smaller_frame_limit_fails_alone(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.recv()
+        limit = 10_000 if peer.n == 0 else 200
+        await peer.send({"type": "welcome", "session": "s1", "resumed": True, "max_frame_bytes": limit})
+        if peer.n == 0:
+            await peer.recv()
+            await peer.ws.close(1012, "restart")
+            return
+        while True:
+            infer = await peer.recv()
+            await peer.send({"type": "result", "id": infer["id"], "seq": 9, "output": len(infer["input"])})
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
+        with pytest.raises(RequestError) as e:
+            await asyncio.wait_for(c.infer("t", "x" * 1000), 5)  # fits the first gateway, not the second
+        assert e.value.code == "invalid_request"
+        assert (await asyncio.wait_for(c.infer("t", "small"), 5)).output == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,10 @@ class Call:
     cancel_requested: bool = False
     result: Result | None = None
 
+    def size(self) -> int:
+        """Bytes of its `infer` frame."""
+        return len(json.dumps(self.frame()).encode())
+
     def frame(self) -> dict[str, Any]:
         f: dict[str, Any] = {"type": "infer", "id": self.id, "task": self.task, "input": self.input}
         if self.options:
@@ -52,6 +57,7 @@ class Call:
             if item.index < self.next_index:
                 return
             self.next_index = item.index + 1
+            self.waiting = False  # it runs: a refusal's retry is moot
         elif not (isinstance(item, Error) and is_refusal(item)):
             self.done = True
         self.queue.put_nowait(item)
@@ -96,6 +102,8 @@ class Retry:
     attempts: int = 0
     at: float | None = None
     """When to send the request again (None: no retry pending)."""
+    copy: bool = False
+    """The retry pending is of a refused copy of an admitted request (not counted against `retries`)."""
 
     def wake(self, end: float) -> float:
         return end if self.at is None else min(end, self.at)
@@ -104,9 +112,12 @@ class Retry:
         """Schedule a retry for a refusal; False if the error ends the request."""
         call = self.call
         delay = retry_delay(err.retry_after_ms, self.fallback_s)
+        if is_refusal(err) and call.cancel_requested and not call.admitted:
+            self._cancelled()  # the cancel crossed the refusal: nothing of it is on the server
         if is_refusal(err) and call.admitted:
             if self.at is None:
-                self.at = now + delay
+                self.at = now + max(delay, self.fallback_s)
+                self.copy = True
             return True
         if self.attempts >= self.retries or not call.retryable(err) or now + delay >= end:
             return False
@@ -121,13 +132,17 @@ class Retry:
         self.at = None
         call = self.call
         if call.cancel_requested:
-            if not call.admitted:
-                raise RequestError(Error(id=call.id, code="cancelled", message="cancelled by the client"))
+            if call.waiting:
+                self._cancelled()
             return False  # the cancel went to the server, which ends the request
-        if call.waiting and call.admitted:
-            call.waiting = False  # admitted after all (its `accepted` or a chunk came meanwhile)
-            return False
-        if call.waiting and self.budget_ms is not None:  # the server counts the budget from its receipt
+        if not (call.waiting or self.copy):
+            return False  # admitted after all (its `accepted` or a chunk came meanwhile), or sent on a reconnect
+        self.copy = False
+        if self.budget_ms is not None:  # the server counts the budget from its receipt
             call.options["deadline_ms"] = max(1, int(self.budget_ms - (now - self.started) * 1000))
         call.rearm()
         return True
+
+    def _cancelled(self) -> None:
+        self.call.done = True
+        raise RequestError(Error(id=self.call.id, code="cancelled", message="cancelled by the client"))

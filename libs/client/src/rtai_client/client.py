@@ -96,6 +96,8 @@ class Client:
         """Reconnect attempts since the connection last stayed up `backoff.stable_s`: a server that welcomes and then
         closes every time is retried with growing delays (and given up on), not every few hundred milliseconds."""
         self._background: set[asyncio.Task[Any]] = set()
+        self._cancel_later: set[str] = set()
+        """Requests given up on while disconnected, cancelled on the server once the session resumes."""
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -122,6 +124,10 @@ class Client:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("rtai.reader_failed", exc_info=exc)
             self._lose(ConnectionLost(f"the client's reader failed: {exc!r}"))
+            if self._ws is not None:  # nobody reads it any more
+                closing = asyncio.get_running_loop().create_task(self._ws.close())
+                self._background.add(closing)
+                closing.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Close normally (code 1000): the server cancels this session's unfinished requests."""
@@ -243,7 +249,11 @@ class Client:
         return False
 
     async def _resend_unfinished(self, resumed: bool) -> None:
-        """Send again every request without a final frame: the server answers each id once (idempotency)."""
+        """Send again every request without a final frame: the server answers each id once (idempotency). Requests
+        given up on while disconnected are cancelled now (in a new session nothing of them is left to cancel)."""
+        cancels, self._cancel_later = self._cancel_later, set()
+        for rid in cancels if resumed else ():
+            await self._send_raw({"type": "cancel", "id": rid})
         for call in list(self._calls.values()):
             if call.done or not call.started or call.waiting:
                 continue  # a waiting request is sent again when its retry is due
@@ -278,6 +288,7 @@ class Client:
             return
         if isinstance(frame, Accepted):
             call.accepted = True
+            call.waiting = False  # it runs: a refusal's retry is moot
         else:
             call.offer(frame)
 
@@ -298,7 +309,10 @@ class Client:
         return True
 
     async def _send_call(self, call: Call) -> None:
-        if call.sent_gen == self._gen or self.state != "open":
+        if call.done or call.sent_gen == self._gen or self.state != "open":
+            return
+        if (too_big := self._too_big(call)) is not None:  # a gateway with a smaller limit, after a reconnect
+            call.fail(too_big)
             return
         call.sent_gen = self._gen
         if not await self._send_raw(call.frame()):
@@ -324,12 +338,18 @@ class Client:
         if deadline_ms is not None:
             options["deadline_ms"] = deadline_ms
         call = Call(id=rid, task=task, input=text, options=options)
-        size = len(json.dumps(call.frame()).encode())
-        if 0 < self.max_frame_bytes < size:
-            msg = f"the request is {size} bytes; the gateway takes frames of at most {self.max_frame_bytes}"
-            raise RequestError(Error(id=rid, code="invalid_request", message=msg))
+        if (too_big := self._too_big(call)) is not None:
+            raise too_big
         self._calls[rid] = call
         return call
+
+    def _too_big(self, call: Call) -> RequestError | None:
+        """A request the gateway would answer by closing the socket (1009), failing every request on it."""
+        size = call.size()
+        if 0 < self.max_frame_bytes < size:
+            msg = f"the request is {size} bytes; the gateway takes frames of at most {self.max_frame_bytes}"
+            return RequestError(Error(id=call.id, code="invalid_request", message=msg))
+        return None
 
     def _timeout(self, deadline_ms: int | None, timeout_s: float | None) -> float:
         if timeout_s is not None:
@@ -423,7 +443,10 @@ class Client:
         """Forget a request whose caller stopped waiting (a timeout, a cancelled task, a stream left early). One that
         may still run on the server is cancelled there, so it does not hold a worker for nothing."""
         self._calls.pop(call.id, None)
-        if call.done or call.waiting or call.sent_gen < 0 or self.state != "open":
+        if call.done or call.waiting or call.sent_gen < 0:
+            return
+        if self.state != "open":
+            self._cancel_later.add(call.id)
             return
         try:
             loop = asyncio.get_running_loop()

@@ -77,6 +77,7 @@ export class RtaiClient extends EventTarget {
     this._timer = null;
     this._closing = false;
     this._calls = new Map();
+    this._cancelLater = new Set(); // requests given up on while disconnected: cancelled once the session resumes
   }
 
   _setState(state, extra = {}) {
@@ -199,6 +200,9 @@ export class RtaiClient extends EventTarget {
     if (wasConnected) this.reconnects += 1;
     this._setState("open", { resumed: !!w.resumed, gateway: this.gateway });
     this.dispatchEvent(new CustomEvent("welcome", { detail: w }));
+    const cancels = this._cancelLater;
+    this._cancelLater = new Set();
+    if (w.resumed) for (const id of cancels) this._send({ type: "cancel", id });
     for (const call of this._calls.values()) {
       if (call.done) continue;
       if (!w.resumed) {
@@ -295,7 +299,20 @@ export class RtaiClient extends EventTarget {
     if (call.done || call.waiting || call.sentGen === this._gen || this.state !== "open") return;
     const frame = { type: "infer", id: call.id, task: call.task, input: call.input };
     if (Object.keys(call.options).length) frame.options = call.options;
+    const tooBig = this._tooBig(frame);
+    if (tooBig) {
+      this._finish(call, tooBig); // a larger frame would close the socket (1009) and fail every request on it
+      return;
+    }
     if (this._send(frame)) call.sentGen = this._gen;
+  }
+
+  _tooBig(frame) {
+    if (!(this.maxFrameBytes > 0)) return null;
+    const size = new TextEncoder().encode(JSON.stringify(frame)).length;
+    if (size <= this.maxFrameBytes) return null;
+    const message = `the request is ${size} bytes; the gateway takes frames of at most ${this.maxFrameBytes}`;
+    return new RtaiError("invalid_request", message);
   }
 
   /**
@@ -322,16 +339,12 @@ export class RtaiClient extends EventTarget {
     });
     call.timer = setTimeout(() => {
       // Given up on here: if it may still run on the server, stop it there too (it would hold a worker for nothing).
-      if (!call.waiting && call.sentGen >= 0) this._send({ type: "cancel", id });
+      if (!call.waiting && call.sentGen >= 0 && !this._send({ type: "cancel", id })) this._cancelLater.add(id);
       this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`));
     }, limitMs);
     this._calls.set(id, call);
-    const size = new TextEncoder().encode(JSON.stringify({ type: "infer", id, task, input, options })).length;
     if (this.state === "idle" || this.state === "closed") {
       this._finish(call, new RtaiError("connection_lost", "not connected: call connect() first"));
-    } else if (this.maxFrameBytes > 0 && size > this.maxFrameBytes) {
-      const message = `the request is ${size} bytes; the gateway takes frames of at most ${this.maxFrameBytes}`;
-      this._finish(call, new RtaiError("invalid_request", message));
     } else {
       this._sendCall(call);
     }

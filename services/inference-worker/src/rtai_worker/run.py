@@ -164,7 +164,6 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await server.consumer.hand_back(unfinished, HANDED_BACK_IDLE_MS)
                 log.info("worker.handed_back", task=task, jobs=len(unfinished))
-            server.threads.close()
         await self.health.stop()
         await close_redis(self.probe)
         await close_redis(self.reader)

@@ -56,8 +56,7 @@ class TaskServer:
         self._replying: asyncio.Task[None] | None = None
         """The last batch's replies and acks, still being written while the next batch is read."""
         self.stopping = asyncio.Event()
-        # One thread per stream slot, one for plain batches and one for a reclaimed batch run beside them.
-        self.threads = ModelThreads(f"model-{task}", settings.max_streams + 2)
+        self.threads = ModelThreads()
 
     # ---- the read loop -------------------------------------------------------------------------------------------
 
@@ -342,7 +341,7 @@ class TaskServer:
         finally:
             # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it
             # is dropped with the process.
-            if not getattr(gen, "gi_running", False) and not self.threads.closed:
+            if not getattr(gen, "gi_running", False):
                 await self.threads.run(gen.close)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
             self.metrics.busy.set(0)

@@ -143,3 +143,21 @@ async def test_a_resent_log_frame_returns_the_seq_and_body_of_the_first_run(redi
     assert int((await run("r1", b"chunk 3", "chunk", 3))[0]) == 0
     assert await redis.xlen(keys.session_log("s1")) == 5, "a repeat was logged again"
     assert await redis.get(keys.session_seq("s1")) == b"5"
+
+
+async def test_a_resume_from_a_seq_the_session_never_reached_starts_a_fresh_session(conn: Conn) -> None:
+    """A last seq far above the session's numbering would become the floor for new numbers and push them past what
+    the log's entry ids hold; a few above it (the increments a failover loses) still resume."""
+    assert (await conn.call("sentiment", "before"))["type"] == "result"
+    assert conn.session is not None
+    probe = await Conn(conn.url).open(hello={"type": "hello", "session": conn.session, "last_seq": 2**53 - 1})
+    assert probe.frames[0]["resumed"] is False
+    fresh = await probe.call("sentiment", "in the fresh session")
+    assert fresh["type"] == "result" and fresh["seq"] <= 2, fresh
+    await probe.close()
+    ahead = conn.last_seq + 3  # the client has frames whose numbers a failover lost
+    again = await Conn(conn.url).open(hello={"type": "hello", "session": conn.session, "last_seq": ahead})
+    assert again.frames[0]["resumed"] is True
+    after = await again.call("sentiment", "after the resume")
+    assert after["seq"] > ahead, after
+    await again.close()

@@ -22,7 +22,9 @@ local function append(seq_key, log_key, body, ttl, maxlen, floor)
   -- last increments together with their log entries (replication is asynchronous); numbering at or below what the
   -- client has would make it (and the gateway) drop the new frame as already seen.
   if seq <= floor then seq = floor + 1; redis.call('SET', seq_key, seq) end
-  redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, seq .. '-1', 'f', body)
+  -- '%d': Lua's own number-to-string conversion writes 14 significant digits, so a number that large would not be
+  -- an entry id.
+  redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, string.format('%d-1', seq), 'f', body)
   redis.call('EXPIRE', seq_key, ttl)
   redis.call('EXPIRE', log_key, ttl)
   return seq
@@ -47,7 +49,8 @@ LOG_FRAME = (
 local holder = redis.call('HGET', KEYS[3], 'gateway') or ''
 local function logged(seq)
   if not seq or seq == 0 then return {0, holder} end
-  local e = redis.call('XRANGE', KEYS[2], seq .. '-1', seq .. '-1')
+  local id = string.format('%d-1', seq)
+  local e = redis.call('XRANGE', KEYS[2], id, id)
   if #e == 0 then return {0, holder} end
   return {seq, holder, e[1][2][2]}
 end

@@ -23,6 +23,9 @@ from rtai_telemetry.logging import get_logger
 log = get_logger("rtai_gateway.lifecycle")
 
 CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+LAST_SEQ_SLACK = 100_000
+"""How far a resuming client's last seq may be above the session's numbering in Redis: a failover to a lagging replica
+loses the last increments and log entries (the frames the client already has), never this many."""
 
 
 def anonymous_identity(session_id: str) -> str:
@@ -68,10 +71,20 @@ async def _claim(hub: Hub, session: Session) -> None:
 
 async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, last_seq: int) -> Session | None:
     k = hub.keys
-    meta: Any = await hub.redis.hgetall(k.session_meta(session_id))
+    async with hub.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(k.session_meta(session_id))
+        pipe.get(k.session_seq(session_id))
+        pipe.xrevrange(k.session_log(session_id), count=1)
+        meta, counter, top = await pipe.execute()
     if not meta or meta.get(b"identity", b"").decode() != identity:
         # Unknown, expired, or someone else's: start fresh without saying which (no oracle for guessing tokens).
         log.info("session.resume_refused")
+        return None
+    numbered = max(int(counter or 0), int(top[0][0].split(b"-")[0]) if top else 0)
+    if last_seq > numbered + LAST_SEQ_SLACK:
+        # A seq the session never reached. Taken as the floor for new numbers, it would push them past what the log's
+        # entry ids can hold; the client is confused (or probing): a fresh session puts it right.
+        log.warning("session.resume_refused", reason="last_seq_ahead", last_seq=last_seq, numbered=numbered)
         return None
     session = hub.sessions.get(session_id)
     if session is None:

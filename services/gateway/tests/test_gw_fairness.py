@@ -218,3 +218,20 @@ async def test_a_cancel_for_another_sessions_request_does_not_wait_for_its_admis
     assert b"invalid_request" in other.conn.frames[-1]  # type: ignore[union-attr]
     hub.gates["second"].set()
     await settle()
+
+
+async def test_one_id_waiting_from_two_sessions_of_a_user_is_refused_once_and_leaks_no_slot() -> None:
+    hub, sched = make(cap=1)
+    a = user("u")
+    b = Session(id="b", identity="u", conn=FakeConn())  # type: ignore[arg-type]
+    await sched.submit(a, infer("running"))
+    await sched.submit(a, infer("x"))
+    await sched.submit(b, infer("x"))  # the same id from the user's other session, while the first copy waits
+    assert b"duplicate_request" in b.conn.frames[-1]  # type: ignore[union-attr]
+    assert sched.queued == 1
+    hub.finish("u", "running")
+    await settle()
+    hub.finish("u", "x")
+    await settle()
+    assert hub.order == ["running", "x"]
+    assert sched.inflight == {}, "a slot leaked: the user would wait for ever"

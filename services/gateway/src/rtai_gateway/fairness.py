@@ -64,8 +64,13 @@ class FairScheduler:
         if queue is None and self.inflight.get(user, 0) < self._cap:
             await self._admit(session, frame, user)
             return
-        if queue is not None and any(w.frame.id == frame.id and w.session is session for w in queue):
+        waiting = None if queue is None else next((w for w in queue if w.frame.id == frame.id), None)
+        if waiting is not None and waiting.session is session:
             return  # a retry of a request still waiting here: it will be answered once, when it runs
+        if waiting is not None:
+            msg = "this request id is waiting in another session; resume that session"
+            session.send(refusal(frame.id, ErrorCode.DUPLICATE_REQUEST, msg))
+            return
         if (
             self.queued >= self._total_cap
             or (queue is not None and len(queue) >= self._queue_cap)
@@ -109,6 +114,9 @@ class FairScheduler:
 
     async def _admit(self, session: Session, frame: Infer, user: str) -> None:
         key = (user, frame.id)
+        if key in self._slots:  # one id holds one slot, whichever session sent it (the hub answers a copy)
+            await self._hub.submit(session, frame)
+            return
         self._slots.add(key)
         self.inflight[user] = self.inflight.get(user, 0) + 1
         try:

@@ -3,8 +3,9 @@
 uvicorn arms no timer before a connection's first request. A client that opens TCP and sends nothing, or dribbles its
 headers a byte at a time (slowloris), would hold a socket and its buffers for ever, and the per-gateway connection
 cap only counts sockets that completed the WebSocket handshake. This protocol closes a connection whose request head
-(the WebSocket upgrade request included) is not complete within `limits.handshake_timeout_s`. Later requests on a
-kept-alive HTTP connection fall under uvicorn's keep-alive timeout.
+(the WebSocket upgrade request included) is not complete within `limits.handshake_timeout_s`; so does every later
+request on a kept-alive HTTP connection (uvicorn's keep-alive timer stops at the first byte of the next request, and
+a head dribbled after it would hold the socket as long as the client likes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def with_handshake_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_timer = self.loop.call_later(timeout_s, self._head_expired)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._head_timer is None:  # the next request on a kept-alive connection: its head gets the same time
+                self._head_timer = self.loop.call_later(timeout_s, self._head_expired)
 
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()

@@ -4,11 +4,14 @@ which lets the resume's read through and times out the claim's write."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import websockets
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,6 +21,8 @@ from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Hello
 from rtai_transport import Keys, close_redis, create_redis
+from tests.support import procs
+from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 
 
@@ -80,3 +85,25 @@ async def test_a_resume_whose_claim_fails_is_detached_again(hub: Hub, redis_serv
     assert list(hub.detached) == [session.id], "the reaper would never end it"
     assert session.conn is None
     assert not session.replaying
+
+
+async def test_a_hello_while_redis_refuses_writes_gets_unavailable_and_a_1013_close(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """An outage, not a bug: the client is told to come back (`unavailable`, 1013), not `internal` (1011)."""
+    env = procs.redis_env_for_url(redis_server.url)
+    g = start(services, procs.gateway(env, prefix, REDIS__SOCKET_TIMEOUT_S="0.3", REDIS__RETRIES="0"))
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        async with websockets.connect(ws_url(g), open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "infer", "id": "first", "task": "sentiment", "input": "x"}))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+    assert (frame["type"], frame["code"], frame["id"]) == ("error", "unavailable", "first"), frame
+    assert frame["retry_after_ms"] > 0
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013

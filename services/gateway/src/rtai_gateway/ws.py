@@ -11,10 +11,16 @@ import contextlib
 from dataclasses import dataclass
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtai_gateway import handshake, lifecycle
-from rtai_gateway.connection import WS_1008_POLICY_VIOLATION, WS_1012_SERVICE_RESTART, Connection
+from rtai_gateway.connection import (
+    WS_1008_POLICY_VIOLATION,
+    WS_1012_SERVICE_RESTART,
+    WS_1013_TRY_AGAIN_LATER,
+    Connection,
+)
 from rtai_gateway.guard import Guard
 from rtai_gateway.hub import refusal
 from rtai_gateway.limits import TokenBucket
@@ -128,37 +134,61 @@ async def _serve(sock: _Socket) -> int:
                 refusal(None, ErrorCode.INVALID_REQUEST, "binary frames are not accepted: send JSON text frames")
             )
             continue
-        await _handle_text(sock, text)
+        close_code = await _handle_text(sock, text)
+        if close_code is not None:
+            return close_code
         guard.note_send_queue(conn.queued)
 
 
-async def _handle_text(sock: _Socket, text: str) -> None:
+async def _handle_text(sock: _Socket, text: str) -> int | None:
+    """Handle one text frame; a close code when the socket is being closed because of it."""
     rt, conn = sock.rt, sock.conn
     try:
         frame = decode_client_frame(text, max_depth=rt.settings.limits.max_json_depth)
     except ProtocolError as e:
         rt.metrics.invalid_frames.labels("shape").inc()
         conn.offer(refusal(e.request_id, e.code, e.message))
-        if sock.session is None:
-            sock.session = await _start(sock, None)
-        return
+        if sock.session is None and await _begin(sock, None, None) is None:
+            return WS_1013_TRY_AGAIN_LATER
+        return None
     if isinstance(frame, Auth):
         rt.metrics.invalid_frames.labels("late_auth").inc()
         why = "already authenticated" if sock.guard.auth.enabled else "authentication is off on this gateway"
         conn.offer(refusal(None, ErrorCode.INVALID_REQUEST, why))
-        return
-    if sock.session is None:
-        sock.session = await _start(sock, frame if isinstance(frame, Hello) else None)
+        return None
+    session = sock.session
+    if session is None:
+        rid = frame.id if isinstance(frame, Infer | Cancel) else None
+        session = await _begin(sock, frame if isinstance(frame, Hello) else None, rid)
+        if session is None:
+            return WS_1013_TRY_AGAIN_LATER
         if isinstance(frame, Hello):
-            return
+            return None
     try:
-        await _dispatch(sock, sock.session, frame)
+        await _dispatch(sock, session, frame)
     except Exception:
         # The client learns that it failed, never why: the log has the traceback.
         log.exception("ws.frame_failed", frame_type=frame.type)
         sock.guard.metrics.internal_errors.inc()
         rid = frame.id if isinstance(frame, Infer | Cancel) else None
         conn.offer(refusal(rid, ErrorCode.INTERNAL, "internal error"))
+    return None
+
+
+async def _begin(sock: _Socket, hello: Hello | None, request_id: str | None) -> Session | None:
+    """Start (or resume) the socket's session; None if the socket is being closed instead. Redis failing meanwhile is
+    an outage, not a bug: the client gets `unavailable` (naming the request it sent, if any) and a 1013 close, and
+    reconnects later."""
+    try:
+        sock.session = await _start(sock, hello)
+        return sock.session
+    except RedisError as e:
+        log.warning("ws.session_unavailable", error=type(e).__name__)
+        retry = sock.rt.settings.admission.retry_after_ms
+        msg = "the session store is unreachable: reconnect and retry"
+        sock.conn.offer(refusal(request_id, ErrorCode.UNAVAILABLE, msg, retry))
+        sock.conn.close(WS_1013_TRY_AGAIN_LATER, "try again later")
+        return None
 
 
 async def _start(sock: _Socket, hello: Hello | None) -> Session:

@@ -49,6 +49,22 @@ def test_api_keys_are_looked_up_by_hash_and_the_file_is_reloaded(tmp_path: Path)
     assert refused(auth, "key-one") == "bad_key"
 
 
+def test_a_keys_file_caught_mid_rotation_keeps_the_last_good_keys(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{hash_key('key-one')} alice\n")
+    auth = Authenticator(AuthSettings(mode="api_key", api_keys_file=keys))
+    later = time.time_ns() + 10**9
+    keys.write_text(f"{hash_key('key-two')[:20]}")  # half written
+    os.utime(keys, ns=(later, later))
+    assert auth.authenticate("key-one").identity == "alice"
+    keys.unlink()  # a Secret's files being swapped
+    assert auth.authenticate("key-one").identity == "alice"
+    keys.write_text(f"{hash_key('key-two')} bob\n")
+    os.utime(keys, ns=(later + 10**9, later + 10**9))
+    assert auth.authenticate("key-two").identity == "bob"
+    assert refused(auth, "key-one") == "bad_key"
+
+
 def test_malformed_keys_file_fails_at_startup(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("plaintext-key alice\n")

@@ -22,6 +22,9 @@ from typing import Any
 import jwt
 
 from rtai_gateway.settings import AuthSettings
+from rtai_telemetry.logging import get_logger
+
+log = get_logger("rtai_gateway.auth")
 
 SUBPROTOCOL = "rtai.v1"
 """The one subprotocol the server echoes; a token offered as `bearer.<token>` is never echoed back."""
@@ -70,20 +73,27 @@ def parse_identity(text: str) -> Principal:
 
 
 class _Watched:
-    """A file parsed again whenever its modification time changes (rotated Secrets take effect without a restart)."""
+    """A file parsed again whenever its modification time changes (rotated Secrets take effect without a restart).
+
+    A file that cannot be read or parsed after startup (mid-rotation: a Secret's symlinks being swapped, a file half
+    written) keeps the last good value, and is tried again at the next connection: every handshake meanwhile would
+    otherwise fail with an internal error."""
 
     def __init__(self, path: Path, parse: Any) -> None:
         self._path = path
         self._parse = parse
         self._mtime: int | None = None
-        self._value: Any = None
-        self.get()  # fail fast at startup on a missing or malformed file
+        self._value: Any = self._parse(self._path.read_text())  # fail fast at startup on a missing or bad file
+        self._mtime = self._path.stat().st_mtime_ns
 
     def get(self) -> Any:
-        mtime = self._path.stat().st_mtime_ns
-        if mtime != self._mtime:
-            self._value = self._parse(self._path.read_text())
-            self._mtime = mtime
+        try:
+            mtime = self._path.stat().st_mtime_ns
+            if mtime != self._mtime:
+                self._value = self._parse(self._path.read_text())
+                self._mtime = mtime
+        except Exception as e:  # missing, unreadable or malformed: each parser raises its own errors
+            log.warning("auth.file_unreadable", path=str(self._path), error=str(e)[:200])
         return self._value
 
 

@@ -155,13 +155,13 @@ def _gateway_takes_logged_finals() -> None:
 
     handle = hub.Hub.handle_replies
 
-    async def handle_replies(self: Any, replies: list[Any]) -> None:
+    async def handle_replies(self: Any, replies: list[Any], *, drop_rejected: bool = False) -> None:
         forwards: list[tuple[str, bytes]] = []
         for r in replies:
             if isinstance(r, LoggedReply) and r.seq:
                 body, kind = hub._frame_of(r)
                 self._after_logged(r, r.logged.encode() if r.logged else body, kind, r.seq, r.holder, forwards)
-        await handle(self, [r for r in replies if not isinstance(r, LoggedReply)])
+        await handle(self, [r for r in replies if not isinstance(r, LoggedReply)], drop_rejected=drop_rejected)
 
     vars(loops)["decode_internal"] = _decode  # the reply reader's name for it
     hub.Hub.handle_replies = handle_replies  # type: ignore[method-assign]

@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rtai_gateway.catalog import Catalog
@@ -57,6 +58,14 @@ class Pending:
 
 def refusal(request_id: str | None, code: ErrorCode | str, message: str, retry_after_ms: int | None = None) -> bytes:
     return encode(Error(id=request_id, code=str(code), message=message, retry_after_ms=retry_after_ms))
+
+
+class RepliesRejected(Exception):
+    """Redis refused to log some replies of a batch: errors from the log script itself, not an outage."""
+
+    def __init__(self, rejected: list[tuple[Reply, ResponseError]]) -> None:
+        super().__init__(f"{len(rejected)} replies refused by Redis: {rejected[0][1]}")
+        self.rejected = rejected
 
 
 class Hub:
@@ -300,16 +309,23 @@ class Hub:
             session_id, self._log_frame, self._log_keys(session_id, owner, request_id), args, then
         )
 
-    async def handle_replies(self, replies: list[Reply]) -> None:
+    async def handle_replies(self, replies: list[Reply], *, drop_rejected: bool = False) -> None:
         """Log a batch of worker replies (pipelined, in order), deliver them, forward those another gateway holds.
-        Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats)."""
+        Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats): an outage
+        or a lost connection raises itself, a reply Redis refused to log (an error from the script: out of memory,
+        a key of the wrong type) raises `RepliesRejected`. With `drop_rejected` those are logged and dropped
+        instead, so that one reply Redis refuses for good cannot hold up every reply behind it."""
         forwards: list[tuple[str, bytes]] = []
         failures: list[Exception] = []
+        rejected: list[tuple[Reply, ResponseError]] = []
         logged: list[asyncio.Future[None]] = []
         for r in replies:
             body, kind = _frame_of(r)
 
             def then(res: Any, r: Reply = r, body: bytes = body, kind: str = kind) -> None:
+                if isinstance(res, ResponseError):
+                    rejected.append((r, res))
+                    return
                 if isinstance(res, Exception):
                     failures.append(res)
                     return
@@ -323,6 +339,11 @@ class Hub:
             await done
         if failures:
             raise failures[0]
+        if rejected and not drop_rejected:
+            raise RepliesRejected(rejected)
+        for r, e in rejected:
+            log.error("reply.rejected", request_id=r.request_id, session=r.session, kind=r.kind, error=str(e)[:200])
+            self.metrics.replies_rejected.inc()
         if forwards:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream, msg in forwards:

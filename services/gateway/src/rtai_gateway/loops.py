@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rtai_gateway import lifecycle
-from rtai_gateway.hub import Hub
+from rtai_gateway.hub import Hub, RepliesRejected
 from rtai_protocol import Forward, Reply
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger
@@ -22,6 +22,9 @@ from rtai_transport import close_redis, connection_name, create_redis
 log = get_logger("rtai_gateway.loops")
 
 READ_COUNT = 512
+MAX_REJECTIONS = 5
+"""Tries of a reply batch Redis refuses part of, before the refused replies are dropped (about 3 s with the backoff).
+Their requests then end at their deadlines, answered by the gateway."""
 TRIM_EVERY_S = 1.0
 
 
@@ -49,9 +52,11 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
     name = connection_name("rtai-gateway", hub.settings.gateway_id, "replies")
     redis = create_redis(hub.settings.redis, block_timeout_s=block / 1000, retries=0, name=name)
     trimmed_at = 0.0
+    rejections = 0
+    """Reads in a row of a batch Redis refused to log part of: retried (an out-of-memory passes), then dropped."""
 
     async def step() -> None:
-        nonlocal cursor, trimmed_at
+        nonlocal cursor, trimmed_at, rejections
         ready.set()
         resp: Any = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
         if not resp:
@@ -69,7 +74,12 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
             elif isinstance(msg, Forward):
                 hub.deliver_forward(msg)
         if replies:
-            await hub.handle_replies(replies)
+            try:
+                await hub.handle_replies(replies, drop_rejected=rejections >= MAX_REJECTIONS)
+            except RepliesRejected:
+                rejections += 1
+                raise
+        rejections = 0
         # Advance only after handling: a failure above re-reads the same entries, and the log scripts drop repeats.
         cursor = entries[-1][0].decode()
         if time.monotonic() - trimmed_at >= TRIM_EVERY_S:

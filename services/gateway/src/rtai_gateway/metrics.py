@@ -44,6 +44,11 @@ class GatewayMetrics:
         self.slow_closes = Counter(
             "rtai_gateway_slow_client_closes", "Sockets closed 1013 because their send queue was full", registry=r
         )
+        self.replies_rejected = Counter(
+            "rtai_gateway_replies_rejected",
+            "Worker replies dropped because Redis refused to log them, retries exhausted",
+            registry=r,
+        )
         self.aborted_sockets = Counter(
             "rtai_gateway_aborted_sockets",
             "Sockets aborted because they were still open limits.close_timeout_s after the gateway began closing them",

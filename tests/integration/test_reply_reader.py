@@ -88,3 +88,27 @@ async def test_a_reply_redis_refuses_to_log_is_dropped_and_the_replies_behind_it
     assert "poison" not in conn.results
     counted: Any = hub.metrics.replies_rejected
     assert counted._value.get() == 1
+
+
+async def test_replies_refused_while_redis_is_out_of_memory_wait_for_it_and_are_not_dropped(
+    hub: Hub, redis: Redis
+) -> None:
+    conn = FakeConn()
+    session = Session(id="s2", identity="anon:s2", conn=conn)  # type: ignore[arg-type]
+    hub.sessions[session.id] = session
+    policy = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.xadd(hub.reply_stream, {"m": encode(_reply(session, "final"))})
+    await redis.config_set("maxmemory", 1)  # every write refused: OOM
+    try:
+        await asyncio.sleep(5)  # longer than the reads a reply refused for good gets
+        assert conn.results == set()
+    finally:
+        await redis.config_set("maxmemory", 0)
+        await redis.config_set("maxmemory-policy", policy)
+    deadline = time.monotonic() + 10
+    while not conn.results and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert conn.results == {"final"}, "a result refused while Redis was full was dropped"
+    counted: Any = hub.metrics.replies_rejected
+    assert counted._value.get() == 0

@@ -60,6 +60,20 @@ def refusal(request_id: str | None, code: ErrorCode | str, message: str, retry_a
     return encode(Error(id=request_id, code=str(code), message=message, retry_after_ms=retry_after_ms))
 
 
+_PASSING_STATES = ("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "BUSY", "LOADING", "NOSCRIPT", "NOPERM", "TRYAGAIN")
+
+
+def refused_for_good(e: ResponseError) -> bool:
+    """Whether Redis will refuse this reply again whatever happens meanwhile (a key of the wrong type, an error in the
+    script), as opposed to a state of the server that passes (out of memory, a read-only or cut-off master, a busy
+    script): those are retried for as long as they last, as an outage is. redis-py gives most of the latter their own
+    classes; NOREPLICAS and BUSY come as plain errors, and a script's error names the failed command's code."""
+    if type(e) is not ResponseError:
+        return False
+    message = str(e)
+    return not any(code in message for code in _PASSING_STATES)
+
+
 class RepliesRejected(Exception):
     """Redis refused to log some replies of a batch: errors from the log script itself, not an outage."""
 
@@ -311,10 +325,11 @@ class Hub:
 
     async def handle_replies(self, replies: list[Reply], *, drop_rejected: bool = False) -> None:
         """Log a batch of worker replies (pipelined, in order), deliver them, forward those another gateway holds.
-        Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats): an outage
-        or a lost connection raises itself, a reply Redis refused to log (an error from the script: out of memory,
-        a key of the wrong type) raises `RepliesRejected`. With `drop_rejected` those are logged and dropped
-        instead, so that one reply Redis refuses for good cannot hold up every reply behind it."""
+        Raises if Redis failed, so the reader reads the same replies again (the log scripts drop repeats): an outage,
+        a lost connection or a passing refusal (out of memory, a read-only master) raises as it is; a reply Redis
+        refused to log for good (an error in the script, a key of the wrong type: `refused_for_good`) raises
+        `RepliesRejected`. With `drop_rejected` those are logged and dropped instead, so that one reply Redis refuses
+        for good cannot hold up every reply behind it."""
         forwards: list[tuple[str, bytes]] = []
         failures: list[Exception] = []
         rejected: list[tuple[Reply, ResponseError]] = []
@@ -323,7 +338,7 @@ class Hub:
             body, kind = _frame_of(r)
 
             def then(res: Any, r: Reply = r, body: bytes = body, kind: str = kind) -> None:
-                if isinstance(res, ResponseError):
+                if isinstance(res, ResponseError) and refused_for_good(res):
                     rejected.append((r, res))
                     return
                 if isinstance(res, Exception):

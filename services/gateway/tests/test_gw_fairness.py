@@ -235,3 +235,18 @@ async def test_one_id_waiting_from_two_sessions_of_a_user_is_refused_once_and_le
     await settle()
     assert hub.order == ["running", "x"]
     assert sched.inflight == {}, "a slot leaked: the user would wait for ever"
+
+
+async def test_a_copy_left_waiting_by_a_session_that_went_away_is_replaced_by_the_new_one() -> None:
+    hub, sched = make(cap=1)
+    gone = user("u")
+    await sched.submit(gone, infer("running"))
+    await sched.submit(gone, infer("x"))
+    gone.conn = None  # closed; the client reconnects in a new session and sends its request again
+    back = Session(id="back", identity="u", conn=FakeConn())  # type: ignore[arg-type]
+    await sched.submit(back, infer("x"))
+    assert not any(b"duplicate_request" in f for f in back.conn.frames)  # type: ignore[union-attr]
+    assert sched.queued == 1
+    hub.finish("u", "running")
+    await settle()
+    assert hub.order == ["running", "x"]

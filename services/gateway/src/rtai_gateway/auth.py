@@ -82,9 +82,9 @@ class _Watched:
     def __init__(self, path: Path, parse: Any) -> None:
         self._path = path
         self._parse = parse
-        self._mtime: int | None = None
+        self._mtime: int | None = self._path.stat().st_mtime_ns  # before reading: a change meanwhile is read again
         self._value: Any = self._parse(self._path.read_text())  # fail fast at startup on a missing or bad file
-        self._mtime = self._path.stat().st_mtime_ns
+        self._failing: str | None = None
 
     def get(self) -> Any:
         try:
@@ -92,8 +92,11 @@ class _Watched:
             if mtime != self._mtime:
                 self._value = self._parse(self._path.read_text())
                 self._mtime = mtime
+            self._failing = None
         except Exception as e:  # missing, unreadable or malformed: each parser raises its own errors
-            log.warning("auth.file_unreadable", path=str(self._path), error=str(e)[:200])
+            if str(e) != self._failing:  # once per problem, not once per handshake
+                self._failing = str(e)
+                log.warning("auth.file_unreadable", path=str(self._path), error=str(e)[:200])
         return self._value
 
 

@@ -67,6 +67,10 @@ class FairScheduler:
         waiting = None if queue is None else next((w for w in queue if w.frame.id == frame.id), None)
         if waiting is not None and waiting.session is session:
             return  # a retry of a request still waiting here: it will be answered once, when it runs
+        if waiting is not None and waiting.session.conn is None and queue is not None:
+            queue.remove(waiting)  # left by a session that went away (the pump would skip it): this copy replaces it
+            self._count(-1)
+            waiting = None
         if waiting is not None:
             msg = "this request id is waiting in another session; resume that session"
             session.send(refusal(frame.id, ErrorCode.DUPLICATE_REQUEST, msg))

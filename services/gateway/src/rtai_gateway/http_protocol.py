@@ -49,6 +49,11 @@ def with_handshake_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
 
         def _head_expired(self) -> None:
             self._head_timer = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # Pipelined: this head waits behind a response still being sent (uvicorn stops reading meanwhile).
+                self._head_timer = self.loop.call_later(timeout_s, self._head_expired)
+                return
             if not self.transport.is_closing():
                 log.debug("http.handshake_timeout", client=self.client[0] if self.client else None)
                 self.transport.close()

@@ -96,3 +96,6 @@ def test_internal_messages_accept_this_and_the_previous_version_and_ignore_new_f
         decode_internal(json.dumps(data))
     with pytest.raises(UnsupportedMessage):
         decode_internal(b'{"v":1,"type":"mystery"}')
+    for v in ("[1]", "{}", '"1"', "1.5"):  # unhashable or of another type: refused, not a TypeError
+        with pytest.raises(UnsupportedMessage):
+            decode_internal(b'{"v":' + v.encode() + b',"type":"job"}')

@@ -49,7 +49,8 @@ def dlq_list(
         raise _fail(f"{type(e).__name__}: {e}") from None
     if raw:
         for d in entries:
-            console.print_json(json.dumps({"entry_id": d.entry_id, "deliveries": d.deliveries, "job": d.job}))
+            fields = {"entry_id": d.entry_id, "deliveries": d.deliveries, "job": d.job, "reason": d.reason or None}
+            console.print_json(json.dumps(fields))
         return
     table = Table("entry", "age", "request", "deliveries", "worker", "input", title=f"{dlq.dlq_key(prefix, task)}")
     for d in entries:
@@ -60,7 +61,7 @@ def dlq_list(
             str(d.job.get("request_id", "")),
             str(d.deliveries),
             d.worker,
-            text[:40] + ("…" if len(text) > 40 else ""),
+            f"unreadable: {d.reason}"[:60] if d.reason else text[:40] + ("…" if len(text) > 40 else ""),
         )
     console.print(table)
     console.print(f"{len(entries)} dead-lettered job(s)")

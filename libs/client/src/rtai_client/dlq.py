@@ -36,6 +36,8 @@ class DeadLetter:
     job: dict[str, Any]
     deliveries: int
     worker: str
+    reason: str = ""
+    """Why a worker could not read it (empty for a job that failed `max_deliveries` times)."""
 
     @property
     def age_s(self) -> float:
@@ -69,6 +71,7 @@ def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
         job=job if isinstance(job, dict) else {"value": job},
         deliveries=int(fields.get(b"deliveries", b"0") or 0),
         worker=fields.get(b"worker", b"").decode(errors="replace"),
+        reason=fields.get(b"reason", b"").decode(errors="replace"),
     )
 
 
@@ -114,6 +117,9 @@ async def replay(
         for eid, fields in entries:
             if b"m" not in fields:
                 raise DlqError(f"dead letter {eid!r} has no job (field `m`)")
+            if b"reason" in fields:
+                why = fields[b"reason"].decode(errors="replace")
+                raise DlqError(f"dead letter {eid!r} is not a job the workers can read ({why}): it cannot be replayed")
             job = json.loads(fields[b"m"])
             if deadline_s is not None:
                 job["deadline_ms"] = int((time.time() + deadline_s) * 1000)

@@ -86,7 +86,7 @@ def decode_internal(raw: bytes | str) -> Job | Reply | Forward:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise UnsupportedMessage("internal message is not JSON") from e
-    if not isinstance(data, dict) or data.get("v") not in SUPPORTED_VERSIONS:
+    if not isinstance(data, dict) or not isinstance(data.get("v"), int) or data["v"] not in SUPPORTED_VERSIONS:
         raise UnsupportedMessage(
             f"unsupported internal message version {data.get('v') if isinstance(data, dict) else None!r}"
         )

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from rtai_protocol import Job, Reply, encode
-from rtai_protocol.codec import UnsupportedMessage, decode_internal
+from rtai_protocol.codec import decode_internal
 from rtai_telemetry.logging import get_logger
 from rtai_transport import WORKER_GROUP, Keys, Redis, resp
 
@@ -30,8 +31,27 @@ class Delivery:
     deliveries: int = 1
 
 
+@dataclass(slots=True)
+class Unreadable:
+    """A stream entry no worker of this version can run: malformed, another version's, not a job."""
+
+    entry_id: str
+    raw: bytes
+    reason: str
+
+
 class Consumer:
-    def __init__(self, redis: Redis, keys: Keys, task: str, consumer: str, *, reader: Redis | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        task: str,
+        consumer: str,
+        *,
+        reader: Redis | None = None,
+        max_reply_bytes: int = 1 << 20,
+    ) -> None:
+        self.max_reply_bytes = max_reply_bytes
         self.redis = redis
         self.reader = reader or redis
         self.keys = keys
@@ -46,8 +66,8 @@ class Consumer:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def read(self, count: int, block_ms: int | None) -> tuple[list[Delivery], list[str]]:
-        """New jobs for this consumer. Returns (jobs, ids of entries that could not be decoded)."""
+    async def read(self, count: int, block_ms: int | None) -> tuple[list[Delivery], list[Unreadable]]:
+        """New jobs for this consumer. Returns (jobs, entries that could not be decoded)."""
         try:
             resp: Any = await self.reader.xreadgroup(
                 WORKER_GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
@@ -63,21 +83,23 @@ class Consumer:
             return [], []
         return self._decode(resp[0][1])
 
-    def _decode(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[Delivery], list[str]]:
+    def _decode(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[Delivery], list[Unreadable]]:
         good: list[Delivery] = []
-        bad: list[str] = []
+        bad: list[Unreadable] = []
         for entry_id, fields in entries:
             eid = entry_id.decode()
+            raw = fields.get(b"m", b"")
             try:
-                msg = decode_internal(fields[b"m"])
-            except (UnsupportedMessage, KeyError) as e:
-                log.warning("job.undecodable", entry=eid, reason=str(e)[:200])
-                bad.append(eid)
+                msg = decode_internal(raw)
+            except Exception as e:  # whatever the entry holds: one bad entry must not stop the jobs read with it
+                bad.append(Unreadable(eid, raw, str(e)[:200] or type(e).__name__))
                 continue
             if not isinstance(msg, Job):
-                bad.append(eid)
+                bad.append(Unreadable(eid, raw, f"a {msg.type} message, not a job"))
                 continue
             good.append(Delivery(eid, msg))
+        for b in bad:
+            log.warning("job.unreadable", task=self.task, entry=b.entry_id, reason=b.reason)
         return good, bad
 
     async def reclaim(self, min_idle_ms: int, count: int = 64) -> list[Delivery]:
@@ -90,7 +112,7 @@ class Consumer:
             return []
         good, bad = self._decode([(eid, fields) for eid, fields in entries if fields])
         if bad:
-            await self.drop(bad)
+            await self.reject(bad)
         if good:
             detail: Any = await self.redis.xpending_range(
                 self.stream,
@@ -135,7 +157,7 @@ class Consumer:
         for d, reply in done:
             if reply is not None:
                 stream = d.job.reply_to
-                commands.append(("XADD", stream, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*", "m", encode(reply)))
+                commands.append(("XADD", stream, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*", "m", self._encoded(reply)))
                 streams[stream] = None
         commands += [("EXPIRE", s, REPLY_STREAM_TTL_S) for s in streams]
         ids = [d.entry_id for d, _ in done]
@@ -145,14 +167,66 @@ class Consumer:
 
     async def send(self, job: Job, reply: Reply) -> None:
         """Publish a reply without acking (stream chunks)."""
-        await self.redis.xadd(job.reply_to, {"m": encode(reply)}, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+        body = self._encoded(reply)
+        await self.redis.xadd(job.reply_to, {"m": body}, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
 
-    async def drop(self, entry_ids: Sequence[str]) -> None:
-        """Ack and delete entries that cannot be served (undecodable): counted, never a crash loop."""
+    def _encoded(self, reply: Reply) -> bytes:
+        """The reply as the gateway reads it. One whose output cannot be encoded (a type JSON does not know) or is over
+        `max_reply_bytes` becomes an `internal` error, so that it fails alone: raised here, it failed its whole
+        batch's write, and every job in it was re-run until dead-lettered."""
+        try:
+            body = encode(reply)
+        except Exception as e:
+            log.error("reply.unencodable", task=self.task, request_id=reply.request_id, error=str(e)[:200])
+            return encode(_failed(reply, "the model's output could not be encoded"))
+        if len(body) > self.max_reply_bytes:
+            log.error("reply.too_large", task=self.task, request_id=reply.request_id, bytes=len(body))
+            return encode(
+                _failed(reply, f"the output is {len(body)} bytes; replies take at most {self.max_reply_bytes}")
+            )
+        return body
+
+    async def reject(self, bad: Sequence[Unreadable]) -> None:
+        """Move entries no worker can run to the dead-letter stream, with the reason (`rtai dlq list` shows them), and
+        answer the client where the entry says where to (a job of another version): it would otherwise wait for its
+        deadline. Never a crash loop: the entries leave the queue."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, WORKER_GROUP, *entry_ids)
-            pipe.xdel(self.stream, *entry_ids)
+            for b in bad:
+                fields = {"m": b.raw, "reason": b.reason, "deliveries": "1", "worker": self.consumer}
+                pipe.xadd(self.keys.dead_letters(self.task), fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
+                answer = self._answer_for(b)
+                if answer is not None:
+                    pipe.xadd(
+                        answer.reply_to, {"m": encode(answer.reply)}, maxlen=REPLY_STREAM_MAXLEN, approximate=True
+                    )
+            ids = [b.entry_id for b in bad]
+            pipe.xack(self.stream, WORKER_GROUP, *ids)
+            pipe.xdel(self.stream, *ids)
             await pipe.execute()
+
+    def _answer_for(self, b: Unreadable) -> _Answer | None:
+        try:
+            data = orjson.loads(b.raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        names = ("reply_to", "job_id", "request_id", "owner", "session")
+        if not all(isinstance(data.get(n), str) for n in names):
+            return None
+        if not data["reply_to"].startswith(self.keys.replies("")):
+            return None  # only ever a gateway's reply stream
+        reply = Reply(
+            job_id=data["job_id"],
+            request_id=data["request_id"],
+            owner=data["owner"],
+            session=data["session"],
+            task=self.task,
+            kind="error",
+            code="failed",
+            message="the worker could not read this request (a gateway and workers of different versions?)",
+        )
+        return _Answer(data["reply_to"], reply)
 
     async def dead_letter(self, d: Delivery, reply: Reply) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -173,3 +247,24 @@ class Consumer:
             return set()
         flags = await self.redis.mget([self.keys.cancelled(j.job_id) for j in jobs])
         return {j.job_id for j, f in zip(jobs, flags, strict=True) if f is not None}
+
+
+@dataclass(slots=True)
+class _Answer:
+    reply_to: str
+    reply: Reply
+
+
+def _failed(reply: Reply, message: str) -> Reply:
+    return Reply(
+        job_id=reply.job_id,
+        request_id=reply.request_id,
+        owner=reply.owner,
+        session=reply.session,
+        task=reply.task,
+        kind="error",
+        index=reply.index,
+        code="internal",
+        message=message,
+        worker=reply.worker,
+    )

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rtai_telemetry.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BacklogGauges, RedisGauges
 
-JOB_OUTCOMES = ("ok", "error", "expired", "cancelled", "dead_lettered")
+JOB_OUTCOMES = ("ok", "error", "expired", "cancelled", "dead_lettered", "unreadable")
 
 
 class WorkerMetrics:
@@ -32,7 +32,7 @@ class WorkerMetrics:
         )
         self.jobs = Counter(
             "rtai_worker_jobs",
-            "Jobs finished, by outcome (ok, error, expired, cancelled, dead_lettered)",
+            "Jobs finished, by outcome (ok, error, expired, cancelled, dead_lettered, unreadable)",
             ["task", "outcome"],
             registry=r,
         )

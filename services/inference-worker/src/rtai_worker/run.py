@@ -80,7 +80,14 @@ class Worker:
                 streaming=info.streaming,
                 device=info.device,
             )
-            consumer = Consumer(self.redis, self.keys, task, self.settings.worker_id, reader=self.reader)
+            consumer = Consumer(
+                self.redis,
+                self.keys,
+                task,
+                self.settings.worker_id,
+                reader=self.reader,
+                max_reply_bytes=self.settings.max_reply_bytes,
+            )
             self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics)
             self.metrics.init_task(task)
             log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)

@@ -48,6 +48,11 @@ class WorkerSettings(BaseSettings):
         description="After the first job arrives, how long to wait for more before running the batch.",
     )
     max_streams: int = Field(default=4, ge=1, description="Streaming jobs (token generation) run at once.")
+    max_reply_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="Largest encoded reply (a result or a chunk); a larger output is answered `internal`.",
+    )
     max_new_tokens: int = Field(default=256, ge=1, description="Server cap on `max_new_tokens` for generation.")
     reclaim_idle_ms: int = Field(
         default=5000,

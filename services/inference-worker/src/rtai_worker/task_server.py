@@ -17,7 +17,7 @@ from opentelemetry.trace import Link
 from rtai_protocol import ErrorCode, Job, Reply, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
-from rtai_worker.consumer import Consumer, Delivery
+from rtai_worker.consumer import Consumer, Delivery, Unreadable
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelThreads
@@ -99,16 +99,20 @@ class TaskServer:
         """Block for the first job, then wait up to `delay_ms` for more, up to `size` (dynamic batching)."""
         got, bad = await self.consumer.read(size, block_ms=500)
         if bad:
-            await self.consumer.drop(bad)
+            await self._reject(bad)
         # Waiting for more only pays for models whose cost per batch grows slower than its size (transformers); for
         # a per-item model like VADER it would add the delay to every lone request and save nothing.
         if got and len(got) < size and delay_ms > 0 and self.model.info.pads:
             await asyncio.sleep(delay_ms / 1000)
             more, bad = await self.consumer.read(size - len(got), block_ms=None)
             if bad:
-                await self.consumer.drop(bad)
+                await self._reject(bad)
             got.extend(more)
         return got
+
+    async def _reject(self, bad: list[Unreadable]) -> None:
+        await self.consumer.reject(bad)
+        self.metrics.jobs.labels(self.task, "unreadable").inc(len(bad))
 
     async def run(self, batch: list[Delivery], *, reclaimed: bool = False) -> None:
         now = now_ms()
@@ -324,6 +328,12 @@ class TaskServer:
                 except ModelError as e:
                     self.metrics.jobs.labels(self.task, "error").inc()
                     return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))
+                except Exception:
+                    # Answered at once, as a failed plain batch is: left pending, the client would hear nothing until
+                    # the job had been regenerated and failed on three reclaims.
+                    log.exception("model.stream_failed", task=self.task)
+                    self.metrics.jobs.labels(self.task, "error").inc()
+                    return self.error_reply(job, ErrorCode.INTERNAL, "the model failed on this request")
                 if finished:
                     break
                 if time.monotonic() - last_check > CANCEL_POLL_S:
@@ -341,8 +351,9 @@ class TaskServer:
         finally:
             # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it
             # is dropped with the process.
-            if not getattr(gen, "gi_running", False):
-                await self.threads.run(gen.close)
+            close = getattr(gen, "close", None)  # a plugin's `stream` may return any iterator
+            if close is not None and not getattr(gen, "gi_running", False):
+                await self.threads.run(close)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
             self.metrics.busy.set(0)
         self.metrics.jobs.labels(self.task, "ok").inc()

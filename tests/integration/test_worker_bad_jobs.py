@@ -1,0 +1,133 @@
+"""What a worker does with jobs it cannot run or answer normally, on a real Redis: entries it cannot read leave the
+queue for the dead letters (with the reason, the client answered where the entry says where), an output that cannot
+be encoded or is too large fails alone instead of its whole batch, and a streaming model that raises is answered at
+once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from rtai_client import dlq
+from rtai_protocol import Job, Reply, encode
+from rtai_transport import WORKER_GROUP, Keys, Redis
+from rtai_worker.consumer import Consumer, Delivery
+from rtai_worker.engine import ModelInput
+from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.models.options import ModelOptions
+from rtai_worker.models.vader import VaderModel
+from rtai_worker.settings import WorkerSettings
+from rtai_worker.task_server import TaskServer
+from tests.support.fake_models import TokenModel
+from tests.support.redis_server import RedisHandle
+
+
+def _job(rid: str, keys: Keys, text: str = "a fine day", task: str = "sentiment") -> Job:
+    now = int(time.time() * 1000)
+    return Job(
+        job_id=uuid.uuid4().hex,
+        request_id=rid,
+        owner="o",
+        session="s",
+        task=task,
+        input=text,
+        deadline_ms=now + 30_000,
+        enqueued_ms=now,
+        reply_to=keys.replies("g1"),
+    )
+
+
+async def _replies(redis: Redis, keys: Keys) -> dict[str, Reply]:
+    replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
+    return {r.request_id: r for r in replies}
+
+
+def _server(redis: Redis, keys: Keys, model: Any, task: str = "sentiment", **settings: Any) -> TaskServer:
+    consumer = Consumer(redis, keys, task, "w1", max_reply_bytes=settings.pop("max_reply_bytes", 1 << 20))
+    return TaskServer(task, model, consumer, WorkerSettings(**settings), WorkerMetrics(CollectorRegistry()))
+
+
+async def test_entries_a_worker_cannot_read_go_to_the_dead_letters_and_their_clients_are_answered(
+    redis: Redis, redis_server: RedisHandle, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    server = _server(redis, keys, VaderModel(ModelOptions()))
+    await server.consumer.ensure_group()
+    newer = orjson.loads(encode(_job("from-a-newer-gateway", keys))) | {"v": 99}
+    for raw in (b"not json", b'{"v":[1],"type":"job"}', orjson.dumps(newer)):
+        await redis.xadd(keys.jobs("sentiment"), {"m": raw})
+    await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job("good", keys))})
+
+    got, bad = await server.consumer.read(32, block_ms=None)
+    assert [d.job.request_id for d in got] == ["good"], "a bad entry must not stop the jobs read with it"
+    await server._reject(bad)
+
+    letters = await dlq.list_entries(redis_server.url, keys.root.rsplit(":", 1)[0], "sentiment")
+    assert len(letters) == 3 and all(d.reason for d in letters), letters
+    answered = await _replies(redis, keys)
+    assert answered["from-a-newer-gateway"].code == "failed"
+    assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 1  # only the good job
+    with pytest.raises(dlq.DlqError, match="cannot be replayed"):
+        await dlq.replay(redis_server.url, keys.root.rsplit(":", 1)[0], "sentiment", [letters[0].entry_id])
+
+
+async def test_a_bad_entry_does_not_stop_the_reclaim_of_the_jobs_claimed_with_it(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    await consumer.ensure_group()
+    await redis.xadd(keys.jobs("sentiment"), {"m": b'{"v":[1],"type":"job"}'})
+    await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job("good", keys))})
+    await Consumer(redis, keys, "sentiment", "dead-worker").read(32, block_ms=None)  # read, then the worker died
+    claimed = await consumer.reclaim(0)
+    assert [d.job.request_id for d in claimed] == ["good"]
+    assert await redis.xlen(keys.dead_letters("sentiment")) == 1
+
+
+class OddOutputs(VaderModel):
+    """VADER, except for two inputs: one whose output JSON cannot hold, one far too large."""
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        out = super().predict(batch)
+        return [
+            {"value": object()} if i.text == "unencodable" else "x" * 200_000 if i.text == "huge" else o
+            for i, o in zip(batch, out, strict=True)
+        ]
+
+
+async def test_an_output_that_cannot_be_sent_fails_alone_not_its_batch(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    model = OddOutputs(ModelOptions())
+    model.load()
+    server = _server(redis, keys, model, max_reply_bytes=100_000)
+    await server.consumer.ensure_group()
+    for rid, text in (("ok", "a fine day"), ("unencodable", "unencodable"), ("huge", "huge")):
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(rid, keys, text))})
+    got, _ = await server.consumer.read(32, block_ms=None)
+    await server.run(got)
+    await server.replies_written()
+    answered = await _replies(redis, keys)
+    assert answered["ok"].kind == "result"
+    assert (answered["unencodable"].kind, answered["unencodable"].code) == ("error", "internal")
+    assert (answered["huge"].code, "bytes" in (answered["huge"].message or "")) == ("internal", True)
+    assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 0, "the batch was not acked"
+
+
+class FailingStream(TokenModel):
+    def stream(self, item: ModelInput) -> Iterator[Any]:
+        yield "first"
+        raise RuntimeError("the model broke mid-stream")
+
+
+async def test_a_streaming_model_that_raises_is_answered_at_once(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    server = _server(redis, keys, FailingStream(ModelOptions()), task="generate")
+    job = _job("gen", keys, "a b c", task="generate").model_copy(update={"stream": True})
+    await server._stream(Delivery("0-1", job))
+    replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
+    assert [(r.kind, r.code) for r in replies] == [("chunk", None), ("error", "internal")]

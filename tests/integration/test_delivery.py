@@ -224,6 +224,35 @@ async def test_poison_job_is_dead_lettered_and_answered_failed(
     await c.close()
 
 
+async def test_a_poison_job_takes_only_itself_to_the_dead_letters_not_its_batch(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A job that crashes the worker, read in one batch with good ones: the good ones are answered, only the poison
+    job ends `failed`. Reclaimed jobs run one at a time; re-run as a batch, all of them crashed every worker that
+    took them until every one of them was dead-lettered."""
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RECLAIM_IDLE_MS": "500", "MAX_DELIVERIES": "2", "tasks": "sentiment=tests.support.fake_models:crashing"}
+    w = start(services, procs.worker(env, prefix, **extra))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    async with procs.stalled(w):  # queued while the worker is stopped, so that it reads them as one batch
+        good = [await c.infer("sentiment", f"good {i}", deadline_ms=60_000) for i in range(3)]
+        poison = await c.infer("sentiment", "poison", rid="poison", deadline_ms=60_000)
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == poison)
+    assert await asyncio.to_thread(w.proc.wait, 10) == 70  # type: ignore[union-attr]
+    w = procs.worker(env, prefix, **extra)  # it runs the good ones, then dies on the poison job
+    services.append(w)
+    w.start(wait_ready=False)  # it may die before it would be seen ready
+    assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
+    start(services, procs.worker(env, prefix, **extra))  # the poison job is past its deliveries: dead-lettered
+    finals = {rid: await c.final(rid, timeout=20) for rid in [*good, poison]}
+    assert [finals[rid]["type"] for rid in good] == ["result"] * 3, finals
+    assert finals[poison]["code"] == "failed", finals
+    r = redis_sync.Redis.from_url(redis_server.url)
+    assert [json.loads(e[1][b"m"])["request_id"] for e in r.xrange(f"{prefix}:v1:dlq:sentiment")] == [poison]
+    await c.close()
+
+
 async def test_slow_reader_is_closed_with_1013(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:

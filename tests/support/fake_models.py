@@ -4,6 +4,7 @@
 calls per request across worker processes. `slow`: VADER that sleeps `$RTAI_TEST_SLOW_MS` per batch, so a test can
 kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per chunk, `$RTAI_TEST_TOKEN_MS` apart).
 `bulky`: VADER whose results carry `$RTAI_TEST_RESULT_BYTES` of padding, so a few results fill a socket's buffers.
+`crashing`: VADER that kills its process on the input `poison`, as a crash in native model code would.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class SlowModel(VaderModel):
 
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
         time.sleep(float(os.environ.get("RTAI_TEST_SLOW_MS", "200")) / 1000)
+        return super().predict(batch)
+
+
+class CrashingModel(VaderModel):
+    """VADER that kills its process (as a segfault in native model code would) on the input `poison`."""
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        if any(item.text == "poison" for item in batch):
+            os._exit(70)
         return super().predict(batch)
 
 
@@ -83,6 +93,10 @@ def counting(options: ModelOptions) -> CountingModel:
 
 def slow(options: ModelOptions) -> SlowModel:
     return SlowModel(options)
+
+
+def crashing(options: ModelOptions) -> CrashingModel:
+    return CrashingModel(options)
 
 
 def bulky(options: ModelOptions) -> BulkyModel:

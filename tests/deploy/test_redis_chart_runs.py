@@ -170,3 +170,26 @@ def test_redis_chart_bootstraps_fails_over_and_rejoins(pods: RedisChartPods) -> 
         wait_for(f"sentinel {i} agrees on the new master", partial(sees_master, pods, i, new_master), 20, pods)
     assert pods.master_seen_by(0) == new_master
     print(f"failover took {failover_s:.1f} s")
+
+
+@pytest.mark.parametrize(
+    ("reply", "ready", "live"),
+    [
+        ("PONG", True, True),
+        ("LOADING Redis is loading the dataset in memory", False, True),
+        ("", False, False),  # no answer
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", False, False),
+    ],
+)
+def test_probe_lets_a_loading_replica_live_but_not_serve(tmp_path: Path, reply: str, ready: bool, live: bool) -> None:
+    """The chart's probe script with `redis-cli` stood in for by a function that prints a set reply: a replica loading a
+    large resync answers LOADING for as long as that takes, and a liveness probe that failed it would restart the load
+    in a loop."""
+    probe = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "redis" / "files" / "probe.sh"
+    quoted = json.dumps(reply)  # a double-quoted shell word (the replies hold no `$` or backquote)
+    fake_cli = f"cli() {{ printf '%s' {quoted}; [ -n {quoted} ]; }}"  # fails, as redis-cli does, when nothing answers
+    (tmp_path / "common.sh").write_text(f"MY_REDIS_PORT=6379\nMY_SENTINEL_PORT=26379\n{fake_cli}\n")
+    env = {"SCRIPTS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    readiness = subprocess.run(["sh", str(probe), "redis"], env=env, timeout=10, check=False)
+    liveness = subprocess.run(["sh", str(probe), "redis", "live"], env=env, timeout=10, check=False)
+    assert (readiness.returncode == 0, liveness.returncode == 0) == (ready, live)

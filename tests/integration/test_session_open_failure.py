@@ -22,18 +22,9 @@ from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Hello
 from rtai_transport import Keys, close_redis, create_redis
 from tests.support import procs
+from tests.support.hub_harness import RecordingConn
 from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
-
-
-class FakeConn:
-    closed = False
-
-    def offer(self, body: bytes) -> bool:
-        return True
-
-    def close(self, code: int, reason: str = "") -> None:
-        self.closed = True
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ async def writes_paused(redis_server: RedisHandle) -> AsyncIterator[None]:
 
 
 async def test_a_new_session_whose_claim_fails_is_forgotten(hub: Hub, writes_paused: None) -> None:
-    conn: Any = FakeConn()
+    conn: Any = RecordingConn()
     with pytest.raises((RedisTimeoutError, RedisConnectionError)):
         await lifecycle.open_session(hub, conn, None, None)
     assert hub.sessions == {}
@@ -67,12 +58,12 @@ async def test_a_new_session_whose_claim_fails_is_forgotten(hub: Hub, writes_pau
 
 
 async def test_a_resume_whose_claim_fails_is_detached_again(hub: Hub, redis_server: RedisHandle) -> None:
-    first: Any = FakeConn()
+    first: Any = RecordingConn()
     session, resumed = await lifecycle.open_session(hub, first, None, None)
     assert not resumed
     await lifecycle.detach(hub, session, 1006)  # dropped: waits for a resume
     assert list(hub.detached) == [session.id]
-    second: Any = FakeConn()
+    second: Any = RecordingConn()
     admin = aioredis.Redis.from_url(redis_server.url)
     await admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
     try:

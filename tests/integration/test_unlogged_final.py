@@ -5,73 +5,30 @@ out the gateway's log write as an outage would."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub, Pending
-from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
-from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import ErrorCode, Hello, Job, Reply
-from rtai_transport import Keys, close_redis, create_redis
+from tests.support.hub_harness import RecordingConn, job_for, running_hub
 from tests.support.redis_server import RedisHandle
-
-
-class FakeConn:
-    closed = False
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def offer(self, body: bytes) -> bool:
-        self.frames.append(orjson.loads(body))
-        return True
-
-    def close(self, code: int, reason: str = "") -> None:
-        self.closed = True
 
 
 @pytest.fixture
 async def hub(redis_server: RedisHandle, prefix: str) -> AsyncIterator[Hub]:
-    settings = GatewaySettings(
-        redis={"url": redis_server.url, "prefix": prefix, "socket_timeout_s": 0.3, "retries": 0},
-        sessions={"detach_grace_s": 30},
-    )
-    client = create_redis(settings.redis)
-    h = Hub(settings, client, Keys(prefix), GatewayMetrics())
-    running = asyncio.create_task(h.framelog.run())
-    yield h
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
-    await close_redis(client)
+    redis = {"socket_timeout_s": 0.3, "retries": 0}
+    async with running_hub(redis_server, prefix, redis=redis, sessions={"detach_grace_s": 30}) as h:
+        yield h
 
 
-def finals(conn: FakeConn, rid: str) -> list[dict[str, Any]]:
-    return [f for f in conn.frames if f.get("id") == rid and f["type"] in ("result", "error")]
-
-
-def _job(hub: Hub, session: Session, rid: str) -> Job:
-    now = int(time.time() * 1000)
-    return Job(
-        job_id=f"j-{rid}",
-        request_id=rid,
-        owner=session.identity,
-        session=session.id,
-        task="sentiment",
-        input="x",
-        deadline_ms=now + 30_000,
-        enqueued_ms=now,
-        reply_to=hub.reply_stream,
-    )
+def finals(conn: RecordingConn, rid: str) -> list[dict[str, Any]]:
+    return [f for f in conn.decoded() if f.get("id") == rid and f["type"] in ("result", "error")]
 
 
 def _result(job: Job) -> Reply:
@@ -90,9 +47,9 @@ async def _end_while_writes_fail(hub: Hub, redis_server: RedisHandle, p: Pending
         await admin.aclose()
 
 
-async def _resume(hub: Hub, session: Session, last_seq: int) -> FakeConn:
+async def _resume(hub: Hub, session: Session, last_seq: int) -> RecordingConn:
     await lifecycle.detach(hub, session, 1006)  # the network drops; the client resumes on this gateway
-    conn = FakeConn()
+    conn = RecordingConn()
     hello = Hello(type="hello", session=session.id, last_seq=last_seq)
     resumed, was_resumed = await lifecycle.open_session(hub, conn, None, hello)  # type: ignore[arg-type]
     assert was_resumed and resumed is session
@@ -103,9 +60,9 @@ async def _resume(hub: Hub, session: Session, last_seq: int) -> FakeConn:
 async def test_the_socket_that_got_an_unlogged_final_does_not_get_the_result_logged_later(
     hub: Hub, redis_server: RedisHandle
 ) -> None:
-    first = FakeConn()
+    first = RecordingConn()
     session, _ = await lifecycle.open_session(hub, first, None, None)  # type: ignore[arg-type]
-    job = _job(hub, session, "r1")
+    job = job_for(hub, session, "r1")
     p = Pending(job=job, session=session, received=time.monotonic())
     hub.track(p)
     await _end_while_writes_fail(hub, redis_server, p)
@@ -125,9 +82,9 @@ async def test_the_socket_that_got_an_unlogged_final_does_not_get_the_result_log
 async def test_an_unlogged_final_that_reached_no_socket_leaves_the_result_to_be_the_final(
     hub: Hub, redis_server: RedisHandle
 ) -> None:
-    first = FakeConn()
+    first = RecordingConn()
     session, _ = await lifecycle.open_session(hub, first, None, None)  # type: ignore[arg-type]
-    job = _job(hub, session, "r1")
+    job = job_for(hub, session, "r1")
     p = Pending(job=job, session=session, received=time.monotonic())
     hub.track(p)
     await lifecycle.detach(hub, session, 1006)

@@ -43,6 +43,15 @@ class Peer:
         await self.send({"type": "welcome", "session": "s1", "resumed": resumed, "gateway": "g1", "protocol": "1"})
         return hello
 
+    async def accept(self, infer: dict[str, Any], seq: int = 1) -> None:
+        await self.send({"type": "accepted", "id": infer["id"], "seq": seq, "task": "t", "deadline_ms": 0})
+
+    async def accept_then_restart(self) -> None:
+        """Welcome, accept the first request, then close as a restarting gateway does (1012)."""
+        await self.welcome()
+        await self.accept(await self.recv())
+        await self.ws.close(1012, "restart")
+
     async def drain(self) -> None:
         """Record what the client sends until it goes away."""
         try:
@@ -101,10 +110,7 @@ async def test_a_refused_copy_of_an_accepted_request_does_not_end_it(scripted: A
 
     async def script(peer: Peer) -> None:
         if peer.n == 0:
-            await peer.welcome()
-            infer = await peer.recv()
-            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
-            await peer.ws.close(1012, "restart")
+            await peer.accept_then_restart()
             return
         await peer.welcome(resumed=True)
         copy = await peer.recv()
@@ -219,7 +225,7 @@ async def test_a_request_its_caller_gave_up_on_is_cancelled_on_the_server(script
     async def script(peer: Peer) -> None:
         await peer.welcome()
         infer = await peer.recv()
-        await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+        await peer.accept(infer)
         await peer.drain()
 
     server = await scripted(script)
@@ -255,10 +261,7 @@ async def test_a_stream_never_iterated_is_not_sent_after_a_reconnect(scripted: A
 async def test_an_on_state_callback_that_raises_does_not_stop_the_client(scripted: Any) -> None:
     async def script(peer: Peer) -> None:
         if peer.n == 0:
-            await peer.welcome()
-            infer = await peer.recv()
-            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
-            await peer.ws.close(1012, "restart")
+            await peer.accept_then_restart()
             return
         await peer.welcome(resumed=True)
         copy = await peer.recv()
@@ -303,7 +306,7 @@ async def test_a_refused_request_admitted_meanwhile_is_sent_again_when_the_sessi
         if peer.n == 0:
             await peer.send(refusal(infer["id"], "unavailable", 2000))
             await asyncio.sleep(0.1)  # the client takes the refusal: it waits to send the request again
-            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await peer.accept(infer)
             await asyncio.sleep(0.1)
             await peer.ws.close(1012, "restart")
             return
@@ -337,7 +340,7 @@ async def test_a_request_given_up_on_while_disconnected_is_cancelled_once_the_se
         await peer.welcome(resumed=peer.n > 0)
         if peer.n == 0:
             infer = await peer.recv()
-            await peer.send({"type": "accepted", "id": infer["id"], "seq": 1, "task": "t", "deadline_ms": 0})
+            await peer.accept(infer)
             await asyncio.sleep(0.2)
             await peer.ws.close(1012, "restart")
             return

@@ -100,14 +100,31 @@ async def test_redis_master_sigkill_failover(
     await asyncio.sleep(3)
     old = topology.master_port()
     fault_at = time.monotonic()
+    unready: list[int] = []
+    readiness = asyncio.create_task(_watch_readiness(g, unready))
     topology.master().kill()
     await asyncio.to_thread(topology.wait_new_master, old)
     await load
     await driver.settle(25)
     await driver.stop()
+    readiness.cancel()
     report = record(driver.report("redis master SIGKILL", fault_at))
+    report.update(readiness_failures=len(unready))
     assert_clean(report)
+    # A failover is shorter than `unready_after_redis_down_s`: the gateway stays in rotation and answers its
+    # clients `unavailable` meanwhile, rather than leave an ingress with no ready gateway to send new sockets to.
+    assert not unready, f"readiness failed during the failover: {unready[:5]}; {report}"
     assert httpx.get(f"{g.base}/readyz").status_code == 200
+
+
+async def _watch_readiness(g: procs.Service, failures: list[int]) -> None:
+    """Poll the gateway's /readyz every 0.2 s until cancelled, keeping each answer that is not 200."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            status = (await http.get(f"{g.base}/readyz")).status_code
+            if status != 200:
+                failures.append(status)
+            await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(120)
@@ -149,7 +166,8 @@ async def test_all_redis_nodes_down_for_ten_seconds(
 ) -> None:
     env = topology.env()
     services.append(procs.worker(env, prefix, **FAST_RECLAIM).start())
-    g = procs.gateway(env, prefix).start()
+    # Out of rotation after 3 s without Redis (30 s by default, to ride out a failover): the outage is 10 s.
+    g = procs.gateway(env, prefix, UNREADY_AFTER_REDIS_DOWN_S="3").start()
     services.append(g)
     driver = LoadDriver([ws(g)], connections=10, rate=100, deadline_ms=60_000)
     await driver.start()

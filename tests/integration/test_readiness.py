@@ -1,4 +1,5 @@
-"""Readiness proves the data path: it fails while Redis is down and recovers by itself when Redis is back."""
+"""Readiness proves the data path: it fails once Redis has been down longer than a failover takes, and recovers by
+itself when Redis is back."""
 
 from __future__ import annotations
 
@@ -29,15 +30,23 @@ def test_readyz_follows_redis(prefix: str, services: list[procs.Service]) -> Non
         env = procs.redis_env_for_url(redis.url)
         w = procs.worker(env, prefix).start()
         services.append(w)
-        g = procs.gateway(env, prefix).start()
+        g = procs.gateway(env, prefix, UNREADY_AFTER_REDIS_DOWN_S="2").start()
         services.append(g)
+        patient = procs.gateway(env, prefix).start()  # the default: 30 s without Redis before it leaves rotation
+        services.append(patient)
         assert httpx.get(f"{g.base}/readyz").status_code == 200
         redis.kill()
-        wait_status(f"{g.base}/readyz", 503, 10)
+        down_for = wait_status(f"{g.base}/readyz", 503, 10)
+        # The 2 s count from the last good refresh, up to one refresh interval (0.25 s) before the kill.
+        assert down_for >= 1.5, f"out of rotation {down_for:.1f} s into the outage, before its 2 s"
+        assert "redis unreachable for" in httpx.get(f"{g.base}/readyz").text
         wait_status(f"{w.base}/readyz", 503, 10)
+        # An outage as long as a failover: still in rotation, refusing work as `unavailable` (the delivery tests).
+        assert httpx.get(f"{patient.base}/readyz").status_code == 200, "a short outage took the gateway out"
         assert httpx.get(f"{g.base}/healthz").status_code == 200, "liveness must not depend on Redis"
         redis.start()
         wait_status(f"{g.base}/readyz", 200, 15)
+        wait_status(f"{patient.base}/readyz", 200, 15)
         wait_status(f"{w.base}/readyz", 200, 15)
         # The worker re-registers its task on the restarted (empty) Redis.
         deadline = time.monotonic() + 15

@@ -58,6 +58,8 @@ class Catalog:
         """Tasks ever registered, live or not: a known task without live workers is `unavailable`, not unknown."""
         self.backlogs: dict[str, Backlog] = {}
         self._last_ok: float | None = None
+        self._last_good: float | None = None
+        """When a refresh last succeeded; unlike `_last_ok`, a failed submit does not clear it."""
         self._failing = True
         """The last refresh failed (or none ran yet)."""
         self.run_id: str | None = None
@@ -67,6 +69,12 @@ class Catalog:
     def redis_ok(self) -> bool:
         """Redis answered a round trip recently. A refresh that hangs (a frozen node) turns this false too."""
         return self._last_ok is not None and time.monotonic() - self._last_ok < STALE_AFTER_S
+
+    def unreachable_for_s(self) -> float | None:
+        """How long Redis has gone without a good refresh: 0 while it answers, None if it never did."""
+        if self._last_good is None:
+            return None
+        return 0.0 if self.redis_ok else time.monotonic() - self._last_good
 
     def admission(self, task: str) -> Refusal | None:
         s = self._settings
@@ -122,7 +130,7 @@ class Catalog:
         if self._failing:
             log.info("redis.reachable", role=health.role)
         self._failing = False
-        self._last_ok = time.monotonic()
+        self._last_ok = self._last_good = time.monotonic()
         self.tasks = {t: info for t, (info, _) in live.items()}
         self.known = known
         self.workers = {t: n for t, (_, n) in live.items()}

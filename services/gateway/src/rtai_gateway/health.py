@@ -1,5 +1,6 @@
 """Health endpoints. Readiness proves the data path (a Redis write and read, the reply reader running), not just a
-live process, and goes false while draining so a load balancer stops sending new sockets."""
+live process, and goes false while draining so a load balancer stops sending new sockets. It rides out a Redis outage
+shorter than `unready_after_redis_down_s` (a failover)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,15 @@ async def readyz(request: Request) -> Response:
     if not rt.reader_ready:
         problems.append("reply reader not running")
     # The catalog proves the data path (a Redis write and read) every refresh interval; reading its verdict keeps
-    # this probe instant even while Redis hangs.
-    if not rt.catalog.redis_ok:
-        problems.append("redis unreachable")
+    # this probe instant even while Redis hangs. Every gateway shares the one Redis, so a short outage (a failover)
+    # would take them all out of rotation at once and the ingress would answer new sockets with a bare 503; a
+    # gateway in rotation answers them `unavailable`, which clients retry. A longer outage (this gateway cut off from
+    # Redis, say) takes it out; one that never reached Redis is never ready.
+    down_s = rt.catalog.unreachable_for_s()
+    if down_s is None:
+        problems.append("redis never reached")
+    elif down_s >= rt.settings.unready_after_redis_down_s:
+        problems.append(f"redis unreachable for {down_s:.0f} s")
     if problems:
         return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready", "gateway": rt.settings.gateway_id})

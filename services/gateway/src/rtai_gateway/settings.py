@@ -233,6 +233,13 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long in-flight requests may finish before sockets close with 1012.",
     )
+    unready_after_redis_down_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Readiness fails once Redis has been unreachable this long. A shorter outage (a Sentinel failover "
+        "takes 6-8 s) keeps the gateway in rotation: its clients get `unavailable` with `retry_after_ms` and retry, "
+        "where an ingress with no ready gateway would answer new sockets with a bare 503.",
+    )
     page: bool = Field(default=True, description="Serve the web page at `/`.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis connection.")
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings, description="Admission control.")

@@ -20,12 +20,17 @@ from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import ModelInput
 from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
+
+
+def _no_hang(e: ModelCallHung) -> None:
+    raise AssertionError(f"no model call should hang here: {e}")
 
 
 def _job(rid: str, keys: Keys, text: str = "a fine day", task: str = "sentiment") -> Job:
@@ -50,7 +55,7 @@ async def _replies(redis: Redis, keys: Keys) -> dict[str, Reply]:
 
 def _server(redis: Redis, keys: Keys, model: Any, task: str = "sentiment", **settings: Any) -> TaskServer:
     consumer = Consumer(redis, keys, task, "w1", max_reply_bytes=settings.pop("max_reply_bytes", 1 << 20))
-    return TaskServer(task, model, consumer, WorkerSettings(**settings), WorkerMetrics(CollectorRegistry()))
+    return TaskServer(task, model, consumer, WorkerSettings(**settings), WorkerMetrics(CollectorRegistry()), _no_hang)
 
 
 async def test_entries_a_worker_cannot_read_go_to_the_dead_letters_and_their_clients_are_answered(

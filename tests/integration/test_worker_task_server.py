@@ -25,6 +25,7 @@ from rtai_protocol import Job, Reply, encode
 from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
 from rtai_worker.settings import WorkerSettings
@@ -34,6 +35,10 @@ from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker
 from tests.support.ws_client import Conn
+
+
+def _no_hang(e: ModelCallHung) -> None:
+    raise AssertionError(f"no model call should hang here: {e}")
 
 
 def _job(n: int, reply_to: str) -> Job:
@@ -57,7 +62,7 @@ async def test_cancelled_after_read(redis: Redis, prefix: str, inline: bool) -> 
     model = VaderModel(ModelOptions())
     model._info = dataclasses.replace(model.info, inline=inline)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()))
+    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang)
     jobs = [_job(n, keys.replies("g1")) for n in range(3)]
     await redis.set(keys.cancelled(jobs[1].job_id), b"1")
 
@@ -104,7 +109,12 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
     server = TaskServer(
-        "sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+        "sentiment",
+        VaderModel(ModelOptions()),
+        consumer,
+        WorkerSettings(),
+        WorkerMetrics(CollectorRegistry()),
+        _no_hang,
     )
     real_finish = consumer.finish
     calls = 0
@@ -149,7 +159,12 @@ async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, pr
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
     server = TaskServer(
-        "sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+        "sentiment",
+        VaderModel(ModelOptions()),
+        consumer,
+        WorkerSettings(),
+        WorkerMetrics(CollectorRegistry()),
+        _no_hang,
     )
     real_finish = consumer.finish
     gate = asyncio.Event()
@@ -203,7 +218,9 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
     settings = WorkerSettings(max_streams=2, max_batch_size=32)
-    server = TaskServer("generate", TokenModel(ModelOptions()), consumer, settings, WorkerMetrics(CollectorRegistry()))
+    server = TaskServer(
+        "generate", TokenModel(ModelOptions()), consumer, settings, WorkerMetrics(CollectorRegistry()), _no_hang
+    )
     await consumer.ensure_group()
     jobs = [
         _job(n, keys.replies("g1")).model_copy(update={"task": "generate", "stream": True, "input": "a b c d e f"})
@@ -230,7 +247,7 @@ async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis:
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
     server = TaskServer(
-        "generate", TokenModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry())
+        "generate", TokenModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang
     )
     job = _job(1, keys.replies("g1")).model_copy(
         update={"task": "generate", "stream": True, "deadline_ms": int(time.time() * 1000) - 1}
@@ -247,7 +264,7 @@ async def test_a_cancel_noted_while_a_batch_ran_is_forgotten_with_the_batch(redi
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
     await consumer.ensure_group()
-    server = TaskServer("sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics())
+    server = TaskServer("sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(), _no_hang)
     server.model.load()
     batch = [Delivery(f"0-{n + 1}", _job(n, keys.replies("g1"))) for n in range(3)]
     server.cancelled_jobs.update(d.job.job_id for d in batch)  # as the listener does for jobs in `running`

@@ -3,6 +3,7 @@
 `counting`: VADER that appends every text it scores to `$RTAI_TEST_COUNT_DIR/<pid>.txt`, so a test can count model
 calls per request across worker processes. `slow`: VADER that sleeps `$RTAI_TEST_SLOW_MS` per batch, so a test can
 kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per chunk, `$RTAI_TEST_TOKEN_MS` apart).
+Both hang (ten minutes: a deadlock, as far as a test can tell) on the input `$RTAI_TEST_HANG_ON`, where it is set.
 `bulky`: VADER whose results carry `$RTAI_TEST_RESULT_BYTES` of padding, so a few results fill a socket's buffers.
 `crashing`: VADER that kills its process on the input `poison`, as a crash in native model code would.
 """
@@ -12,13 +13,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rtai_worker.engine import ModelInfo, ModelInput
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
+
+
+HANG_S = 600.0
+
+
+def _hang_on(texts: Iterable[str]) -> None:
+    """Sleep HANG_S if one of `texts` is `$RTAI_TEST_HANG_ON` (set on the worker a test wants to see hang)."""
+    trigger = os.environ.get("RTAI_TEST_HANG_ON")
+    if trigger is not None and trigger in texts:
+        time.sleep(HANG_S)
 
 
 class CountingModel(VaderModel):
@@ -40,6 +51,7 @@ class SlowModel(VaderModel):
         self._info = dataclasses.replace(self._info, name="slow", fingerprint="test-slow/1", inline=False)
 
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        _hang_on(item.text for item in batch)
         time.sleep(float(os.environ.get("RTAI_TEST_SLOW_MS", "200")) / 1000)
         return super().predict(batch)
 
@@ -77,6 +89,7 @@ class TokenModel:
 
     def stream(self, item: ModelInput) -> Iterator[Any]:
         limit = int(item.options.get("max_new_tokens", 1000))
+        _hang_on([item.text])
         for i, word in enumerate(item.text.split()):
             if i >= limit:
                 return

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rtai_telemetry.logging import configure_logging, get_logger
 from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
 from rtai_transport import TaskConfigConflict
+from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models import ModelSpecError
 from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
@@ -45,6 +46,9 @@ def main() -> int:
     except (ModelSpecError, TaskConfigConflict) as e:
         log.error("worker.refused", reason=str(e))
         code = 3
+    except ModelCallHung as e:
+        log.error("worker.exiting_after_hung_model_call", reason=str(e))
+        code = 4
     except BaseException:
         if worker is not None and worker.model_calls_running():
             log.exception("worker.crashed")  # leaving with os._exit below would not print the traceback

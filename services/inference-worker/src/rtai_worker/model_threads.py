@@ -6,12 +6,18 @@ joined when the loop closes, and every executor thread at exit). A batch longer 
 the process (and its pod) past it. With the calls counted here, the worker knows there is nothing left worth waiting
 for and leaves without joining them (`rtai_worker.__main__`).
 
+A call that runs past `hung_after_s` is taken as hung (a deadlock in native code, a model waiting on something that
+never comes): its caller gets `ModelCallHung` and the worker is told, so it can hand the jobs back and leave rather
+than keep claims fresh on work that will never finish, wedging the task (`Worker._model_hung`).
+
 The calls run in asyncio's default executor, as `asyncio.to_thread` runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -20,13 +26,21 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class ModelCallHung(Exception):
+    """A model call ran past its time limit; it goes on in its thread, which nothing can stop."""
+
+
 class ModelThreads:
-    def __init__(self) -> None:
+    def __init__(self, task: str, hung_after_s: float, on_hung: Callable[[ModelCallHung], None]) -> None:
+        self._task = task
+        self._hung_after_s = hung_after_s
+        self._on_hung = on_hung
         self._running = 0
         self._lock = threading.Lock()
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """`fn(*args, **kwargs)` in a thread, with the caller's context (`asyncio.to_thread`)."""
+        """`fn(*args, **kwargs)` in a thread, with the caller's context (as `asyncio.to_thread`). Raises
+        `ModelCallHung`, after telling `on_hung`, if it is not done within `hung_after_s`."""
 
         def counted() -> T:
             try:
@@ -38,7 +52,17 @@ class ModelThreads:
         # cancelled before a thread took it never runs and stays counted: the worker then leaves without closing its
         # loop, which skips nothing it needs.)
         self._add(1)
-        return await asyncio.to_thread(counted)
+        # run_in_executor's future, awaited under a timeout, rather than wait_for(to_thread(...)): no task per call.
+        call = functools.partial(contextvars.copy_context().run, counted)
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            async with asyncio.timeout(self._hung_after_s):
+                return await future
+        except TimeoutError:
+            name = getattr(fn, "__qualname__", fn)
+            hung = ModelCallHung(f"a {self._task} model call ({name}) has run for over {self._hung_after_s:g} s")
+            self._on_hung(hung)
+            raise hung from None
 
     def running(self) -> int:
         """Calls handed to a thread and not finished: a cancelled await does not stop its thread."""

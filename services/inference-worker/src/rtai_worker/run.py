@@ -22,6 +22,7 @@ from rtai_worker.consumer import Consumer
 from rtai_worker.engine import Model
 from rtai_worker.health import HealthServer
 from rtai_worker.metrics import WorkerMetrics
+from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models import create_model
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.settings import WorkerSettings
@@ -52,6 +53,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.conflict: TaskConfigConflict | None = None
         """Set when a heartbeat found the task taken by another model configuration: `run` raises it once drained."""
+        self.hung: ModelCallHung | None = None
+        """Set when a model call ran past `model_call_timeout_s`: `run` raises it once drained."""
         self.health = HealthServer(settings.http_host, settings.http_port, self.metrics, self._not_ready)
 
     def _not_ready(self) -> list[str]:
@@ -88,7 +91,7 @@ class Worker:
                 reader=self.reader,
                 max_reply_bytes=self.settings.max_reply_bytes,
             )
-            self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics)
+            self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics, self._model_hung)
             self.metrics.init_task(task)
             log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)
 
@@ -118,6 +121,17 @@ class Worker:
             await self._shutdown()
         if self.conflict is not None:
             raise self.conflict
+        if self.hung is not None:
+            raise self.hung
+
+    def _model_hung(self, e: ModelCallHung) -> None:
+        """A model call hung. Its thread cannot be stopped, and the worker would keep the claims of its jobs fresh for
+        ever while its task served nothing: drain, hand those jobs back (another worker reclaims them at once; one
+        that hangs every worker ends in the dead letters after `max_deliveries`) and exit for a restart."""
+        if self.hung is None:
+            log.error("model.call_hung", reason=str(e), detail="draining, handing its jobs back, then exiting")
+            self.hung = e
+        self.stopping.set()
 
     async def _wait_for_redis(self) -> None:
         while not self.stopping.is_set():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Literal, cast
 
 from opentelemetry import trace
@@ -20,7 +20,7 @@ from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of,
 from rtai_worker.consumer import Consumer, Delivery, Unreadable
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
-from rtai_worker.model_threads import ModelThreads
+from rtai_worker.model_threads import ModelCallHung, ModelThreads
 from rtai_worker.models.microbatch import cut_by_length
 from rtai_worker.settings import WorkerSettings
 
@@ -41,7 +41,13 @@ def _advance(gen: Iterator[Any]) -> tuple[bool, Any]:
 
 class TaskServer:
     def __init__(
-        self, task: str, model: Model, consumer: Consumer, settings: WorkerSettings, metrics: WorkerMetrics
+        self,
+        task: str,
+        model: Model,
+        consumer: Consumer,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics,
+        on_hung: Callable[[ModelCallHung], None],
     ) -> None:
         self.task = task
         self.model = model
@@ -56,7 +62,7 @@ class TaskServer:
         self._replying: asyncio.Task[None] | None = None
         """The last batch's replies and acks, still being written while the next batch is read."""
         self.stopping = asyncio.Event()
-        self.threads = ModelThreads()
+        self.threads = ModelThreads(task, settings.model_call_timeout_s, on_hung)
 
     # ---- the read loop -------------------------------------------------------------------------------------------
 
@@ -78,6 +84,8 @@ class TaskServer:
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except ModelCallHung:
+                break  # the worker is on its way out (it was told): the batch stays in `running`, to be handed back
             except Exception as e:
                 failures += 1
                 if failures == 1:
@@ -170,8 +178,9 @@ class TaskServer:
             self.running[d.entry_id] = d
         try:
             replies = await self._replies(batch)
-        except asyncio.CancelledError:
-            raise  # cut off at shutdown: the jobs stay in `running`, and the worker hands them back on its way out
+        except (asyncio.CancelledError, ModelCallHung):
+            # Cut off at shutdown, or hung: the jobs stay in `running`, and the worker hands them back on its way out.
+            raise
         except BaseException:
             for d in batch:
                 self._release(d)
@@ -270,6 +279,8 @@ class TaskServer:
             if self.model.info.inline:
                 return self.model.predict(inputs)
             return await self.threads.run(self.model.predict, inputs)
+        except ModelCallHung:
+            raise  # not the requests' fault as far as anyone knows: they are handed back, not answered
         except Exception as e:
             # One bad batch must not take the others down: every request in it gets `internal`, logged here.
             log.exception("model.failed", task=self.task, batch=len(inputs))
@@ -309,6 +320,8 @@ class TaskServer:
                 await self.consumer.finish([(d, reply)])
             except asyncio.CancelledError:
                 raise  # cut off at shutdown: the job stays in `running`, and the worker hands it back on its way out
+            except ModelCallHung:
+                return  # the same, as the worker leaves because of it
             except Exception:
                 log.exception("stream.failed", task=self.task)
                 # Left pending: another worker (or this one) reclaims it, and the delivery limit ends a poison job.
@@ -325,6 +338,8 @@ class TaskServer:
             while True:
                 try:
                     finished, value = await self.threads.run(_advance, gen)
+                except ModelCallHung:
+                    raise
                 except ModelError as e:
                     self.metrics.jobs.labels(self.task, "error").inc()
                     return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))

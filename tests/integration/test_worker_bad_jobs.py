@@ -18,7 +18,7 @@ from rtai_client import dlq
 from rtai_protocol import Job, Reply, encode
 from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
-from rtai_worker.engine import ModelInput
+from rtai_worker.engine import DeadlinePassed, ModelInput
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
@@ -95,14 +95,12 @@ async def test_a_bad_entry_does_not_stop_the_reclaim_of_the_jobs_claimed_with_it
 
 
 class OddOutputs(VaderModel):
-    """VADER, except for two inputs: one whose output JSON cannot hold, one far too large."""
+    """VADER, except for three inputs: one whose output JSON cannot hold, one far too large, and one the model
+    stopped at its deadline (as a generator does)."""
 
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
-        out = super().predict(batch)
-        return [
-            {"value": object()} if i.text == "unencodable" else "x" * 200_000 if i.text == "huge" else o
-            for i, o in zip(batch, out, strict=True)
-        ]
+        odd = {"unencodable": {"value": object()}, "huge": "x" * 200_000, "late": DeadlinePassed("stopped")}
+        return [odd.get(i.text, o) for i, o in zip(batch, super().predict(batch), strict=True)]
 
 
 async def test_an_output_that_cannot_be_sent_fails_alone_not_its_batch(redis: Redis, prefix: str) -> None:
@@ -111,7 +109,7 @@ async def test_an_output_that_cannot_be_sent_fails_alone_not_its_batch(redis: Re
     model.load()
     server = _server(redis, keys, model, max_reply_bytes=100_000)
     await server.consumer.ensure_group()
-    for rid, text in (("ok", "a fine day"), ("unencodable", "unencodable"), ("huge", "huge")):
+    for rid, text in (("ok", "a fine day"), ("unencodable", "unencodable"), ("huge", "huge"), ("late", "late")):
         await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(rid, keys, text))})
     got, _ = await server.consumer.read(32, block_ms=None)
     await server.run(got)
@@ -120,6 +118,7 @@ async def test_an_output_that_cannot_be_sent_fails_alone_not_its_batch(redis: Re
     assert answered["ok"].kind == "result"
     assert (answered["unencodable"].kind, answered["unencodable"].code) == ("error", "internal")
     assert (answered["huge"].code, "bytes" in (answered["huge"].message or "")) == ("internal", True)
+    assert (answered["late"].kind, answered["late"].code) == ("error", "deadline_exceeded")
     assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 0, "the batch was not acked"
 
 

@@ -21,7 +21,6 @@ from rtai_worker.engine import ModelInfo, ModelInput
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
 
-
 HANG_S = 600.0
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from _models_support import cpu_options, require_package
 
-from rtai_worker.engine import ModelError, ModelInput
+from rtai_protocol import now_ms
+from rtai_worker.engine import DeadlinePassed, ModelError, ModelInput
 from rtai_worker.models import create_model
 from rtai_worker.models.smollm2 import MAX_NEW_TOKENS_CAP, GenerateOptions, SmolLM2Model
 
@@ -101,3 +102,26 @@ def test_predict_returns_the_final_result_and_per_request_errors(lm: SmolLM2Mode
     )
     assert ok["tokens"] <= 4
     assert isinstance(bad, ModelError)
+
+
+def test_predict_stops_each_item_at_its_deadline(lm: SmolLM2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The items of a batch run one after another: one whose request deadline has passed stops there (the gateway
+    has answered it already) instead of generating on while the items behind it wait."""
+    steps: list[int] = []
+    real_step = lm._step
+
+    def counted(*args: Any) -> Any:
+        steps.append(1)
+        return real_step(*args)
+
+    monkeypatch.setattr(lm, "_step", counted)
+    options = {"max_new_tokens": 20, "time_limit_s": 60}
+    late, on_time = lm.predict(
+        [
+            ModelInput(text="Tell a long story.", options={**options, "deadline_ms": now_ms() - 1}),
+            ModelInput(text="Say hi.", options={**options, "max_new_tokens": 3, "deadline_ms": now_ms() + 60_000}),
+        ]
+    )
+    assert isinstance(late, DeadlinePassed)
+    assert on_time["tokens"] <= 3
+    assert len(steps) <= on_time["tokens"] + 1, f"{len(steps)} steps: the late item was generated"

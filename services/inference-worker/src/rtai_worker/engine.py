@@ -47,6 +47,12 @@ class ModelError(Exception):
     """A request the model cannot serve (bad option, input it refuses). Reported to the client as `invalid_request`."""
 
 
+class DeadlinePassed(Exception):
+    """Returned (not raised) by `predict` for an item it stopped at its request's deadline (`options["deadline_ms"]`,
+    wall-clock ms), for a model whose items take long (generation): the gateway has answered it `deadline_exceeded`
+    already, and the batch's other items should not wait for work nobody will read."""
+
+
 @runtime_checkable
 class Model(Protocol):
     """A loaded model. Built by a `ModelFactory`, then `load()`ed and `warmup()`ed before the worker
@@ -63,7 +69,8 @@ class Model(Protocol):
 
     def predict(self, batch: Sequence[ModelInput]) -> list[JSONValue]:
         """One output per input, same order. Raising fails the whole batch; raise ModelError for a
-        per-request refusal by returning it instead: an element that is a ModelError fails only that request."""
+        per-request refusal by returning it instead: an element that is a ModelError fails only that request (and
+        one that is a DeadlinePassed answers it `deadline_exceeded`)."""
         ...
 
     def stream(self, item: ModelInput) -> Iterator[JSONValue]:

@@ -18,7 +18,7 @@ from rtai_protocol import ErrorCode, Job, Reply, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_worker.consumer import Consumer, Delivery, Unreadable
-from rtai_worker.engine import Model, ModelError, ModelInput
+from rtai_worker.engine import DeadlinePassed, Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelCallHung, ModelThreads
 from rtai_worker.models.microbatch import cut_by_length
@@ -290,6 +290,9 @@ class TaskServer:
             m.busy.set(0)
 
     def _reply_for(self, job: Job, out: Any) -> Reply:
+        if isinstance(out, DeadlinePassed):
+            self.metrics.jobs.labels(self.task, "expired").inc()
+            return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the model ran it")
         if isinstance(out, ModelError):
             self.metrics.jobs.labels(self.task, "error").inc()
             return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(out))

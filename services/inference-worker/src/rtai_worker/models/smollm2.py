@@ -24,7 +24,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rtai_worker.engine import JSONValue, ModelError, ModelInfo, ModelInput
+from rtai_protocol import now_ms
+from rtai_worker.engine import DeadlinePassed, JSONValue, ModelError, ModelInfo, ModelInput
 from rtai_worker.models._cache import build_once
 from rtai_worker.models.minilm import ModelUnavailableError, require_cuda
 from rtai_worker.models.options import ModelOptions
@@ -248,12 +249,18 @@ class SmolLM2Model:
         return {"text": text, "tokens": len(tokens), "finish_reason": finish}
 
     def predict(self, batch: Sequence[ModelInput]) -> list[JSONValue]:
-        """Non-streaming requests: run each stream to its end and return the final result."""
+        """Non-streaming requests: run each stream to its end and return the final result. The items run one after
+        another, so each is stopped at its request's deadline: the items after it do not wait for it."""
         out: list[JSONValue] = []
         for item in batch:
+            deadline_ms = item.options.get("deadline_ms")
             try:
                 gen = self.stream(item)
                 while True:
+                    if isinstance(deadline_ms, int) and now_ms() >= deadline_ms:
+                        gen.close()
+                        out.append(DeadlinePassed(f"stopped at the request's deadline ({deadline_ms})"))
+                        break
                     next(gen)
             except StopIteration as stop:
                 out.append(stop.value)

@@ -173,6 +173,15 @@ def test_grace_period_shorter_than_drain_fails_to_render() -> None:
         render_chart("inference-worker", set_values={"terminationGracePeriodSeconds": 20})
 
 
+def test_redis_topologies_that_refuse_every_write_or_failover_fail_to_render() -> None:
+    # One pod and min-replicas-to-write 1: the master has no replica to count, so it refuses every write.
+    with pytest.raises(RuntimeError, match="minReplicasToWrite"):
+        render_chart("redis", set_values={"replicas": 1, "sentinel.quorum": 1})
+    with pytest.raises(RuntimeError, match="quorum"):
+        render_chart("redis", set_values={"replicas": 2, "sentinel.quorum": 3, "redis.minReplicasToWrite": 0})
+    render_chart("redis", set_values={"replicas": 1, "sentinel.quorum": 1, "redis.minReplicasToWrite": 0})
+
+
 @pytest.mark.parametrize(
     ("chart", "bad"),
     [

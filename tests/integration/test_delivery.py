@@ -224,6 +224,37 @@ async def test_poison_job_is_dead_lettered_and_answered_failed(
     await c.close()
 
 
+async def test_a_long_reclaimed_job_does_not_hold_up_the_reclaim_of_other_tasks(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A worker dies holding a batch job and a stream. Its successor runs the batch job for 4 s; the stream,
+    another task's, must not wait for it. Before, the reclaim loop ran each reclaimed batch job itself, task after
+    task, and reclaimed the stream only once the batch job was done."""
+    env = procs.redis_env_for_url(redis_server.url)
+    tasks = f"sentiment=tests.support.fake_models:slow,{TOKENS_TASK}"  # sentiment is reclaimed first
+    dying = start(services, procs.worker(env, prefix, tasks=tasks, RTAI_TEST_HANG_ON="hold", RTAI_TEST_SLOW_MS="10"))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    batch = await c.infer("sentiment", "hold", deadline_ms=60_000)
+    stream = await c.infer("generate", "hold", stream=True, deadline_ms=60_000)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 10
+    while not all(r.xpending(f"{prefix}:v1:jobs:{t}", "workers")["pending"] for t in ("sentiment", "generate")):
+        assert time.monotonic() < deadline, "the worker did not take both jobs"
+        await asyncio.sleep(0.1)
+    dying.kill()
+    start(
+        services,
+        procs.worker(
+            env, prefix, tasks=tasks, RTAI_TEST_SLOW_MS="4000", RTAI_TEST_TOKEN_MS="10", RECLAIM_IDLE_MS="500"
+        ),
+    )
+    first = await c.wait_for(lambda f: f["type"] in ("result", "error"), 20)
+    assert (first["id"], first["type"]) == (stream, "result"), f"the stream waited for the batch job: {first}"
+    assert (await c.final(batch, timeout=20))["type"] == "result"
+    await c.close()
+
+
 async def test_a_poison_job_takes_only_itself_to_the_dead_letters_not_its_batch(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:

@@ -260,11 +260,7 @@ class Worker:
                 await server.consumer.dead_letter(d, reply)
                 self.metrics.dead_lettered.labels(task).inc()
                 self.metrics.jobs.labels(task, "dead_lettered").inc()
-            # One at a time: a reclaimed job may be what killed the worker that had it (a crash in the model), and
-            # re-run in a batch it would take the jobs batched with it to the dead letters too.
-            for d in claimed:
-                if d.deliveries <= self.settings.max_deliveries:
-                    await server.run([d], reclaimed=True)
+            server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
 
     async def _listen_cancels(self) -> None:
         await listen_cancels(self.redis, self.keys.cancel_channel, self._note_cancel)

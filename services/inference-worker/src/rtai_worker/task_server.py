@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, Literal, cast
 
@@ -57,6 +58,8 @@ class TaskServer:
         self.running: dict[str, Delivery] = {}
         """Entry id -> delivery, for jobs this worker is working on (claims kept fresh, handed back at shutdown)."""
         self.cancelled_jobs: set[str] = set()
+        self._adopted: deque[Delivery] = deque()
+        """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
         self._streams = asyncio.Semaphore(settings.max_streams)
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._replying: asyncio.Task[None] | None = None
@@ -73,6 +76,10 @@ class TaskServer:
         failures = 0
         while not self.stopping.is_set():
             try:
+                if self._adopted:
+                    await self._run_adopted(self._adopted.popleft())
+                    failures = 0
+                    continue
                 size = await self._read_budget(s.max_batch_size)
                 if self.stopping.is_set():
                     break  # told to stop while waiting for a stream slot: a job read now could only be handed back
@@ -92,6 +99,30 @@ class TaskServer:
                     log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
         await self.replies_written()
+
+    def adopt(self, reclaimed: list[Delivery]) -> None:
+        """Take over jobs reclaimed from a worker presumed dead. The read loop runs them, ahead of new jobs, so the
+        reclaim loop never waits for a model (a long reclaimed generation held up the reclaim of every other task)
+        and this task's model runs one call at a time. Until then their claims are kept fresh, and a shutdown hands
+        them back."""
+        for d in reclaimed:
+            self.running[d.entry_id] = d
+            self._adopted.append(d)
+
+    async def _run_adopted(self, d: Delivery) -> None:
+        # One at a time, each answered before the next runs: a reclaimed job may be what killed the worker that had it
+        # (a crash in the model). Run in a batch, or while the answers before it are still being written, it would
+        # take those jobs down with it again, and they too would end in the dead letters.
+        try:
+            await self.run([d], reclaimed=True)
+            await self.replies_written()
+        except ModelCallHung:
+            raise  # kept in `running`, to be handed back
+        except Exception:
+            # Left pending, unclaimed by anyone alive: reclaimed again after `reclaim_idle_ms`, as any batch whose
+            # run failed; kept in `running`, its claim would be refreshed by a worker that will never run it.
+            self._release(d)
+            raise
 
     async def _read_budget(self, size: int) -> int:
         """How many jobs to read now. A streaming model takes no more than it has free stream slots for: jobs it
@@ -133,6 +164,7 @@ class TaskServer:
                 m.reruns.labels(self.task).inc()
         live, finished = await self._screen(batch, now)
         await self.consumer.finish(finished)
+        self._release_all(finished)  # adopted jobs are in `running` already
         streams = [d for d in live if d.job.stream]
         plain = [d for d in live if not d.job.stream]
         for d in streams:

@@ -100,13 +100,14 @@ async def test_redis_master_sigkill_failover(
     await asyncio.sleep(3)
     old = topology.master_port()
     fault_at = time.monotonic()
-    unready: list[int] = []
+    unready: list[int | str] = []
     readiness = asyncio.create_task(_watch_readiness(g, unready))
     topology.master().kill()
     await asyncio.to_thread(topology.wait_new_master, old)
     await load
     await driver.settle(25)
     await driver.stop()
+    assert not readiness.done(), f"the readiness watcher stopped: {readiness}"
     readiness.cancel()
     report = record(driver.report("redis master SIGKILL", fault_at))
     report.update(readiness_failures=len(unready))
@@ -117,13 +118,17 @@ async def test_redis_master_sigkill_failover(
     assert httpx.get(f"{g.base}/readyz").status_code == 200
 
 
-async def _watch_readiness(g: procs.Service, failures: list[int]) -> None:
-    """Poll the gateway's /readyz every 0.2 s until cancelled, keeping each answer that is not 200."""
+async def _watch_readiness(g: procs.Service, failures: list[int | str]) -> None:
+    """Poll the gateway's /readyz every 0.2 s until cancelled, keeping each answer that is not 200 (and each probe
+    that got no answer)."""
     async with httpx.AsyncClient(timeout=5) as http:
         while True:
-            status = (await http.get(f"{g.base}/readyz")).status_code
-            if status != 200:
-                failures.append(status)
+            try:
+                status = (await http.get(f"{g.base}/readyz")).status_code
+                if status != 200:
+                    failures.append(status)
+            except httpx.HTTPError as e:
+                failures.append(repr(e))
             await asyncio.sleep(0.2)
 
 

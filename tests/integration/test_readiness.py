@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
+from rtai_gateway.settings import GatewaySettings
 from tests.support import procs
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisProcess
@@ -58,3 +61,9 @@ def test_readyz_follows_redis(prefix: str, services: list[procs.Service]) -> Non
             raise AssertionError("task not listed again after Redis came back")
     finally:
         redis.kill()
+
+
+def test_a_zero_grace_is_refused() -> None:
+    """0 would read as "unready at once" but a healthy Redis is 0 s down too: every gateway would be unready."""
+    with pytest.raises(ValidationError, match="unready_after_redis_down_s"):
+        GatewaySettings(unready_after_redis_down_s=0)

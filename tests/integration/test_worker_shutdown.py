@@ -81,42 +81,34 @@ async def test_a_worker_whose_model_call_hangs_hands_its_jobs_back_and_exits(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     """A model call that does not return (here: for ten minutes) cannot be stopped, and the worker kept its jobs' claims
-    fresh while it waited, so they never reached another worker and the task served nothing. Past
-    `model_call_timeout_s` the worker hands them back, drains and exits with code 4 for its orchestrator to restart."""
+    fresh while it waited, so they never reached another worker and the task served nothing. `model_call_timeout_s`
+    past its limit the worker hands them back, drains and exits with code 4 for its orchestrator to restart. A
+    batch's limit is its requests' last deadline; a stream step's is its start."""
     env = procs.redis_env_for_url(redis_server.url)
-    tasks = f"sentiment=tests.support.fake_models:slow,{TOKENS_TASK}"
-    hung = start(
-        services,
-        procs.worker(
-            env,
-            prefix,
-            tasks=tasks,
-            RTAI_TEST_SLOW_MS="10",
-            RTAI_TEST_TOKEN_MS="10",
-            RTAI_TEST_HANG_ON="hang",
-            MODEL_CALL_TIMEOUT_S="1",
-            RECLAIM_IDLE_MS=str(RECLAIM_IDLE_MS),
-        ),
-    )
+    hang = {"RTAI_TEST_HANG_ON": "hang", "MODEL_CALL_TIMEOUT_S": "1", "RECLAIM_IDLE_MS": str(RECLAIM_IDLE_MS)}
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
-    batch = await c.infer("sentiment", "hang", deadline_ms=60_000)
-    stream = await c.infer("generate", "hang", stream=True, deadline_ms=60_000)
 
+    batches = start(services, procs.worker(env, prefix, tasks="sentiment=tests.support.fake_models:slow", **hang))
+    g.wait_task("sentiment")
+    batch = await c.infer("sentiment", "hang", deadline_ms=3_000)
     t0 = time.monotonic()
-    assert await asyncio.to_thread(hung.proc.wait, 20) == 4  # type: ignore[union-attr]
-    assert time.monotonic() - t0 < 10, "the worker did not leave soon after its model call hung"
-    log = hung.log_path.read_text()
+    assert await asyncio.to_thread(batches.proc.wait, 20) == 4  # type: ignore[union-attr]
+    assert 3 <= time.monotonic() - t0 < 10, (
+        "a batch is hung 1 s past its last deadline (3 s), not before, not much after"
+    )
+    assert (await c.final(batch, timeout=5))["code"] == "deadline_exceeded"  # the gateway's answer, on time
+    log = batches.log_path.read_text()
     assert "model.call_hung" in log and "worker.handed_back" in log, log[-2000:]
 
-    start(
-        services,
-        procs.worker(
-            env, prefix, tasks=tasks, RTAI_TEST_SLOW_MS="10", RTAI_TEST_TOKEN_MS="10", RECLAIM_IDLE_MS="30000"
-        ),
-    )
-    for rid in (batch, stream):  # handed back: taken over at once, not after the reclaim idle time (30 s)
-        final = await c.final(rid, timeout=10)
-        assert final["type"] == "result", final
-        assert len(c.finals(rid)) == 1
+    streams = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **hang))
+    g.wait_task("generate")
+    stream = await c.infer("generate", "hang", stream=True, deadline_ms=60_000)
+    t0 = time.monotonic()
+    assert await asyncio.to_thread(streams.proc.wait, 20) == 4  # type: ignore[union-attr]
+    assert time.monotonic() - t0 < 10, "the worker did not leave soon after its stream step hung"
+    start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, RTAI_TEST_TOKEN_MS="10", RECLAIM_IDLE_MS="30000"))
+    final = await c.final(stream, timeout=10)  # handed back: taken over at once, not after the reclaim idle time
+    assert final["type"] == "result", final
+    assert len(c.finals(stream)) == 1
     await c.close()

@@ -235,7 +235,7 @@ class GatewaySettings(BaseSettings):
     )
     unready_after_redis_down_s: float = Field(
         default=30.0,
-        ge=0,
+        gt=0,
         description="Readiness fails once Redis has been unreachable this long. A shorter outage (a Sentinel failover "
         "takes 6-8 s) keeps the gateway in rotation: its clients get `unavailable` with `retry_after_ms` and retry, "
         "where an ingress with no ready gateway would answer new sockets with a bare 503.",

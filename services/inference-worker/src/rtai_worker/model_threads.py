@@ -6,9 +6,11 @@ joined when the loop closes, and every executor thread at exit). A batch longer 
 the process (and its pod) past it. With the calls counted here, the worker knows there is nothing left worth waiting
 for and leaves without joining them (`rtai_worker.__main__`).
 
-A call that runs past `hung_after_s` is taken as hung (a deadlock in native code, a model waiting on something that
-never comes): its caller gets `ModelCallHung` and the worker is told, so it can hand the jobs back and leave rather
-than keep claims fresh on work that will never finish, wedging the task (`Worker._model_hung`).
+A call that runs `hung_after_s` past its time limit is taken as hung (a deadlock in native code, a model waiting on
+something that never comes): its caller gets `ModelCallHung` and the worker is told, so it can hand the jobs back and
+leave rather than keep claims fresh on work that will never finish, wedging the task (`Worker._model_hung`). A call's
+limit is the moment it may legitimately run to (`run_until`: a batch of generations runs to its requests' deadlines),
+else its start.
 
 The calls run in asyncio's default executor, as `asyncio.to_thread` runs them.
 """
@@ -41,6 +43,10 @@ class ModelThreads:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` in a thread, with the caller's context (as `asyncio.to_thread`). Raises
         `ModelCallHung`, after telling `on_hung`, if it is not done within `hung_after_s`."""
+        return await self.run_until(0.0, fn, *args, **kwargs)
+
+    async def run_until(self, may_run_s: float, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """As `run`, for a call that may legitimately take `may_run_s`: it is hung `hung_after_s` after that."""
 
         def counted() -> T:
             try:
@@ -56,11 +62,12 @@ class ModelThreads:
         call = functools.partial(contextvars.copy_context().run, counted)
         future = asyncio.get_running_loop().run_in_executor(None, call)
         try:
-            async with asyncio.timeout(self._hung_after_s):
+            async with asyncio.timeout(max(may_run_s, 0.0) + self._hung_after_s):
                 return await future
         except TimeoutError:
             name = getattr(fn, "__qualname__", fn)
-            hung = ModelCallHung(f"a {self._task} model call ({name}) has run for over {self._hung_after_s:g} s")
+            limit = max(may_run_s, 0.0) + self._hung_after_s
+            hung = ModelCallHung(f"a {self._task} model call ({name}) has run for over {limit:g} s")
             self._on_hung(hung)
             raise hung from None
 

@@ -128,6 +128,10 @@ class Worker:
         """A model call hung. Its thread cannot be stopped, and the worker would keep the claims of its jobs fresh for
         ever while its task served nothing: drain, hand those jobs back (another worker reclaims them at once; one
         that hangs every worker ends in the dead letters after `max_deliveries`) and exit for a restart."""
+        if self.stopping.is_set() and self.hung is None:
+            # Already draining (SIGTERM): a call cut off now is handed back as any other; a routine stop stays one.
+            log.warning("model.call_hung", reason=str(e), detail="during the drain: handed back with the rest")
+            return
         if self.hung is None:
             log.error("model.call_hung", reason=str(e), detail="draining, handing its jobs back, then exiting")
             self.hung = e

@@ -73,9 +73,10 @@ class WorkerSettings(BaseSettings):
     model_call_timeout_s: float = Field(
         default=120.0,
         gt=0,
-        description="A model call (one batch, or one step of a stream) running longer than this is taken as hung: the "
-        "worker hands its jobs back, drains the rest and exits with code 4 for the orchestrator to restart it (a "
-        "thread cannot be stopped from outside). Models declared inline (VADER) run on the event loop, untimed.",
+        description="A model call running this long past its limit is taken as hung: the worker hands its jobs back, "
+        "drains the rest and exits with code 4 for the orchestrator to restart it (a thread cannot be stopped from "
+        "outside). A batch's limit is its requests' last deadline (a generator answers each by its own); a stream "
+        "step's is its start. Models declared inline (VADER) run on the event loop, untimed.",
     )
     device: str = Field(default="cpu", description="`cpu` or `cuda` (fails at start if no GPU is there).")
     model_cache_dir: Path = Field(

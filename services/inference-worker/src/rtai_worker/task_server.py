@@ -110,10 +110,12 @@ class TaskServer:
             self._adopted.append(d)
 
     async def _run_adopted(self, d: Delivery) -> None:
-        # One at a time, each answered before the next runs: a reclaimed job may be what killed the worker that had it
-        # (a crash in the model). Run in a batch, or while the answers before it are still being written, it would
-        # take those jobs down with it again, and they too would end in the dead letters.
+        # One at a time, with the answers before it written first: a reclaimed job may be what killed the worker that
+        # had it (a crash in the model). Run in a batch, or while those answers are still being written, it would take
+        # those jobs down with it again, and they too would end in the dead letters. (A reclaimed stream only starts
+        # here and runs in its slot beside the others, as any stream does.)
         try:
+            await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
             await self.run([d], reclaimed=True)
             await self.replies_written()
         except ModelCallHung:
@@ -310,7 +312,10 @@ class TaskServer:
         try:
             if self.model.info.inline:
                 return self.model.predict(inputs)
-            return await self.threads.run(self.model.predict, inputs)
+            # A batch may run to its requests' deadlines (a generator answers each by its own): only past the last of
+            # them is a call taken as hung.
+            until_last_deadline_s = (max(i.options["deadline_ms"] for i in inputs) - now_ms()) / 1000
+            return await self.threads.run_until(until_last_deadline_s, self.model.predict, inputs)
         except ModelCallHung:
             raise  # not the requests' fault as far as anyone knows: they are handed back, not answered
         except Exception as e:

@@ -260,22 +260,25 @@ async def test_a_poison_job_takes_only_itself_to_the_dead_letters_not_its_batch(
 ) -> None:
     """A job that crashes the worker, read in one batch with good ones: the good ones are answered, only the poison
     job ends `failed`. Reclaimed jobs run one at a time; re-run as a batch, all of them crashed every worker that
-    took them until every one of them was dead-lettered."""
+    took them until every one of them was dead-lettered. And a reclaimed job counts a delivery only when it starts:
+    the ones queued behind the poison job, charged for each crash they did not run in, were dead-lettered too."""
     env = procs.redis_env_for_url(redis_server.url)
     extra = {"RECLAIM_IDLE_MS": "500", "MAX_DELIVERIES": "2", "tasks": "sentiment=tests.support.fake_models:crashing"}
     w = start(services, procs.worker(env, prefix, **extra))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     async with procs.stalled(w):  # queued while the worker is stopped, so that it reads them as one batch
-        good = [await c.infer("sentiment", f"good {i}", deadline_ms=60_000) for i in range(3)]
+        good = [await c.infer("sentiment", "good 0", deadline_ms=60_000)]
         poison = await c.infer("sentiment", "poison", rid="poison", deadline_ms=60_000)
-        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == poison)
+        good += [await c.infer("sentiment", f"good {i}", deadline_ms=60_000) for i in (1, 2)]
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == good[-1])
     assert await asyncio.to_thread(w.proc.wait, 10) == 70  # type: ignore[union-attr]
-    w = procs.worker(env, prefix, **extra)  # it runs the good ones, then dies on the poison job
+    w = procs.worker(env, prefix, **extra)  # it runs the first good one, then dies on the poison job
     services.append(w)
     w.start(wait_ready=False)  # it may die before it would be seen ready
     assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
-    start(services, procs.worker(env, prefix, **extra))  # the poison job is past its deliveries: dead-lettered
+    # The poison job is past its deliveries: dead-lettered. The two behind it ran nowhere yet: run.
+    start(services, procs.worker(env, prefix, **extra))
     finals = {rid: await c.final(rid, timeout=20) for rid in [*good, poison]}
     assert [finals[rid]["type"] for rid in good] == ["result"] * 3, finals
     assert finals[poison]["code"] == "failed", finals

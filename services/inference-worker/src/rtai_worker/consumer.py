@@ -140,6 +140,15 @@ class Consumer:
         if entry_ids:
             await self.redis.xclaim(self.stream, WORKER_GROUP, self.consumer, 0, list(entry_ids), justid=True)
 
+    async def count_deliveries(self, counts: Sequence[tuple[str, int]]) -> None:
+        """Set the delivery counts of jobs pending here (entry id, count): XCLAIM's RETRYCOUNT, which also resets
+        their idle time."""
+        by_count: dict[int, list[str]] = {}
+        for entry_id, n in counts:
+            by_count.setdefault(n, []).append(entry_id)
+        for n, ids in by_count.items():
+            await self.redis.xclaim(self.stream, WORKER_GROUP, self.consumer, 0, list(ids), retrycount=n, justid=True)
+
     async def hand_back(self, entry_ids: Sequence[str], idle_ms: int) -> None:
         """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown)."""
         if entry_ids:

@@ -264,7 +264,7 @@ class Worker:
                 await server.consumer.dead_letter(d, reply)
                 self.metrics.dead_lettered.labels(task).inc()
                 self.metrics.jobs.labels(task, "dead_lettered").inc()
-            server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
+            await server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
 
     async def _listen_cancels(self) -> None:
         await listen_cancels(self.redis, self.keys.cancel_channel, self._note_cancel)

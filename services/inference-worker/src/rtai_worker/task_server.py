@@ -100,11 +100,18 @@ class TaskServer:
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
         await self.replies_written()
 
-    def adopt(self, reclaimed: list[Delivery]) -> None:
+    async def adopt(self, reclaimed: list[Delivery]) -> None:
         """Take over jobs reclaimed from a worker presumed dead. The read loop runs them, ahead of new jobs, so the
         reclaim loop never waits for a model (a long reclaimed generation held up the reclaim of every other task)
         and this task's model runs one call at a time. Until then their claims are kept fresh, and a shutdown hands
-        them back."""
+        them back.
+
+        The reclaim counted a delivery for each of them; a job counts it only when it starts (`_run_adopted`). Else
+        the jobs queued behind one that crashes this worker too would be charged for a run they never had, and after
+        `max_deliveries` such crashes be dead-lettered without ever running again."""
+        if not reclaimed:
+            return
+        await self.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in reclaimed])
         for d in reclaimed:
             self.running[d.entry_id] = d
             self._adopted.append(d)
@@ -116,6 +123,7 @@ class TaskServer:
         # here and runs in its slot beside the others, as any stream does.)
         try:
             await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
+            await self.consumer.count_deliveries([(d.entry_id, d.deliveries)])  # this run counts (see `adopt`)
             await self.run([d], reclaimed=True)
             await self.replies_written()
         except ModelCallHung:

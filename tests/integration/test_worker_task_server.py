@@ -296,3 +296,47 @@ async def test_reclaimed_jobs_keep_their_delivery_counts_among_many_of_the_recla
     await redis.xclaim(stream, WORKER_GROUP, "w1", 0, ids[1:39], justid=True)  # running: not idle
     claimed = await mine.reclaim(min_idle_ms=200)
     assert {d.entry_id: d.deliveries for d in claimed} == {ids[0]: 2, ids[-1]: 5}
+
+
+class _CountingVader(VaderModel):
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        self.texts: list[str] = []
+
+    def predict(self, batch: Any) -> list[Any]:
+        self.texts += [i.text for i in batch]
+        return super().predict(batch)
+
+
+async def test_an_adopted_job_counts_its_delivery_when_it_starts_and_is_not_run_once_acked(
+    redis: Redis, prefix: str
+) -> None:
+    """Reclaiming counts a delivery for every job claimed; an adopted job gives it back until it starts, so the jobs
+    queued behind one that crashes the worker are not charged for it. One that its first owner finished meanwhile
+    (it was only paused) is not run again."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    model = _CountingVader(ModelOptions())
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang)
+    await consumer.ensure_group()
+    for n in range(2):
+        await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")).model_copy(update={"input": f"job {n}"}))})
+    await redis.xreadgroup(WORKER_GROUP, "paused", {stream: ">"}, count=2)
+    await asyncio.sleep(0.3)
+    claimed = await consumer.reclaim(min_idle_ms=200)
+    assert [d.deliveries for d in claimed] == [2, 2]
+
+    async def count(entry_id: str) -> int:
+        return int((await redis.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1))[0]["times_delivered"])
+
+    await server.adopt(claimed)
+    assert [await count(d.entry_id) for d in claimed] == [1, 1], "charged before they ran"
+    first, second = claimed
+    await server._run_adopted(first)
+    assert model.texts == ["job 0"]
+    assert await count(second.entry_id) == 1, "the job behind was charged for the one before it"
+    await redis.xack(stream, WORKER_GROUP, second.entry_id)  # its first owner wakes up and finishes it
+    await server._run_adopted(second)
+    assert model.texts == ["job 0"], "a job already finished was run again"
+    assert server.running == {}

@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from rtai_protocol import Job, Reply, encode
 from rtai_protocol.codec import decode_internal
 from rtai_telemetry.logging import get_logger
-from rtai_transport import WORKER_GROUP, Keys, Redis, resp
+from rtai_transport import WORKER_GROUP, Keys, Redis, resp, text
 
 log = get_logger("rtai_worker.consumer")
 
@@ -140,14 +140,20 @@ class Consumer:
         if entry_ids:
             await self.redis.xclaim(self.stream, WORKER_GROUP, self.consumer, 0, list(entry_ids), justid=True)
 
-    async def count_deliveries(self, counts: Sequence[tuple[str, int]]) -> None:
-        """Set the delivery counts of jobs pending here (entry id, count): XCLAIM's RETRYCOUNT, which also resets
-        their idle time."""
+    async def count_deliveries(self, counts: Sequence[tuple[str, int]]) -> set[str]:
+        """Set the delivery counts of pending jobs (entry id, count) with XCLAIM's RETRYCOUNT, which also claims them
+        for this consumer and resets their idle time. Returns the ids still pending: one acked meanwhile (its first
+        owner was only paused, and finished it) is not, and must not be run again."""
         by_count: dict[int, list[str]] = {}
         for entry_id, n in counts:
             by_count.setdefault(n, []).append(entry_id)
+        pending: set[str] = set()
         for n, ids in by_count.items():
-            await self.redis.xclaim(self.stream, WORKER_GROUP, self.consumer, 0, list(ids), retrycount=n, justid=True)
+            got: Any = await self.redis.xclaim(
+                self.stream, WORKER_GROUP, self.consumer, 0, list(ids), retrycount=n, justid=True
+            )
+            pending.update(text(i) for i in got)
+        return pending
 
     async def hand_back(self, entry_ids: Sequence[str], idle_ms: int) -> None:
         """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown)."""

@@ -257,6 +257,8 @@ class Worker:
             if not claimed:
                 continue
             log.info("jobs.reclaimed", task=task, count=len(claimed))
+            # Adopted first: a dead-letter write that fails must not leave the others claimed and unrun.
+            await server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
             poisoned = [d for d in claimed if d.deliveries > self.settings.max_deliveries]
             for d in poisoned:
                 msg = f"job failed {d.deliveries} times; moved to the dead-letter stream"
@@ -264,7 +266,6 @@ class Worker:
                 await server.consumer.dead_letter(d, reply)
                 self.metrics.dead_lettered.labels(task).inc()
                 self.metrics.jobs.labels(task, "dead_lettered").inc()
-            await server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
 
     async def _listen_cancels(self) -> None:
         await listen_cancels(self.redis, self.keys.cancel_channel, self._note_cancel)

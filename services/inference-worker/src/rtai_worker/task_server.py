@@ -111,28 +111,42 @@ class TaskServer:
         `max_deliveries` such crashes be dead-lettered without ever running again."""
         if not reclaimed:
             return
-        await self.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in reclaimed])
-        for d in reclaimed:
+        for d in reclaimed:  # first: whatever happens next, they are kept claimed, run or handed back
             self.running[d.entry_id] = d
             self._adopted.append(d)
+        try:
+            await self.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in reclaimed])
+        except Exception as e:  # only over-charges them: the count is set again, absolutely, when each starts
+            log.warning("reclaim.count_failed", task=self.task, error=type(e).__name__)
 
     async def _run_adopted(self, d: Delivery) -> None:
         # One at a time, with the answers before it written first: a reclaimed job may be what killed the worker that
         # had it (a crash in the model). Run in a batch, or while those answers are still being written, it would take
-        # those jobs down with it again, and they too would end in the dead letters. (A reclaimed stream only starts
-        # here and runs in its slot beside the others, as any stream does.)
+        # those jobs down with it again, and they too would end in the dead letters. (A reclaimed stream starts here,
+        # once a slot is free, and runs in it beside the others, as any stream does.)
         try:
+            if d.job.stream and not await self._stream_slot_free():
+                return  # stopping: still in `running`, handed back uncharged
             await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
-            await self.consumer.count_deliveries([(d.entry_id, d.deliveries)])  # this run counts (see `adopt`)
+            # This run counts (see `adopt`). A job no longer pending was finished by its first owner meanwhile.
+            if d.entry_id not in await self.consumer.count_deliveries([(d.entry_id, d.deliveries)]):
+                self._release(d)
+                return
             await self.run([d], reclaimed=True)
             await self.replies_written()
         except ModelCallHung:
             raise  # kept in `running`, to be handed back
         except Exception:
-            # Left pending, unclaimed by anyone alive: reclaimed again after `reclaim_idle_ms`, as any batch whose
-            # run failed; kept in `running`, its claim would be refreshed by a worker that will never run it.
+            # Left pending and no longer refreshed: reclaimed again after `reclaim_idle_ms`, as any batch whose run
+            # failed; kept in `running`, its claim would be refreshed by a worker that will never run it.
             self._release(d)
             raise
+
+    async def _stream_slot_free(self) -> bool:
+        """Wait until fewer than `max_streams` streams run; False if told to stop meanwhile."""
+        while len(self._stream_tasks) >= self.settings.max_streams and not self.stopping.is_set():
+            await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        return not self.stopping.is_set()
 
     async def _read_budget(self, size: int) -> int:
         """How many jobs to read now. A streaming model takes no more than it has free stream slots for: jobs it
@@ -140,8 +154,7 @@ class TaskServer:
         backlog) stay idle."""
         if not self.model.info.streaming:
             return size
-        while len(self._stream_tasks) >= self.settings.max_streams and not self.stopping.is_set():
-            await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        await self._stream_slot_free()
         return max(1, min(size, self.settings.max_streams - len(self._stream_tasks)))
 
     async def _gather(self, size: int, delay_ms: float) -> list[Delivery]:

@@ -41,6 +41,13 @@ def _no_hang(e: ModelCallHung) -> None:
     pytest.fail(f"no model call should hang here: {e}")  # a BaseException: the worker's error handling lets it by
 
 
+def _server(consumer: Consumer, model: Any, settings: WorkerSettings | None = None) -> TaskServer:
+    """A task server for `consumer`'s task, with metrics of its own."""
+    return TaskServer(
+        consumer.task, model, consumer, settings or WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang
+    )
+
+
 def _job(n: int, reply_to: str) -> Job:
     now = int(time.time() * 1000)
     return Job(
@@ -62,7 +69,7 @@ async def test_cancelled_after_read(redis: Redis, prefix: str, inline: bool) -> 
     model = VaderModel(ModelOptions())
     model._info = dataclasses.replace(model.info, inline=inline)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang)
+    server = _server(consumer, model)
     jobs = [_job(n, keys.replies("g1")) for n in range(3)]
     await redis.set(keys.cancelled(jobs[1].job_id), b"1")
 
@@ -108,14 +115,7 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
     reclaimer; the read loop goes on serving instead of ending the worker."""
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = TaskServer(
-        "sentiment",
-        VaderModel(ModelOptions()),
-        consumer,
-        WorkerSettings(),
-        WorkerMetrics(CollectorRegistry()),
-        _no_hang,
-    )
+    server = _server(consumer, VaderModel(ModelOptions()))
     real_finish = consumer.finish
     calls = 0
 
@@ -158,14 +158,7 @@ async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, pr
     returns only once every reply is written."""
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = TaskServer(
-        "sentiment",
-        VaderModel(ModelOptions()),
-        consumer,
-        WorkerSettings(),
-        WorkerMetrics(CollectorRegistry()),
-        _no_hang,
-    )
+    server = _server(consumer, VaderModel(ModelOptions()))
     real_finish = consumer.finish
     gate = asyncio.Event()
     writing: list[list[str]] = []
@@ -218,9 +211,7 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
     settings = WorkerSettings(max_streams=2, max_batch_size=32)
-    server = TaskServer(
-        "generate", TokenModel(ModelOptions()), consumer, settings, WorkerMetrics(CollectorRegistry()), _no_hang
-    )
+    server = _server(consumer, TokenModel(ModelOptions()), settings)
     await consumer.ensure_group()
     jobs = [
         _job(n, keys.replies("g1")).model_copy(update={"task": "generate", "stream": True, "input": "a b c d e f"})
@@ -246,9 +237,7 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
 async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = TaskServer(
-        "generate", TokenModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang
-    )
+    server = _server(consumer, TokenModel(ModelOptions()))
     job = _job(1, keys.replies("g1")).model_copy(
         update={"task": "generate", "stream": True, "deadline_ms": int(time.time() * 1000) - 1}
     )
@@ -264,7 +253,7 @@ async def test_a_cancel_noted_while_a_batch_ran_is_forgotten_with_the_batch(redi
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
     await consumer.ensure_group()
-    server = TaskServer("sentiment", VaderModel(ModelOptions()), consumer, WorkerSettings(), WorkerMetrics(), _no_hang)
+    server = _server(consumer, VaderModel(ModelOptions()))
     server.model.load()
     batch = [Delivery(f"0-{n + 1}", _job(n, keys.replies("g1"))) for n in range(3)]
     server.cancelled_jobs.update(d.job.job_id for d in batch)  # as the listener does for jobs in `running`
@@ -318,7 +307,7 @@ async def test_an_adopted_job_counts_its_delivery_when_it_starts_and_is_not_run_
     stream = keys.jobs("sentiment")
     model = _CountingVader(ModelOptions())
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = TaskServer("sentiment", model, consumer, WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang)
+    server = _server(consumer, model)
     await consumer.ensure_group()
     for n in range(2):
         await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")).model_copy(update={"input": f"job {n}"}))})

@@ -44,6 +44,7 @@ def _extra(chart: str) -> list[Scenario]:
             Scenario(chart, "skaffold-kind", (v / "sentinel.yaml", v / "kind.yaml")),
             Scenario(chart, "skaffold-kind-gpu", (v / "sentinel.yaml", v / "kind.yaml", v / "gpu.yaml")),
             Scenario(chart, "hpa", set_values={"autoscaling.mode": "hpa"}),
+            Scenario(chart, "keda-from-zero", set_values={"autoscaling.mode": "keda", "autoscaling.minReplicas": 0}),
         ]
     return [Scenario(chart, "no-auth-no-persistence", set_values={"auth.enabled": False, "persistence.enabled": False})]
 

@@ -59,6 +59,12 @@ SET_VALUES: dict[str, dict[str, Any]] = {
     "gateway": {"autoscaling.keda.connectionsPerPod": 10, "autoscaling.keda.inflightPerPod": 10},
     "inference-worker": {},
 }
+FROM_ZERO: dict[str, dict[str, Any]] = {
+    "gateway": {"gateway.queueWhenNoWorkers": True},
+    "inference-worker": {"autoscaling.minReplicas": 0},
+}
+"""Workers that scale to zero: the gateway queues requests for a task with no live worker, so a backlog can build."""
+QUEUED = 30
 CONNECTIONS = 40
 REQUESTS = 100
 PAUSE_S = 7.0  # below the gateway's admission age limit (10 s) and the worker registration TTL (10 s)
@@ -68,8 +74,8 @@ SCRAPE = "1s"
 # ------------------------------------------------------------------------------------------------ rendering
 
 
-def rendered(chart: str) -> tuple[list[Doc], ScaledTarget]:
-    docs = render_chart(chart, KIND, SET_VALUES[chart])
+def rendered(chart: str, set_values: dict[str, Any]) -> tuple[list[Doc], ScaledTarget]:
+    docs = render_chart(chart, KIND, set_values)
     (so,) = find(docs, "ScaledObject")
     target = ScaledTarget.from_scaled_object(so)
     # the thresholds are lowered; the queries are the shipped ones
@@ -242,24 +248,26 @@ def test_hpa_scale_down_window_and_policy() -> None:
 # ------------------------------------------------------------------------------------------------ the test
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, set_values: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """redis-server, the rendered worker and gateway (kind values), Prometheus scraping them as the ServiceMonitors
-    say. Everything stopped by PID."""
+    say; "services" lists every process started, a worker started later by the test too. Everything stopped by PID."""
     procs: list[Proc] = []
     services: list[LocalService] = []
     try:
         redis_proc, redis_url = start_redis(tmp_path)
         procs.append(redis_proc)
         addrs = {"redis:6379": redis_url.removeprefix("redis://").removesuffix("/0")}
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"services": services, "redis_addrs": addrs}
         for chart in ("inference-worker", "gateway"):
-            docs, target = rendered(chart)
+            docs, target = rendered(chart, set_values[chart])
             view = container_view(docs, "Deployment", SERVICES[chart].container)
             svc = LocalService(SERVICES[chart], view, tmp_path / chart, redis_addrs=addrs)
             services.append(svc)
             out[chart] = (docs, target, svc)
-        prom, url = start_prometheus(tmp_path, [scrape_job(d, s) for d, _, s in out.values()])
+        prom, url = start_prometheus(
+            tmp_path, [scrape_job(out[c][0], out[c][2]) for c in ("inference-worker", "gateway")]
+        )
         procs.append(prom)
         for chart in ("inference-worker", "gateway"):
             svc = out[chart][2]
@@ -273,6 +281,18 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             svc.terminate(10)
         for p in reversed(procs):
             p.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with running_stack(tmp_path, SET_VALUES) as out:
+        yield out
+
+
+@pytest.fixture
+def from_zero_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with running_stack(tmp_path, FROM_ZERO) as out:
+        yield out
 
 
 def _window(readings: dict[float, float | None], start: float, end: float) -> list[float]:
@@ -368,6 +388,105 @@ def test_keda_queries_follow_load_and_replicas_follow_them(stack: dict[str, Any]
         print(
             f"{cpu_target.name}: peak {peak_cpu:.0%} of the CPU request, target {target_util:.0%}, replicas {changes}"
         )
+
+
+async def queue_then_serve(
+    ws_url: str, prometheus: str, backlog_query: str, scale_up: Any, marks: dict[str, float]
+) -> Counter[str]:
+    """QUEUED requests while no worker runs: every one must be accepted (not refused `unavailable`) and show in the
+    backlog query; then `scale_up` starts a worker, which must answer them all."""
+    finals: dict[str, dict[str, Any]] = {}
+    accepted: set[str] = set()
+    conns = [await websockets.connect(ws_url, open_timeout=10, max_size=None) for _ in range(3)]
+
+    async def reader(ws: Any) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                f = json.loads(raw)
+                if f.get("type") == "accepted":
+                    accepted.add(f["id"])
+                elif f.get("type") in ("result", "error") and f.get("id"):
+                    finals[f["id"]] = f
+
+    for ws in conns:
+        await ws.send(json.dumps({"type": "hello"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+    readers = [asyncio.create_task(reader(ws)) for ws in conns]
+    for i in range(QUEUED):
+        frame = {"type": "infer", "id": f"q{i}", "task": "sentiment", "input": f"queued {i}: I love it"}
+        await conns[i % len(conns)].send(json.dumps(frame))
+    deadline = time.time() + 10
+    while len(accepted) + len(finals) < QUEUED and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert not finals, f"answered with no worker running: {list(finals.values())[:3]}"
+    assert len(accepted) == QUEUED
+    marks["queued"] = time.time()
+    while await asyncio.to_thread(instant, prometheus, backlog_query) < QUEUED:
+        assert time.time() < deadline + 10, "the backlog never reached the autoscaler's query"
+        await asyncio.sleep(0.5)
+    marks["backlog seen"] = time.time()
+    await asyncio.to_thread(scale_up)
+    marks["worker started"] = time.time()
+    deadline = time.time() + 30
+    while len(finals) < QUEUED and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    marks["all answered"] = time.time()
+    for ws in conns:
+        await ws.close()
+    await asyncio.gather(*readers)
+    return Counter(f.get("code") or f["type"] for f in finals.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_workers_scale_from_zero_on_the_queue_the_gateways_export(from_zero_stack: dict[str, Any]) -> None:
+    """minReplicas 0: the last worker stops, requests wait in the queue, the rendered backlog query reads them
+    (KEDA's activation), the simulated cluster goes from 0 to 1 replica on those readings, the started worker
+    answers every request, and the readings fall back to what scales to zero again."""
+    stack = from_zero_stack
+    url = stack["prometheus"]
+    _, _, gw = stack["gateway"]
+    _, target, wk = stack["inference-worker"]
+    assert target.min_replicas == 0
+    (backlog,) = [tr for tr in target.triggers if tr.name == "backlog"]
+    code, _ = wk.terminate(15)  # KEDA scales the idle workers to zero: the last one drains and deregisters
+    assert code == 0, wk.tail()
+    marks: dict[str, float] = {"scaled to zero": time.time()}
+    tasks_url = gw.url(gw.view.port("http"), "/v1/tasks")
+    deadline = time.time() + 10
+    while [(t["task"], t["workers"]) for t in httpx.get(tasks_url, timeout=5).json()["tasks"]] != [("sentiment", 0)]:
+        assert time.time() < deadline, httpx.get(tasks_url, timeout=5).text  # listed, with no live worker
+        time.sleep(0.2)
+    time.sleep(3)  # idle readings at zero replicas
+
+    def scale_up() -> None:
+        new = LocalService(wk.spec, wk.view, wk.root.parent / "scaled-up", redis_addrs=stack["redis_addrs"],
+                           pod_name=f"{wk.view.workload}-1")  # fmt: skip
+        stack["services"].append(new)
+        new.start()
+        new.wait_probe("readiness", 45)
+
+    ws_url = gw.url(gw.view.port("http"), "/v1/ws").replace("http://", "ws://")
+    outcomes = asyncio.run(queue_then_serve(ws_url, url, backlog.query, scale_up, marks))
+    assert outcomes == Counter({"result": QUEUED}), outcomes
+    deadline = time.time() + 15
+    while instant(url, backlog.query) > 0:
+        assert time.time() < deadline, "the backlog query did not fall after the drain"
+        time.sleep(0.5)
+    time.sleep(2)
+    t0, t_end = float(int(marks["scaled to zero"])) + 1, time.time()
+    series = {tr.name: query_range(url, tr.query, t0, t_end) for tr in target.triggers}
+    recorded = [(t, {n: v[t] for n, v in series.items()}) for t in sorted(series["backlog"])]
+    steps = simulate(target, recorded, start_replicas=0)
+    print(f"\nphases (s from zero): {', '.join(f'{k} {v - t0:.1f}' for k, v in marks.items())}")
+    print(table(target, steps, t0))
+    assert max(v or 0 for v in series["backlog"].values()) == QUEUED
+    idle = [s for s in steps if s.t < marks["queued"] - 1]
+    assert idle and all(s.replicas == 0 for s in idle), "a replica before any request was queued"
+    first_up = next(s for s in steps if s.replicas > 0)
+    assert first_up.replicas == _formula(backlog, QUEUED)  # KEDA activates 0 -> 1, the HPA goes on from there
+    assert first_up.t <= marks["backlog seen"] + 1, "the readings would not have started a worker"
+    assert steps[-1].recommendation == 0, "the drained queue does not let the workers scale to zero again"
 
 
 def _cpu_request(svc: LocalService) -> float:

@@ -15,7 +15,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.render import CHARTS, CHARTS_DIR, KUBE_VERSIONS, SHARED_DIR, find, render_chart, values_files_for
+from tests.deploy.render import (
+    CHARTS,
+    CHARTS_DIR,
+    KUBE_VERSIONS,
+    SHARED_DIR,
+    container_view,
+    find,
+    render_chart,
+    values_files_for,
+)
 from tests.deploy.scenarios import Scenario, scenarios
 
 SCENARIOS = scenarios()
@@ -171,6 +180,19 @@ def test_grace_period_shorter_than_drain_fails_to_render() -> None:
         render_chart("gateway", set_values={"gateway.drainSeconds": 30, "terminationGracePeriodSeconds": 30})
     with pytest.raises(RuntimeError, match="terminationGracePeriodSeconds"):
         render_chart("inference-worker", set_values={"terminationGracePeriodSeconds": 20})
+
+
+def test_workers_scale_to_zero_with_keda_only() -> None:
+    docs = render_chart("inference-worker", set_values={"autoscaling.mode": "keda", "autoscaling.minReplicas": 0})
+    (so,) = find(docs, "ScaledObject")
+    assert so["spec"]["minReplicaCount"] == 0
+    assert so["spec"]["initialCooldownPeriod"] >= 300  # the first worker registers the task before any scale-in
+    with pytest.raises(RuntimeError, match=r"needs autoscaling\.mode keda"):
+        render_chart("inference-worker", set_values={"autoscaling.mode": "hpa", "autoscaling.minReplicas": 0})
+    gw = container_view(
+        render_chart("gateway", set_values={"gateway.queueWhenNoWorkers": True}), "Deployment", "gateway"
+    )
+    assert gw.env["RTAI_GW_ADMISSION__QUEUE_WHEN_NO_WORKERS"] == "true"
 
 
 def test_redis_topologies_that_refuse_every_write_or_failover_fail_to_render() -> None:

@@ -106,4 +106,7 @@ topologySpreadConstraints:
 {{- if and .Values.redis.sentinels (not .Values.redis.master) -}}
 {{- fail "redis.master is required with redis.sentinels" -}}
 {{- end -}}
+{{- if and (eq .Values.autoscaling.mode "hpa") (lt (int .Values.autoscaling.minReplicas) 1) -}}
+{{- fail "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.mode keda: an HPA on CPU cannot start the first worker" -}}
+{{- end -}}
 {{- end -}}

@@ -72,8 +72,8 @@ async def deregister_task(redis: Redis, keys: Keys, task: str, worker_id: str) -
     await redis.zrem(keys.task_workers(task), worker_id)
 
 
-async def live_tasks(redis: Redis, keys: Keys) -> dict[str, tuple[TaskInfo, int]]:
-    """Tasks with at least one live worker: task -> (info, number of live workers)."""
+async def registered_tasks(redis: Redis, keys: Keys) -> dict[str, tuple[TaskInfo, int]]:
+    """Every task a worker ever registered: task -> (info, number of live workers, 0 when all are gone)."""
     raw = await redis.hgetall(keys.tasks)
     infos = {text(k): TaskInfo.from_json(v) for k, v in raw.items()}
     if not infos:
@@ -83,4 +83,9 @@ async def live_tasks(redis: Redis, keys: Keys) -> dict[str, tuple[TaskInfo, int]
         for task in infos:
             pipe.zcount(keys.task_workers(task), now, "+inf")
         counts = await pipe.execute()
-    return {task: (info, int(n)) for (task, info), n in zip(infos.items(), counts, strict=True) if int(n) > 0}
+    return {task: (info, int(n)) for (task, info), n in zip(infos.items(), counts, strict=True)}
+
+
+async def live_tasks(redis: Redis, keys: Keys) -> dict[str, tuple[TaskInfo, int]]:
+    """Tasks with at least one live worker: task -> (info, number of live workers)."""
+    return {task: (info, n) for task, (info, n) in (await registered_tasks(redis, keys)).items() if n > 0}

@@ -18,10 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.settings import AdmissionSettings
 from rtai_telemetry.logging import get_logger
-from rtai_transport import Keys, Redis, text
+from rtai_transport import Keys, Redis
 from rtai_transport.backlog import EMPTY, Backlog, read_backlog
 from rtai_transport.health import RedisHealth, read_health, round_trip
-from rtai_transport.registry import TaskInfo, live_tasks
+from rtai_transport.registry import TaskInfo, registered_tasks
 
 log = get_logger("rtai_gateway.catalog")
 
@@ -52,10 +52,11 @@ class Catalog:
         self._settings = settings
         self._metrics = metrics
         self._on_backend_change = on_backend_change
-        self.tasks: dict[str, TaskInfo] = {}
+        self.registered: dict[str, TaskInfo] = {}
+        """Tasks ever registered, live or not: a registered task without live workers is `unavailable` (or queued for
+        the workers that scale up from zero), not unknown."""
         self.workers: dict[str, int] = {}
-        self.known: set[str] = set()
-        """Tasks ever registered, live or not: a known task without live workers is `unavailable`, not unknown."""
+        """Live workers per registered task (0 when all are gone)."""
         self.backlogs: dict[str, Backlog] = {}
         self._last_ok: float | None = None
         self._last_good: float | None = None
@@ -75,6 +76,14 @@ class Catalog:
         if self._last_good is None:
             return None
         return 0.0 if self.redis_ok else time.monotonic() - self._last_good
+
+    def accepting(self, task: str) -> TaskInfo | None:
+        """The task's configuration if its requests are taken now: a live worker serves it, or it was registered once,
+        its workers are scaled to zero and `queue_when_no_workers` is on, so its queue waits for the next to start."""
+        info = self.registered.get(task)
+        if info is None or (not self.workers.get(task) and not self._settings.queue_when_no_workers):
+            return None
+        return info
 
     def admission(self, task: str) -> Refusal | None:
         s = self._settings
@@ -101,22 +110,23 @@ class Catalog:
         b = self.backlogs.get(task, EMPTY)
         self.backlogs[task] = Backlog(b.length + 1, b.pending, b.oldest_age_s)
 
-    async def _read(self) -> tuple[RedisHealth, dict[str, tuple[TaskInfo, int]], set[str], dict[str, Backlog]]:
+    async def _read(self) -> tuple[RedisHealth, dict[str, tuple[TaskInfo, int]], dict[str, Backlog]]:
         await round_trip(self._redis, self._keys)
         health = await read_health(self._redis)
-        live = await live_tasks(self._redis, self._keys)
-        known = {text(k) for k in await self._redis.hkeys(self._keys.tasks)}
-        backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in live}
-        return health, live, known, backlogs
+        registered = await registered_tasks(self._redis, self._keys)
+        # Every registered task's queue, live workers or not: with none left its backlog is what the autoscaler must
+        # see to start one (KEDA's activation from zero), and a reading kept from the last live worker would be stale.
+        backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in registered}
+        return health, registered, backlogs
 
     async def refresh(self) -> None:
         try:
             try:
-                health, live, known, backlogs = await self._read()
+                health, registered, backlogs = await self._read()
             except RedisConnectionError:
                 # One dropped connection (a proxy's idle timeout, CLIENT KILL, a server `timeout`) is not an outage:
                 # try once more on a fresh connection before refusing every request as `unavailable`.
-                health, live, known, backlogs = await self._read()
+                health, registered, backlogs = await self._read()
         except Exception as e:
             # One failed refresh is not an outage (a connection killed twice in a row, a slow moment): Redis counts
             # as unreachable once no refresh has succeeded for STALE_AFTER_S, or once a submit failed too
@@ -131,9 +141,8 @@ class Catalog:
             log.info("redis.reachable", role=health.role)
         self._failing = False
         self._last_ok = self._last_good = time.monotonic()
-        self.tasks = {t: info for t, (info, _) in live.items()}
-        self.known = known
-        self.workers = {t: n for t, (_, n) in live.items()}
+        self.registered = {t: info for t, (info, _) in registered.items()}
+        self.workers = {t: n for t, (_, n) in registered.items()}
         self.backlogs = backlogs
         m = self._metrics
         m.redis.set_health(

@@ -55,7 +55,8 @@ async def tasks(request: Request) -> Response:
                     "max_input_chars": info.max_input_chars,
                     "workers": cat.workers.get(t, 0),
                 }
-                for t, info in sorted(cat.tasks.items())
+                for t, info in sorted(cat.registered.items())
+                if cat.accepting(t) is not None
             ]
         }
     )

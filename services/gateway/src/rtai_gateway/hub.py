@@ -153,13 +153,13 @@ class Hub:
             # A copy of a request in flight (a client sends its unfinished requests again after a reconnect): it was
             # admitted once, and refusing the copy (its task's workers all restarting, say) would end it for the client.
             return None  # _enqueue_new answers it without new work
-        info = self.catalog.tasks.get(req.task)
+        info = self.catalog.accepting(req.task)
         retry = self.settings.admission.retry_after_ms
         if info is None:
             if not self.catalog.redis_ok:
                 msg = "the queue backend is unreachable"
                 return self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "unavailable")
-            if req.task in self.catalog.known:
+            if req.task in self.catalog.registered:
                 msg = f"no live worker serves task {req.task!r} right now"
                 return self.refused(req, ErrorCode.UNAVAILABLE, msg, retry, "no_workers")
             # Unknown task names come from clients: one "unknown" label keeps the metric's cardinality bounded.
@@ -192,7 +192,7 @@ class Hub:
         """The refusal frame for a request that is not accepted, counted as its outcome."""
         m = self.metrics
         # Task names come from clients: only names the registry knows become label values.
-        task = req.task if req.task in self.catalog.tasks or req.task in self.catalog.known else "unknown"
+        task = req.task if req.task in self.catalog.registered else "unknown"
         m.requests.labels(task, code).inc()
         m.duration.labels(task, code).observe(0)
         if reason is not None:

@@ -38,6 +38,13 @@ class AdmissionSettings(BaseModel):
     refresh_interval_s: float = Field(
         default=0.25, gt=0, description="How often the gateway re-reads backlogs and the task registry from Redis."
     )
+    queue_when_no_workers: bool = Field(
+        default=False,
+        description="Take requests for a registered task whose workers are all gone, and queue them until a worker "
+        "starts or their deadline passes, instead of refusing them `unavailable`. Turn it on where the workers scale "
+        "to zero (KEDA, `minReplicas: 0`): the queue the gateway then exports is what starts the first worker. The "
+        "backlog and age limits above still apply while the first worker loads its model.",
+    )
 
 
 class LimitSettings(BaseModel):

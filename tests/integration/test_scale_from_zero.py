@@ -1,0 +1,77 @@
+"""Workers scaled to zero: a gateway with `admission.queue_when_no_workers` takes requests for a registered task whose
+workers are all gone, exports the queue they make (what starts the first worker: KEDA's activation), and the next
+worker answers them. A gateway without the setting refuses them `unavailable`, side by side on the same Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+
+from tests.support import procs
+from tests.support.procs import start, ws_url
+from tests.support.redis_server import RedisHandle
+from tests.support.ws_client import Conn
+
+
+def gauge(g: procs.Service, name: str, task: str) -> float | None:
+    text = httpx.get(f"{g.base}/metrics", timeout=5).text
+    m = re.search(rf'^{name}{{task="{task}"}} (\S+)$', text, re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def listed(g: procs.Service) -> dict[str, int]:
+    """Task -> live workers, as GET /v1/tasks lists them."""
+    return {t["task"]: t["workers"] for t in httpx.get(f"{g.base}/v1/tasks", timeout=5).json()["tasks"]}
+
+
+async def until(pred: object, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.1)
+
+
+async def test_requests_wait_in_the_queue_while_workers_are_scaled_to_zero(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    env = procs.redis_env_for_url(redis_server.url)
+    first = start(services, procs.worker(env, prefix))
+    queuing = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
+    refusing = start(services, procs.gateway(env, prefix))
+    for g in (queuing, refusing):
+        g.wait_task("sentiment")
+    assert first.stop() == 0  # scaled to zero: the worker drains and deregisters
+
+    await until(lambda: listed(refusing) == {} and listed(queuing) == {"sentiment": 0}, "the worker deregistered")
+    c = await Conn(ws_url(refusing)).open()
+    refused = await c.call("sentiment", "refused while no worker serves it")
+    assert (refused["type"], refused["code"], refused["retry_after_ms"] > 0) == ("error", "unavailable", True)
+
+    q = await Conn(ws_url(queuing)).open()
+    held = [await q.infer("sentiment", f"held {i}: I love it") for i in range(5)]
+    late = await q.infer("sentiment", "waits past its deadline", deadline_ms=1500)
+    for rid in [*held, late]:
+        await q.wait_for(lambda f, rid=rid: f["type"] == "accepted" and f["id"] == rid)
+    # Every gateway exports the queue with no worker left; a reading held from the last live worker would say 0.
+    for g in (queuing, refusing):
+        await until(lambda g=g: gauge(g, "rtai_queue_length", "sentiment") == 6, "the backlog is exported")
+        assert gauge(g, "rtai_queue_workers", "sentiment") == 0
+        assert (gauge(g, "rtai_queue_oldest_age_seconds", "sentiment") or 0) > 0
+    expired = await q.final(late, timeout=5)
+    assert (expired["type"], expired["code"]) == ("error", "deadline_exceeded"), expired
+
+    start(services, procs.worker(env, prefix))  # the autoscaler's first worker
+    for rid in held:
+        final = await q.final(rid, timeout=20)
+        assert final["type"] == "result", final
+    refusing.wait_task("sentiment")
+    assert (await c.call("sentiment", "served again"))["type"] == "result"
+    await asyncio.sleep(0.5)
+    assert [len(q.finals(rid)) for rid in [*held, late]] == [1] * 6
+    await until(lambda: gauge(queuing, "rtai_queue_length", "sentiment") == 0, "the backlog drained")
+    await c.close()
+    await q.close()

@@ -24,11 +24,11 @@ helm-lint: deploy-tools ## helm lint --strict every chart, with every values fil
 test-deploy: deploy-tools ## Deploy proofs: lint, render+validate for k8s 1.30-1.35, CRD/skaffold schemas, hadolint, redis chart failover
 	$(PY) -m pytest tests/deploy -q
 
-deploy-render: deploy-tools ## Render every chart (defaults + sentinel/kind values) into build/deploy/ for review
+deploy-render: deploy-tools ## Render every chart (defaults + kind values) into build/deploy/ for review
 	@mkdir -p build/deploy
 	@$(HELM) template redis deploy/helm/redis -n rtai > build/deploy/redis.yaml
 	@for c in gateway inference-worker; do \
-	  $(HELM) template $$c deploy/helm/$$c -n rtai -f deploy/values/sentinel.yaml -f deploy/values/kind.yaml > build/deploy/$$c.yaml; \
+	  $(HELM) template $$c deploy/helm/$$c -n rtai -f deploy/values/kind.yaml > build/deploy/$$c.yaml; \
 	done
 	@echo "rendered into build/deploy/"
 

@@ -2,7 +2,7 @@
 
 Used by the deploy tests and by the chart-vs-code conformance test, e.g.::
 
-    docs = render_chart("gateway", values_files=[VALUES_DIR / "sentinel.yaml"])
+    docs = render_chart("gateway", values_files=[VALUES_DIR / "kind.yaml"])
     gw = container_view(docs, "Deployment", "gateway")
     gw.env["RTAI_GW_PORT"], gw.probes["readiness"].path, gw.port("http")
 

@@ -26,7 +26,7 @@ def _extra(chart: str) -> list[Scenario]:
     v = VALUES_DIR
     if chart == "gateway":
         return [
-            Scenario(chart, "skaffold-kind", (v / "sentinel.yaml", v / "kind.yaml")),
+            Scenario(chart, "skaffold-kind", (v / "kind.yaml",)),
             Scenario(chart, "hpa+ingress", set_values={"autoscaling.mode": "hpa", "ingress.enabled": True}),
             Scenario(
                 chart,
@@ -41,8 +41,8 @@ def _extra(chart: str) -> list[Scenario]:
         ]
     if chart == "inference-worker":
         return [
-            Scenario(chart, "skaffold-kind", (v / "sentinel.yaml", v / "kind.yaml")),
-            Scenario(chart, "skaffold-kind-gpu", (v / "sentinel.yaml", v / "kind.yaml", v / "gpu.yaml")),
+            Scenario(chart, "skaffold-kind", (v / "kind.yaml",)),
+            Scenario(chart, "skaffold-kind-gpu", (v / "kind.yaml", v / "gpu.yaml")),
             Scenario(chart, "hpa", set_values={"autoscaling.mode": "hpa"}),
             Scenario(chart, "keda-from-zero", set_values={"autoscaling.mode": "keda", "autoscaling.minReplicas": 0}),
         ]

@@ -1,14 +1,14 @@
-"""Chart-vs-code conformance: the gateway and inference-worker charts, rendered with their default values and with
-deploy/values/sentinel.yaml, run as local processes with exactly the env, command and args the pods would get, and
+"""Chart-vs-code conformance: the gateway and inference-worker charts, rendered with their default values (Sentinel)
+and with deploy/values/standalone.yaml, run as local processes with exactly the env, command and args the pods would get, and
 answer on the rendered probe ports and paths; a request then flows end to end over the gateway's WebSocket.
 
 What is changed from the rendering (see tests/deploy/local_service.py, printed by each test with `-s`):
 - ports: ONLY the env var that sets the listen port (RTAI_GW_PORT, RTAI_WORKER_HTTP_PORT) is changed, to a free
   loopback port, after checking its rendered value equals the rendered containerPort the probes name;
 - the bind address 0.0.0.0 becomes 127.0.0.1 (RTAI_GW_HOST, RTAI_WORKER_HTTP_HOST);
-- Redis addresses become loopback ports: with sentinel.yaml, every address in RTAI_*_REDIS__SENTINELS must be a pod
-  DNS name the rendered Redis chart serves, and its Sentinel topology runs locally from that chart (RedisChartPods);
-  with default values the URL names a standalone Redis, run as a plain redis-server;
+- Redis addresses become loopback ports: by default every address in RTAI_*_REDIS__SENTINELS must be a pod DNS name
+  the rendered Redis chart serves, and its Sentinel topology runs locally from that chart (RedisChartPods); with
+  standalone.yaml the URL names a standalone Redis, run as a plain redis-server;
 - secrets: secretKeyRefs are resolved from the rendered Redis chart's own Secret (its name and key must exist there),
   with the password set to a test value; volume mount paths (/tmp, the model cache) become local folders.
 
@@ -47,7 +47,7 @@ from tests.support.redis_server import RedisProcess
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 
 PASSWORD = "conformance-test-password"
-SCENARIOS = {"default": (), "sentinel": (VALUES_DIR / "sentinel.yaml",)}
+SCENARIOS = {"default": (), "standalone": (VALUES_DIR / "standalone.yaml",)}
 # How long the test waits for a probe at most; the rendered startup budget (period x failureThreshold) is larger
 # and is checked to be at least this.
 PROBE_WAIT_S = 45.0
@@ -108,7 +108,7 @@ class RedisTopology:
 @pytest.fixture
 def redis_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisTopology]:
     scenario: str = request.param
-    if scenario == "sentinel":
+    if scenario == "default":
         docs = render_chart("redis", set_values={"auth.password": PASSWORD})
         pods = RedisChartPods(docs, tmp_path / "redis")
         try:
@@ -121,7 +121,7 @@ def redis_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisT
         finally:
             pods.stop_all()
     else:
-        # The default values name `redis://redis:6379/0`: a standalone Redis reachable as `redis` (not the rtai redis
+        # standalone.yaml names `redis://redis:6379/0`: a standalone Redis reachable as `redis` (not the rtai redis
         # chart, whose `redis` Service serves Sentinel only). A plain redis-server stands in for it.
         server = RedisProcess(free_port()).start()
         try:

@@ -103,8 +103,8 @@ def sees_master(pods: RedisChartPods, index: int, master: str) -> bool:
 
 
 def gateway_sentinel_settings(pods: RedisChartPods) -> tuple[list[str], str]:
-    """The gateway chart's Sentinel env (with deploy/values/sentinel.yaml), pod names mapped to loopback ports."""
-    gw = gateway_container([VALUES_DIR / "sentinel.yaml"])
+    """The gateway chart's Sentinel env (its default values), pod names mapped to loopback ports."""
+    gw = gateway_container([])
     rendered = gw.env["RTAI_GW_REDIS__SENTINELS"].split(",")
     assert [s.split(".")[0] for s in rendered] == [f"{pods.name}-{i}" for i in range(pods.replicas)]
     assert gw.env_refs["RTAI_GW_REDIS__PASSWORD"]["secretKeyRef"]["name"] == pods.name

@@ -1,6 +1,6 @@
 """Chart-vs-code conformance: the gateway and inference-worker charts, rendered with their default values (Sentinel)
-and with deploy/values/standalone.yaml, run as local processes with exactly the env, command and args the pods would get, and
-answer on the rendered probe ports and paths; a request then flows end to end over the gateway's WebSocket.
+and with deploy/values/standalone.yaml, run as local processes with exactly the env, command and args the pods would
+get, and answer on the rendered probe ports and paths; a request then flows end to end over the gateway's WebSocket.
 
 What is changed from the rendering (see tests/deploy/local_service.py, printed by each test with `-s`):
 - ports: ONLY the env var that sets the listen port (RTAI_GW_PORT, RTAI_WORKER_HTTP_PORT) is changed, to a free

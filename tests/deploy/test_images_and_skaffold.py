@@ -156,3 +156,10 @@ def test_skaffold_profiles_point_at_real_files(profile: str | None) -> None:
             assert refs, "setValueTemplates reference no built image"
             assert refs <= images, f"setValueTemplates name unknown images {refs - images}"
     assert doc["portForward"][0]["resourceName"] == "gateway"
+    worker = doc["build"]["artifacts"][1]
+    gpu = worker["docker"]["buildArgs"]["VARIANT"] == "gpu"
+    assert worker["image"] == (
+        "rtai-inference-worker-gpu" if gpu else "rtai-inference-worker"
+    )  # never one name for both
+    key = re.sub(r"[^A-Za-z0-9]", "_", worker["image"])
+    assert releases[2]["setValueTemplates"]["image.repository"] == f"{{{{.IMAGE_REPO_{key}}}}}"

@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from tests.deploy.redis_pods import RedisChartPods
-from tests.deploy.render import VALUES_DIR, gateway_container, render_chart
+from tests.deploy.render import gateway_container, render_chart
 
 T = TypeVar("T")
 

@@ -36,7 +36,7 @@ images: ## Build both images with $(CONTAINER_BUILDER) (docker/podman) from the 
 	$(CONTAINER_BUILDER) build -f services/gateway/Dockerfile -t $(IMAGE_PREFIX)gateway:$(IMAGE_TAG) .
 	$(CONTAINER_BUILDER) build -f services/inference-worker/Dockerfile -t $(IMAGE_PREFIX)inference-worker:$(IMAGE_TAG) .
 
-images-smoke: ## Build gateway + CPU worker with buildah on a local Debian base and run their entrypoints to /healthz (slow)
+images-smoke: ## Build gateway + CPU worker with buildah on a local Debian base and run their entrypoints until /readyz (slow)
 	scripts/images_smoke.sh
 
 images-smoke-clean: ## Remove the images-smoke scratch storage (build/images-smoke)

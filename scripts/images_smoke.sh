@@ -117,7 +117,9 @@ for svc in "${services[@]}"; do
   port="$(free_port)"
   case "$svc" in
     gateway) env=(--env "RTAI_GW_PORT=$port" --env "RTAI_GW_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_GW_HOST=127.0.0.1) ;;
-    inference-worker) env=(--env "RTAI_WORKER_HTTP_PORT=$port" --env "RTAI_WORKER_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_WORKER_HTTP_HOST=127.0.0.1) ;;
+    # embed: the MiniLM weights ship in the image and its int8 graph is written at first start, without torch
+    inference-worker) env=(--env "RTAI_WORKER_HTTP_PORT=$port" --env "RTAI_WORKER_REDIS__URL=redis://127.0.0.1:$rport/0" --env RTAI_WORKER_HTTP_HOST=127.0.0.1
+                           --env "RTAI_WORKER_TASKS=sentiment=vader,embed=minilm-embed") ;;
   esac
   bah inspect --type image "$tag" >"$work/$svc.inspect.json"
   entry="$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["OCIv1"]["config"]["Entrypoint"]))' "$work/$svc.inspect.json")"
@@ -141,8 +143,20 @@ for svc in "${services[@]}"; do
     tail -n 40 "$work/$svc.log" >&2
     exit 1
   fi
-  ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
-  step "$svc /healthz 200, /readyz $ready"
+  # Ready: Redis reached and (worker) every model loaded and warmed.
+  ready=""
+  for _ in $(seq 1 120); do
+    ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
+    [[ "$ready" == 200 ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if [[ "$ready" != 200 ]]; then
+    echo "images-smoke: $svc /readyz answered '$ready'; log:" >&2
+    tail -n 40 "$work/$svc.log" >&2
+    exit 1
+  fi
+  step "$svc /healthz 200, /readyz 200"
   kill -TERM -- "-$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 done

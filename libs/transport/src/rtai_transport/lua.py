@@ -137,3 +137,33 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
 return {1, ''}
 """
+
+# A worker's claims on the jobs it runs, checked against their owner. XCLAIM takes a pending entry from whichever
+# consumer holds it, so a worker back from a long pause (GC, SIGSTOP, a partition) would take back jobs another worker
+# reclaimed and is running meanwhile, and set their delivery counts over that worker's: both would run them, and a
+# count could be lost. Each entry is claimed only if this consumer still owns it. With a count, its delivery count is
+# set (RETRYCOUNT); with an idle time, its idle time (a hand-back: reclaimable at once); else it is only refreshed.
+# Entries another consumer owns, or no longer pending (acked), are left alone. Returns {ids this consumer owns, ids
+# another consumer owns}.
+# KEYS: 1 the task's job stream
+# ARGV: 1 group, 2 consumer, 3 idle ms (0 = refresh), then pairs: entry id, delivery count ('' = keep it)
+CLAIM_OWNED = """
+local owned, taken = {}, {}
+for i = 4, #ARGV, 2 do
+  local id, count = ARGV[i], ARGV[i + 1]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p > 0 and p[1][2] ~= ARGV[2] then
+    taken[#taken + 1] = id
+  elseif #p > 0 then
+    local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3]}
+    if count ~= '' then
+      args[#args + 1] = 'RETRYCOUNT'
+      args[#args + 1] = count
+    end
+    args[#args + 1] = 'JUSTID'
+    redis.call(unpack(args))
+    owned[#owned + 1] = id
+  end
+end
+return {owned, taken}
+"""

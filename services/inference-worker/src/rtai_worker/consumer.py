@@ -17,6 +17,7 @@ from rtai_protocol import Job, Reply, encode
 from rtai_protocol.codec import decode_internal
 from rtai_telemetry.logging import get_logger
 from rtai_transport import WORKER_GROUP, Keys, Redis, resp, text
+from rtai_transport.lua import CLAIM_OWNED
 
 log = get_logger("rtai_worker.consumer")
 
@@ -135,32 +136,37 @@ class Consumer:
                 d.deliveries = counts[d.entry_id]
         return good
 
-    async def keep_claimed(self, entry_ids: Sequence[str]) -> None:
-        """Reset the idle time of jobs still running here, so a long generation is not taken over by the reclaimer."""
-        if entry_ids:
-            await self.redis.xclaim(self.stream, WORKER_GROUP, self.consumer, 0, list(entry_ids), justid=True)
+    async def keep_claimed(self, entry_ids: Sequence[str]) -> set[str]:
+        """Reset the idle time of jobs still running here, so a long generation is not taken over by the reclaimer.
+        Returns the ids another worker took over meanwhile (this one was paused past `reclaim_idle_ms`): they are
+        left to it."""
+        _, taken = await self._claim_owned([(i, None) for i in entry_ids])
+        return taken
 
     async def count_deliveries(self, counts: Sequence[tuple[str, int]]) -> set[str]:
-        """Set the delivery counts of pending jobs (entry id, count) with XCLAIM's RETRYCOUNT, which also claims them
-        for this consumer and resets their idle time. Returns the ids still pending: one acked meanwhile (its first
-        owner was only paused, and finished it) is not, and must not be run again."""
-        by_count: dict[int, list[str]] = {}
-        for entry_id, n in counts:
-            by_count.setdefault(n, []).append(entry_id)
-        pending: set[str] = set()
-        for n, ids in by_count.items():
-            got: Any = await self.redis.xclaim(
-                self.stream, WORKER_GROUP, self.consumer, 0, list(ids), retrycount=n, justid=True
-            )
-            pending.update(text(i) for i in got)
-        return pending
+        """Set the delivery counts of pending jobs (entry id, count) with XCLAIM's RETRYCOUNT, which also resets their
+        idle time. Returns the ids this consumer still owns: one acked meanwhile (its first owner was only paused,
+        and finished it) or taken over by another worker must not be run here."""
+        owned, _ = await self._claim_owned(counts)
+        return owned
 
     async def hand_back(self, entry_ids: Sequence[str], idle_ms: int) -> None:
-        """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown)."""
-        if entry_ids:
-            await self.redis.xclaim(
-                self.stream, WORKER_GROUP, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True
-            )
+        """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown). Only those this
+        consumer owns: marking one another worker took over would let a third take it from that one."""
+        await self._claim_owned([(i, None) for i in entry_ids], idle_ms=idle_ms)
+
+    async def _claim_owned(
+        self, entries: Sequence[tuple[str, int | None]], idle_ms: int = 0
+    ) -> tuple[set[str], set[str]]:
+        """(ids this consumer owns, now claimed as asked; ids another consumer owns, left alone)."""
+        if not entries:
+            return set(), set()
+        args: list[str | int] = [WORKER_GROUP, self.consumer, idle_ms]
+        for entry_id, count in entries:
+            args += [entry_id, "" if count is None else count]
+        result: Any = await self.redis.eval(CLAIM_OWNED, 1, self.stream, *args)
+        owned, taken = result
+        return {text(i) for i in owned}, {text(i) for i in taken}
 
     async def finish(self, done: Sequence[tuple[Delivery, Reply | None]]) -> None:
         """Publish the replies and ack (and delete) their jobs, atomically. Packed by hand (`rtai_transport.resp`):

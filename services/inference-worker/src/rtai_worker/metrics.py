@@ -39,6 +39,12 @@ class WorkerMetrics:
         self.reclaimed = Counter(
             "rtai_worker_reclaimed", "Jobs taken over from a silent consumer", ["task"], registry=r
         )
+        self.claims_lost = Counter(
+            "rtai_worker_claims_lost",
+            "Running jobs another worker reclaimed while this one was paused (it runs them now)",
+            ["task"],
+            registry=r,
+        )
         self.reruns = Counter(
             "rtai_worker_reruns", "Jobs run more than once (redelivered or re-submitted)", ["task"], registry=r
         )
@@ -55,6 +61,7 @@ class WorkerMetrics:
             self.jobs.labels(task, outcome)
         for metric in (
             self.reclaimed,
+            self.claims_lost,
             self.reruns,
             self.dead_lettered,
             self.queue_wait,

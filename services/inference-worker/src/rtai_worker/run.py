@@ -245,14 +245,18 @@ class Worker:
 
     async def _keep_claims(self) -> None:
         for server in self.servers.values():
-            await server.consumer.keep_claimed(list(server.running))
+            server.lost_claims(await server.consumer.keep_claimed(list(server.running)))
 
     async def _reclaim(self) -> None:
         for task, server in self.servers.items():
             if server.stopping.is_set():
                 continue
             claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
-            # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost.
+            # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost. The
+            # claim counted a delivery for each; they were delivered once, so the count is set back.
+            own = [d for d in claimed if d.entry_id in server.running]
+            if own:
+                await server.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in own])
             claimed = [d for d in claimed if d.entry_id not in server.running]
             if not claimed:
                 continue

@@ -32,6 +32,11 @@ CANCEL_POLL_S = 0.5
 tracer = trace.get_tracer("rtai_worker")
 
 
+class TakenOver(Exception):
+    """Another worker reclaimed this stream while this one was paused, and runs it now: stop, answer nothing, ack
+    nothing (an ack without the final answer could lose the job if that worker dies too)."""
+
+
 def _advance(gen: Iterator[Any]) -> tuple[bool, Any]:
     """One step of a model's stream: (False, chunk), or (True, the generator's return value) at its end."""
     try:
@@ -58,6 +63,8 @@ class TaskServer:
         self.running: dict[str, Delivery] = {}
         """Entry id -> delivery, for jobs this worker is working on (claims kept fresh, handed back at shutdown)."""
         self.cancelled_jobs: set[str] = set()
+        self.taken_over: set[str] = set()
+        """Job ids of running jobs that another worker reclaimed (this one was paused past `reclaim_idle_ms`)."""
         self._adopted: deque[Delivery] = deque()
         """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
         self._streams = asyncio.Semaphore(settings.max_streams)
@@ -141,6 +148,18 @@ class TaskServer:
             # failed; kept in `running`, its claim would be refreshed by a worker that will never run it.
             self._release(d)
             raise
+
+    def lost_claims(self, entry_ids: set[str]) -> None:
+        """Jobs of ours that another worker reclaimed while we were paused and runs now (`Consumer.keep_claimed`). Our
+        claim is not taken back. A stream stops at its next chunk; a batch already in the model finishes, and its
+        answer, written with its ack, is the first final (the gateway drops the other worker's as a duplicate)."""
+        for entry_id in entry_ids:
+            d = self.running.get(entry_id)
+            if d is None or d.job.job_id in self.taken_over:
+                continue  # finished meanwhile, or known
+            self.taken_over.add(d.job.job_id)
+            self.metrics.claims_lost.labels(self.task).inc()
+            log.warning("job.taken_over", task=self.task, request_id=d.job.request_id, entry=entry_id)
 
     async def _stream_slot_free(self) -> bool:
         """Wait until fewer than `max_streams` streams run; False if told to stop meanwhile."""
@@ -314,6 +333,7 @@ class TaskServer:
         """A job is no longer being run here (answered, or handed back to be reclaimed)."""
         self.running.pop(d.entry_id, None)
         self.cancelled_jobs.discard(d.job.job_id)
+        self.taken_over.discard(d.job.job_id)
 
     async def replies_written(self) -> None:
         """Wait for the last batch's replies and acks (a failure was logged; the jobs stay pending and are
@@ -379,6 +399,8 @@ class TaskServer:
                     ):
                         reply = await self._generate(job)
                 await self.consumer.finish([(d, reply)])
+            except TakenOver:
+                pass  # neither answered nor acked here: the worker that reclaimed it does both
             except asyncio.CancelledError:
                 raise  # cut off at shutdown: the job stays in `running`, and the worker hands it back on its way out
             except ModelCallHung:
@@ -419,6 +441,8 @@ class TaskServer:
                 if job.job_id in self.cancelled_jobs:
                     self.metrics.jobs.labels(self.task, "cancelled").inc()
                     return None  # the gateway already sent `cancelled`
+                if job.job_id in self.taken_over:
+                    raise TakenOver
                 if job.deadline_ms <= now_ms():
                     self.metrics.jobs.labels(self.task, "expired").inc()
                     return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from rtai_gateway import loops
-from rtai_gateway.hub import Hub
+from rtai_gateway.hub import Hub, RepliesRejected
 from rtai_gateway.session import Session
 from rtai_protocol import Reply, encode
 from rtai_transport import Redis
@@ -86,3 +87,59 @@ async def test_replies_refused_while_redis_is_out_of_memory_wait_for_it_and_are_
     assert results(conn) == {"final"}, "a result refused while Redis was full was dropped"
     counted: Any = hub.metrics.replies_rejected
     assert counted._value.get() == 0
+
+
+def _chunk(session: Session, rid: str, index: int) -> Reply:
+    return Reply(
+        job_id=f"j-{rid}",
+        request_id=rid,
+        owner=session.identity,
+        session=session.id,
+        task="generate",
+        kind="chunk",
+        index=index,
+        data={"token": f"t{index}"},
+    )
+
+
+@pytest.mark.parametrize("refused_for_good", [False, True], ids=["refused-once", "refused-for-good"])
+async def test_a_chunk_whose_log_op_fails_alone_is_not_skipped_by_the_frames_after_it(
+    redis_server: RedisHandle, prefix: str, refused_for_good: bool
+) -> None:
+    """Redis refuses one op of a pipeline (out of memory for a moment) and runs the next. The chunks and the final
+    behind the refused chunk wait for it instead of being logged past it (the log would skip it for good). A chunk
+    refused for good is dropped in the end, and then the frames behind it go on without it."""
+    async with running_hub(redis_server, prefix) as hub:
+        conn = RecordingConn()
+        session = Session(id="s3", identity="anon:s3", conn=conn)  # type: ignore[arg-type]
+        hub.sessions[session.id] = session
+        final = Reply(
+            job_id="j-r", request_id="r", owner=session.identity, session=session.id, task="generate", kind="result"
+        )
+        replies = [*(_chunk(session, "r", i) for i in range(3)), final]
+        lane = hub.framelog._lanes[hub.framelog.lane_of(session.id)]
+        real = lane._pipeline
+        error = ResponseError("ERR Error running script: refused" if refused_for_good else "OOM command not allowed")
+
+        async def second_chunk_refused(ops: list[Any]) -> list[Any]:
+            """Redis refuses the op logging chunk 1 alone; the ops around it run."""
+            i = next((k for k, op in enumerate(ops) if op.args[1] == "chunk" and op.args[2] == 1), None)
+            if i is None:
+                return await real(ops)
+            rest = await real(ops[:i] + ops[i + 1 :])
+            return [*rest[:i], error, *rest[i:]]
+
+        lane._pipeline = second_chunk_refused  # type: ignore[method-assign]
+        expected = ResponseError if not refused_for_good else RepliesRejected
+        with pytest.raises(expected):
+            await hub.handle_replies(replies)
+        if not refused_for_good:
+            lane._pipeline = real  # type: ignore[method-assign]  # Redis has room again
+        await hub.handle_replies(replies, drop_rejected=refused_for_good)  # the reader reads them again
+        frames = [(f["type"], f.get("index"), f["seq"]) for f in conn.decoded()]
+        sent = [(kind, index) for kind, index, _ in frames]
+        if refused_for_good:
+            assert sent == [("chunk", 0), ("chunk", 2), ("result", None)]
+        else:
+            assert sent == [("chunk", 0), ("chunk", 1), ("chunk", 2), ("result", None)]
+        assert [seq for *_, seq in frames] == sorted({seq for *_, seq in frames})

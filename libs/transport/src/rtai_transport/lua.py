@@ -37,12 +37,17 @@ end
 # returns the number and body the frame was logged with. The first answer may never have reached the gateway (its
 # connection dropped and the pipeline was sent again), and the frame must still reach the socket; where the socket
 # already has it, the gateway drops it by its number.
+# A new frame that must follow chunks the gateway sent in the same pipeline (ARGV 9: the chunk index the request must
+# have reached) is not logged before they are: one op of a pipeline can fail alone (Redis out of memory for a moment)
+# while the next runs, and a later chunk or the final frame logged past the failed chunk would make the log skip it
+# for good (its retry is then a repeat of an index below `next`, or a chunk after the final).
 # Returns {seq, holder} for a new frame, {seq, holder, logged body} for a repeat, {0, holder} for a frame dropped
-# (a new chunk index after the final frame, or a repeat whose log entry is gone); holder: the gateway holding the
-# session now, or ''.
+# (a new chunk index after the final frame, or a repeat whose log entry is gone), {-1, holder} for a frame held back
+# because the chunks before it are not logged; holder: the gateway holding the session now, or ''.
 # KEYS: 1 seq, 2 log, 3 session meta hash, 4 request hash, 5 session inflight hash
 # ARGV: 1 frame body, 2 kind (chunk|final), 3 chunk index, 4 session ttl s, 5 log maxlen, 6 request id, 7 request ttl s,
-#       8 the highest seq the gateway sent on the session's socket (0 if it does not hold it)
+#       8 the highest seq the gateway sent on the session's socket (0 if it does not hold it),
+#       9 (optional) the `next` chunk index this frame must find
 LOG_FRAME = (
     _APPEND
     + """
@@ -68,6 +73,8 @@ if redis.call('HEXISTS', KEYS[4], 'final') == 1 then
   if ARGV[2] ~= 'final' then return {0, holder} end
   return logged(tonumber(redis.call('HGET', KEYS[4], 'final_seq') or '0'))
 end
+local need = tonumber(ARGV[9] or '')
+if need and tonumber(redis.call('HGET', KEYS[4], 'next') or '0') < need then return {-1, holder} end
 if ARGV[2] == 'final' then
   redis.call('HSET', KEYS[4], 'final', ARGV[1])
   redis.call('EXPIRE', KEYS[4], ARGV[7])

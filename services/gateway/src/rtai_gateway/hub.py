@@ -313,12 +313,16 @@ class Hub:
         kind: str,
         index: int,
         then: Callable[[Any], None],
+        after_chunk: int | None = None,
     ) -> asyncio.Future[None]:
         """Number and log one frame of a request (LOG_FRAME, pipelined by the frame log). `session`, where this gateway
-        holds it, gives the floor: never a number at or below what its socket was already sent."""
+        holds it, gives the floor: never a number at or below what its socket was already sent. `after_chunk`: a chunk
+        index of the same request submitted just before; the frame is held back (-1) unless that chunk is logged."""
         s = self.settings.sessions
         floor = session.delivered if session is not None else 0
         args = [body, kind, index, s.ttl_s, s.log_maxlen, request_id, s.request_ttl_s, floor]
+        if after_chunk is not None:
+            args.append(after_chunk + 1)
         return self.framelog.submit(
             session_id, self._log_frame, self._log_keys(session_id, owner, request_id), args, then
         )
@@ -331,8 +335,37 @@ class Hub:
         `RepliesRejected`. With `drop_rejected` those are logged and dropped instead, so that one reply Redis refuses
         for good cannot hold up every reply behind it."""
         forwards: list[tuple[str, bytes]] = []
+        failures, rejected, held = await self._log_replies(replies, forwards, in_order=True)
+        if failures:
+            raise failures[0]
+        if rejected and not drop_rejected:
+            raise RepliesRejected(rejected)
+        if held:
+            # Held back behind a chunk Redis refused for good, which is dropped below: nothing will come before them.
+            failures, again, _ = await self._log_replies(held, forwards, in_order=False)
+            if failures:
+                raise failures[0]
+            rejected += again
+        for r, e in rejected:
+            log.error("reply.rejected", request_id=r.request_id, session=r.session, kind=r.kind, error=str(e)[:200])
+            self.metrics.replies_rejected.inc()
+        if forwards:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, msg in forwards:
+                    pipe.xadd(stream, {"m": msg}, maxlen=10_000, approximate=True)
+                await pipe.execute()
+
+    async def _log_replies(
+        self, replies: list[Reply], forwards: list[tuple[str, bytes]], *, in_order: bool
+    ) -> tuple[list[Exception], list[tuple[Reply, ResponseError]], list[Reply]]:
+        """Log and deliver replies; returns (failures, replies refused for good, replies held back). `in_order`: a
+        request's frame that follows one of its chunks in this batch is logged only after that chunk (LOG_FRAME's
+        ARGV 9). One op of a pipeline can fail alone, and a later chunk or the final logged past it would make the
+        log skip the failed chunk for good."""
         failures: list[Exception] = []
         rejected: list[tuple[Reply, ResponseError]] = []
+        held: list[Reply] = []
+        last_chunk: dict[tuple[str, str], int] = {}
         logged: list[asyncio.Future[None]] = []
         for r in replies:
             body, kind = _frame_of(r)
@@ -345,25 +378,20 @@ class Hub:
                     failures.append(res)
                     return
                 seq, holder = int(res[0]), res[1].decode() if res[1] else ""
-                if seq:  # 0: a chunk after the final frame (or a repeat no longer in the log), dropped by design
+                if seq < 0:
+                    held.append(r)
+                elif seq:  # 0: a chunk after the final frame (or a repeat no longer in the log), dropped by design
                     self._after_logged(r, _logged_body(res, body), kind, seq, holder, forwards)
 
-            held = self.sessions.get(r.session)
-            logged.append(self._log(held, r.session, r.owner, r.request_id, body, kind, r.index, then))
+            key = (r.owner, r.request_id)
+            after = last_chunk.get(key) if in_order else None
+            if kind == "chunk":
+                last_chunk[key] = max(r.index, last_chunk.get(key, r.index))
+            held_session = self.sessions.get(r.session)
+            logged.append(self._log(held_session, r.session, r.owner, r.request_id, body, kind, r.index, then, after))
         for done in logged:  # on several lanes: each may finish first
             await done
-        if failures:
-            raise failures[0]
-        if rejected and not drop_rejected:
-            raise RepliesRejected(rejected)
-        for r, e in rejected:
-            log.error("reply.rejected", request_id=r.request_id, session=r.session, kind=r.kind, error=str(e)[:200])
-            self.metrics.replies_rejected.inc()
-        if forwards:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream, msg in forwards:
-                    pipe.xadd(stream, {"m": msg}, maxlen=10_000, approximate=True)
-                await pipe.execute()
+        return failures, rejected, held
 
     def _after_logged(
         self, r: Reply, body: bytes, kind: str, seq: int, holder: str, forwards: list[tuple[str, bytes]]

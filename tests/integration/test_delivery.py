@@ -287,6 +287,44 @@ async def test_a_poison_job_takes_only_itself_to_the_dead_letters_not_its_batch(
     await c.close()
 
 
+async def test_a_poison_stream_takes_only_itself_to_the_dead_letters_not_the_streams_beside_it(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A stream that crashes the worker, started beside good streams: they all went down with it once. A reclaimed
+    stream then runs alone, so the next crash takes only the poison stream down; run beside it again, the good
+    streams were charged for each crash and dead-lettered with it."""
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {
+        "RECLAIM_IDLE_MS": "500",
+        "MAX_DELIVERIES": "2",
+        "RTAI_TEST_TOKEN_MS": "50",
+        "tasks": "generate=tests.support.fake_models:crashing_tokens",
+    }
+    w = start(services, procs.worker(env, prefix, **extra))
+    g = start(services, procs.gateway(env, prefix))
+    c = await Conn(ws_url(g)).open()
+    async with procs.stalled(w):  # queued while the worker is stopped, so that it starts all three at once
+        good = [await c.infer("generate", LONG_TEXT, stream=True, deadline_ms=60_000)]
+        poison = await c.infer("generate", f"poison {LONG_TEXT}", rid="poison", stream=True, deadline_ms=60_000)
+        good.append(await c.infer("generate", LONG_TEXT, stream=True, deadline_ms=60_000))
+        await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == good[-1])
+    assert await asyncio.to_thread(w.proc.wait, 10) == 70  # type: ignore[union-attr]
+    w = procs.worker(env, prefix, **extra)  # it runs the first good stream alone, then dies on the poison one
+    services.append(w)
+    w.start(wait_ready=False)  # it may die before it would be seen ready
+    assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
+    # The poison stream is past its deliveries: dead-lettered. The good one behind it ran nowhere yet: run.
+    start(services, procs.worker(env, prefix, **extra))
+    finals = {rid: await c.final(rid, timeout=30) for rid in [*good, poison]}
+    assert [finals[rid]["type"] for rid in good] == ["result"] * 2, finals
+    assert finals[poison]["code"] == "failed", finals
+    for rid in good:
+        assert [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"] == list(range(40))
+    r = redis_sync.Redis.from_url(redis_server.url)
+    assert [json.loads(e[1][b"m"])["request_id"] for e in r.xrange(f"{prefix}:v1:dlq:generate")] == [poison]
+    await c.close()
+
+
 async def test_slow_reader_is_closed_with_1013(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:

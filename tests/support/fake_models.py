@@ -5,7 +5,8 @@ calls per request across worker processes. `slow`: VADER that sleeps `$RTAI_TEST
 kill a worker mid-batch. `tokens`: a deterministic streaming model (one word per chunk, `$RTAI_TEST_TOKEN_MS` apart).
 Both hang (ten minutes: a deadlock, as far as a test can tell) on the input `$RTAI_TEST_HANG_ON`, where it is set.
 `bulky`: VADER whose results carry `$RTAI_TEST_RESULT_BYTES` of padding, so a few results fill a socket's buffers.
-`crashing`: VADER that kills its process on the input `poison`, as a crash in native model code would.
+`crashing`: VADER that kills its process on the input `poison`, as a crash in native model code would;
+`crashing_tokens`: the same for `tokens`, after the first chunk of an input starting with `poison`.
 """
 
 from __future__ import annotations
@@ -123,3 +124,17 @@ TOKENS_TASK = "generate=tests.support.fake_models:tokens"
 """A worker's task spec for the streaming TokenModel."""
 LONG_TEXT = " ".join(f"w{i}" for i in range(40))
 """An input TokenModel streams as 40 chunks."""
+
+
+class CrashingTokenModel(TokenModel):
+    """TokenModel that kills its process after the first chunk of the input `poison` (a crash in native code)."""
+
+    def stream(self, item: ModelInput) -> Iterator[Any]:
+        for i, chunk in enumerate(super().stream(item)):
+            if i == 1 and item.text.startswith("poison"):
+                os._exit(70)
+            yield chunk
+
+
+def crashing_tokens(options: ModelOptions) -> CrashingTokenModel:
+    return CrashingTokenModel(options)

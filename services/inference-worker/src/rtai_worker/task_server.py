@@ -69,6 +69,8 @@ class TaskServer:
         """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
         self._streams = asyncio.Semaphore(settings.max_streams)
         self._stream_tasks: set[asyncio.Task[None]] = set()
+        self._solo: asyncio.Task[None] | None = None
+        """A reclaimed stream, running alone (no other stream starts beside it)."""
         self._replying: asyncio.Task[None] | None = None
         """The last batch's replies and acks, still being written while the next batch is read."""
         self.stopping = asyncio.Event()
@@ -129,10 +131,10 @@ class TaskServer:
     async def _run_adopted(self, d: Delivery) -> None:
         # One at a time, with the answers before it written first: a reclaimed job may be what killed the worker that
         # had it (a crash in the model). Run in a batch, or while those answers are still being written, it would take
-        # those jobs down with it again, and they too would end in the dead letters. (A reclaimed stream starts here,
-        # once a slot is free, and runs in it beside the others, as any stream does.)
+        # those jobs down with it again, and they too would end in the dead letters. A reclaimed stream waits for the
+        # streams running here to end and runs alone: no stream starts beside it until it is done.
         try:
-            if d.job.stream and not await self._stream_slot_free():
+            if d.job.stream and not await self._streams_done():
                 return  # stopping: still in `running`, handed back uncharged
             await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
             # This run counts (see `adopt`). A job no longer pending was finished by its first owner meanwhile.
@@ -162,9 +164,18 @@ class TaskServer:
             log.warning("job.taken_over", task=self.task, request_id=d.job.request_id, entry=entry_id)
 
     async def _stream_slot_free(self) -> bool:
-        """Wait until fewer than `max_streams` streams run; False if told to stop meanwhile."""
-        while len(self._stream_tasks) >= self.settings.max_streams and not self.stopping.is_set():
+        """Wait until fewer than `max_streams` streams run and no reclaimed stream runs alone; False if told to stop
+        meanwhile."""
+        while not self.stopping.is_set() and (
+            len(self._stream_tasks) >= self.settings.max_streams or (self._solo is not None and not self._solo.done())
+        ):
             await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        return not self.stopping.is_set()
+
+    async def _streams_done(self) -> bool:
+        """Wait until no stream runs here; False if told to stop meanwhile."""
+        while self._stream_tasks and not self.stopping.is_set():
+            await asyncio.wait(set(self._stream_tasks), timeout=0.5)
         return not self.stopping.is_set()
 
     async def _read_budget(self, size: int) -> int:
@@ -214,6 +225,8 @@ class TaskServer:
             task = asyncio.create_task(self._stream(d), name=f"stream-{d.job.job_id}")
             self._stream_tasks.add(task)
             task.add_done_callback(self._stream_tasks.discard)
+            if reclaimed:
+                self._solo = task
         if plain:
             await self._run_plain(plain)
 

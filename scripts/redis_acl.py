@@ -48,9 +48,8 @@ GATEWAY_COMMANDS = sorted(
         "exists",
         "del",
         "publish",
-        # the task registry (rtai_transport.registry.live_tasks; catalog: known tasks)
+        # the task registry (rtai_transport.registry.registered_tasks: every registered task and its live workers)
         "zcount",
-        "hkeys",
         # inside the gateway's Lua scripts (LOG_FRAME, SUBMIT)
         "incr",
         "xrevrange",

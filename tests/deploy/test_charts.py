@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy.local_service import SERVICES, unknown_settings_env
 from tests.deploy.render import (
     CHARTS,
     CHARTS_DIR,
@@ -29,7 +30,7 @@ from tests.deploy.scenarios import Scenario, scenarios
 
 SCENARIOS = scenarios()
 BY_ID = {s.id: s for s in SCENARIOS}
-WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 
 @functools.cache
@@ -134,18 +135,20 @@ def test_crd_kinds_are_all_rendered_somewhere() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_pods_are_hardened(scenario: Scenario) -> None:
-    for name, pod in _pod_specs(rendered(scenario.id)):
+    docs = rendered(scenario.id)
+    one_shot = {d["metadata"]["name"] for d in docs if d["kind"] == "Job"}  # no replicas to spread, nothing to probe
+    for name, pod in _pod_specs(docs):
         assert pod["enableServiceLinks"] is False, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["automountServiceAccountToken"] is False, name
-        assert pod.get("topologySpreadConstraints"), f"{name}: no topology spread"
+        assert name in one_shot or pod.get("topologySpreadConstraints"), f"{name}: no topology spread"
         for c in pod["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
             assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
             assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
             assert c["resources"]["requests"], (name, c["name"])
-            assert {"startupProbe", "livenessProbe", "readinessProbe"} <= c.keys(), (name, c["name"])
+            assert name in one_shot or {"startupProbe", "livenessProbe", "readinessProbe"} <= c.keys(), name
             assert isinstance(c.get("command", c.get("args", [])), list)
             mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{name}/{c['name']}: a read-only root needs a writable /tmp"
@@ -193,6 +196,25 @@ def test_workers_scale_to_zero_with_keda_only() -> None:
         render_chart("gateway", set_values={"gateway.queueWhenNoWorkers": True}), "Deployment", "gateway"
     )
     assert gw.env["RTAI_GW_ADMISSION__QUEUE_WHEN_NO_WORKERS"] == "true"
+
+
+def test_workers_at_zero_declare_their_tasks_after_each_install_and_upgrade() -> None:
+    """The hook Job runs the worker image's `declare` with the worker's own task, device and Redis settings, and is
+    not one of the worker pods (their Service and PDB select by name and instance)."""
+    zero = {"autoscaling.mode": "keda", "autoscaling.minReplicas": 0}
+    docs = render_chart("inference-worker", set_values=zero)
+    (job,) = find(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    declare = container_view(docs, "Job", "declare")
+    worker = container_view(docs, "Deployment", "inference-worker")
+    assert (declare.args, declare.image) == (["declare"], worker.image)
+    assert not unknown_settings_env({*declare.env, *declare.env_refs}, SERVICES["inference-worker"])
+    shared = ("RTAI_WORKER_TASKS", "RTAI_WORKER_DEVICE", "RTAI_WORKER_REDIS__SENTINELS", "RTAI_WORKER_REDIS__PREFIX")
+    assert {k: declare.env[k] for k in shared} == {k: worker.env[k] for k in shared}
+    assert declare.env_refs == {k: v for k, v in worker.env_refs.items() if k.startswith("RTAI_WORKER_REDIS__")}
+    (svc,) = find(docs, "Service")
+    assert not svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert not find(render_chart("inference-worker", set_values={"autoscaling.mode": "keda"}), "Job")
 
 
 def test_redis_topologies_that_refuse_every_write_or_failover_fail_to_render() -> None:

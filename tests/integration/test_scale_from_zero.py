@@ -5,8 +5,12 @@ worker answers them. A gateway without the setting refuses them `unavailable`, s
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -27,9 +31,9 @@ def listed(g: procs.Service) -> dict[str, int]:
     return {t["task"]: t["workers"] for t in httpx.get(f"{g.base}/v1/tasks", timeout=5).json()["tasks"]}
 
 
-async def until(pred: object, what: str, timeout: float = 10) -> None:
+async def until(pred: Callable[[], bool], what: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
+    while not pred():
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         await asyncio.sleep(0.1)
@@ -75,3 +79,44 @@ async def test_requests_wait_in_the_queue_while_workers_are_scaled_to_zero(
     await until(lambda: gauge(queuing, "rtai_queue_length", "sentiment") == 0, "the backlog drained")
     await c.close()
     await q.close()
+
+
+async def declare(env: dict[str, str]) -> tuple[int, str]:
+    """`python -m rtai_worker declare` with a worker's env: (exit code, output)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "rtai_worker", "declare"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+async def test_a_task_declared_before_any_worker_ran_is_queued_for_the_first_one(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A new deployment with its workers at zero: no worker has ever registered the task. `python -m rtai_worker
+    declare` (the chart's hook Job) records it; the gateway queues its requests, and the first worker answers them.
+    Declaring again while a worker serves the task leaves that worker's registration alone."""
+    env = procs.redis_env_for_url(redis_server.url)
+    queuing = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
+    c = await Conn(ws_url(queuing)).open()
+    unknown = await c.call("sentiment", "no worker ever ran")
+    assert (unknown["type"], unknown["code"]) == ("error", "unknown_task"), unknown
+
+    declarer = procs.worker(env, prefix)  # the worker's settings, as the hook Job gets them; never started
+    code, out = await declare(declarer.env)
+    assert code == 0 and '"task.declared"' in out, out[-2000:]
+    await until(lambda: listed(queuing) == {"sentiment": 0}, "the declared task is listed")
+    rid = await c.infer("sentiment", "queued for the first worker: I love it")
+    await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
+    await until(lambda: gauge(queuing, "rtai_queue_length", "sentiment") == 1, "the backlog is exported")
+
+    start(services, procs.worker(env, prefix))
+    assert (await c.final(rid, timeout=20))["type"] == "result"
+    code, out = await declare(declarer.env)
+    assert code == 0 and '"task.served"' in out, out[-2000:]
+    assert listed(queuing) == {"sentiment": 1}
+    await c.close()

@@ -339,8 +339,10 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
     stream = keys.jobs("sentiment")
     paused, other = Consumer(redis, keys, "sentiment", "paused"), Consumer(redis, keys, "sentiment", "other")
     await paused.ensure_group()
-    (job, mine) = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(2)]
-    await paused.read(2, block_ms=None)
+    job, mine, trimmed = [
+        (await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(3)
+    ]
+    await paused.read(3, block_ms=None)
     await asyncio.sleep(0.3)
     (taken,) = await other.reclaim(min_idle_ms=200, count=1)  # the paused worker's first job
     assert (taken.entry_id, taken.deliveries) == (job, 2)
@@ -351,6 +353,8 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
 
     assert await paused.keep_claimed([job, mine]) == {job}
     assert await paused.count_deliveries([(job, 1), (mine, 1)]) == {mine}
+    await redis.xdel(stream, trimmed)  # gone from the stream while pending: nobody's to run
+    assert await paused.count_deliveries([(trimmed, 1)]) == set()
     await paused.hand_back([job], idle_ms=3_600_000)
     assert await pending(job) == ("other", 2), "the paused worker took the job back, or changed its count"
     assert await pending(mine) == ("paused", 1)

@@ -61,7 +61,13 @@ def test_unit_tests_make_every_alert_fire() -> None:
 
 def test_the_four_alerts_the_issue_asks_for_exist() -> None:
     alerts = {r["alert"] for r in alerting_rules()}
-    assert {"RtaiLatencyP99OverSLO", "RtaiBacklogAgeRising", "RtaiNoLiveWorkers", "RtaiErrorRatioHigh"} <= alerts
+    assert {
+        "RtaiLatencyP99OverSLO",
+        "RtaiBacklogAgeRising",
+        "RtaiNoLiveWorkers",
+        "RtaiScaleFromZeroStalled",
+        "RtaiErrorRatioHigh",
+    } <= alerts
 
 
 def test_every_alert_has_severity_summary_and_a_runbook_section() -> None:

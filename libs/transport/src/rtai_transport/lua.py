@@ -168,9 +168,21 @@ for i = 4, #ARGV, 2 do
       args[#args + 1] = count
     end
     args[#args + 1] = 'JUSTID'
-    redis.call(unpack(args))
-    owned[#owned + 1] = id
+    -- An entry deleted from the stream (trimmed) while pending is dropped by XCLAIM and not returned: not ours to run.
+    if #redis.call(unpack(args)) > 0 then owned[#owned + 1] = id end
   end
 end
 return {owned, taken}
+"""
+
+# Declares a task (its configuration) with no live worker, so that gateways which queue requests for workers scaled to
+# zero take its requests before any worker has run (a new deployment, or a task added while its workers are at zero).
+# Live workers' own registration wins: while any is live, nothing is written.
+# KEYS: 1 the tasks hash, 2 the task's workers (sorted by registration expiry)
+# ARGV: 1 task, 2 task info json, 3 now (ms)
+# Returns 1 if declared, 0 if live workers serve the task.
+DECLARE_TASK = """
+if redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') > 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """

@@ -16,7 +16,7 @@ from rtai_protocol import now_ms
 from rtai_transport.client import Redis, text
 from rtai_transport.errors import TaskConfigConflict
 from rtai_transport.keys import Keys
-from rtai_transport.lua import REGISTER_TASK
+from rtai_transport.lua import DECLARE_TASK, REGISTER_TASK
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,14 @@ async def register_task(redis: Redis, keys: Keys, info: TaskInfo, worker_id: str
             f"task {info.task!r} is served by live workers with model {theirs.model!r} ({theirs.fingerprint}); "
             f"this worker's {info.model!r} ({info.fingerprint}) differs: give it another task name"
         )
+
+
+async def declare_task(redis: Redis, keys: Keys, info: TaskInfo) -> bool:
+    """Record a task's configuration without a live worker (see DECLARE_TASK); False if live workers serve it, whose
+    registration stands."""
+    declared: Any = await redis.eval(DECLARE_TASK, 2, keys.tasks, keys.task_workers(info.task), info.task,
+                                     info.to_json(), now_ms())  # fmt: skip
+    return bool(int(declared))
 
 
 async def deregister_task(redis: Redis, keys: Keys, task: str, worker_id: str) -> None:

@@ -341,10 +341,13 @@ class Hub:
         if rejected and not drop_rejected:
             raise RepliesRejected(rejected)
         if held:
-            # Held back behind a chunk Redis refused for good, which is dropped below: nothing will come before them.
+            # Held back behind a chunk that is not logged and will not be: Redis refused it for good (dropped below),
+            # or its request's state vanished between the two ops. Nothing will come before them now.
             failures, again, _ = await self._log_replies(held, forwards, in_order=False)
             if failures:
                 raise failures[0]
+            if again and not drop_rejected:
+                raise RepliesRejected(again)
             rejected += again
         for r, e in rejected:
             log.error("reply.rejected", request_id=r.request_id, session=r.session, kind=r.kind, error=str(e)[:200])
@@ -387,8 +390,8 @@ class Hub:
             after = last_chunk.get(key) if in_order else None
             if kind == "chunk":
                 last_chunk[key] = max(r.index, last_chunk.get(key, r.index))
-            held_session = self.sessions.get(r.session)
-            logged.append(self._log(held_session, r.session, r.owner, r.request_id, body, kind, r.index, then, after))
+            session = self.sessions.get(r.session)
+            logged.append(self._log(session, r.session, r.owner, r.request_id, body, kind, r.index, then, after))
         for done in logged:  # on several lanes: each may finish first
             await done
         return failures, rejected, held

@@ -1,4 +1,5 @@
-"""`python -m rtai_worker`: one worker process (scale with replicas)."""
+"""`python -m rtai_worker`: one worker process (scale with replicas). `python -m rtai_worker declare`: record the
+configured tasks in the registry and exit (`rtai_worker.declare`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from rtai_telemetry.logging import configure_logging, get_logger
 from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
 from rtai_transport import TaskConfigConflict
+from rtai_worker.declare import declare
 from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models import ModelSpecError
 from rtai_worker.run import Worker
@@ -27,13 +29,24 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["declare"]):
+        sys.stderr.write(f"usage: python -m rtai_worker [declare] (got {' '.join(args)!r})\n")
+        return 2
     try:
         settings = WorkerSettings()
     except ValidationError as e:
         sys.stderr.write(f"invalid worker settings:\n{e}\n")
         return 2
     configure_logging(json=settings.log_json, level=settings.log_level)
+    if args == ["declare"]:
+        try:
+            asyncio.run(declare(settings))
+        except ModelSpecError as e:
+            get_logger("rtai_worker").error("worker.refused", reason=str(e))
+            return 3
+        return 0
     setup_tracing("rtai-worker")
     log = get_logger("rtai_worker")
     worker: Worker | None = None

@@ -59,6 +59,7 @@ class Consumer:
         self.task = task
         self.stream = keys.jobs(task)
         self.consumer = consumer
+        self._claim_owned_script = redis.register_script(CLAIM_OWNED)
 
     async def ensure_group(self) -> None:
         try:
@@ -164,7 +165,7 @@ class Consumer:
         args: list[str | int] = [WORKER_GROUP, self.consumer, idle_ms]
         for entry_id, count in entries:
             args += [entry_id, "" if count is None else count]
-        result: Any = await self.redis.eval(CLAIM_OWNED, 1, self.stream, *args)
+        result: Any = await self._claim_owned_script(keys=[self.stream], args=args)
         owned, taken = result
         return {text(i) for i in owned}, {text(i) for i in taken}
 

@@ -33,6 +33,19 @@ log = get_logger("rtai_worker.run")
 HANDED_BACK_IDLE_MS = 10 * 60 * 1000
 
 
+def task_info(task: str, spec: str, model: Model) -> TaskInfo:
+    """What the registry says of a task served by `model` (built from `spec`): gateways check requests against it."""
+    info = model.info
+    return TaskInfo(
+        task=task,
+        model=spec,
+        fingerprint=info.fingerprint,
+        max_input_chars=info.max_input_chars,
+        streaming=info.streaming,
+        device=info.device,
+    )
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -74,15 +87,7 @@ class Worker:
             model: Model = create_model(spec, options)
             await asyncio.to_thread(model.load)
             await asyncio.to_thread(model.warmup)
-            info = model.info
-            self.infos[task] = TaskInfo(
-                task=task,
-                model=spec,
-                fingerprint=info.fingerprint,
-                max_input_chars=info.max_input_chars,
-                streaming=info.streaming,
-                device=info.device,
-            )
+            self.infos[task] = task_info(task, spec, model)
             consumer = Consumer(
                 self.redis,
                 self.keys,
@@ -93,7 +98,7 @@ class Worker:
             )
             self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics, self._model_hung)
             self.metrics.init_task(task)
-            log.info("model.loaded", task=task, model=spec, fingerprint=info.fingerprint)
+            log.info("model.loaded", task=task, model=spec, fingerprint=model.info.fingerprint)
 
     async def register(self) -> None:
         for info in self.infos.values():
@@ -252,17 +257,19 @@ class Worker:
             if server.stopping.is_set():
                 continue
             claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
-            # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost. The
-            # claim counted a delivery for each; they were delivered once, so the count is set back.
+            # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost.
             own = [d for d in claimed if d.entry_id in server.running]
-            if own:
-                await server.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in own])
             claimed = [d for d in claimed if d.entry_id not in server.running]
-            if not claimed:
-                continue
-            log.info("jobs.reclaimed", task=task, count=len(claimed))
-            # Adopted first: a dead-letter write that fails must not leave the others claimed and unrun.
-            await server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
+            if claimed:
+                log.info("jobs.reclaimed", task=task, count=len(claimed))
+                # Adopted first: a failed write below must not leave the others claimed and unrun.
+                await server.adopt([d for d in claimed if d.deliveries <= self.settings.max_deliveries])
+            if own:
+                # The claim counted a delivery for each; they were delivered once, so the count is set back.
+                try:
+                    await server.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in own])
+                except Exception as e:  # only over-charges them by one
+                    log.warning("reclaim.count_failed", task=task, error=type(e).__name__)
             poisoned = [d for d in claimed if d.deliveries > self.settings.max_deliveries]
             for d in poisoned:
                 msg = f"job failed {d.deliveries} times; moved to the dead-letter stream"

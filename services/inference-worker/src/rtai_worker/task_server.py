@@ -64,7 +64,7 @@ class TaskServer:
         """Entry id -> delivery, for jobs this worker is working on (claims kept fresh, handed back at shutdown)."""
         self.cancelled_jobs: set[str] = set()
         self.taken_over: set[str] = set()
-        """Job ids of running jobs that another worker reclaimed (this one was paused past `reclaim_idle_ms`)."""
+        """Entry ids of running jobs that another worker reclaimed (this one was paused past `reclaim_idle_ms`)."""
         self._adopted: deque[Delivery] = deque()
         """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
         self._streams = asyncio.Semaphore(settings.max_streams)
@@ -131,10 +131,11 @@ class TaskServer:
     async def _run_adopted(self, d: Delivery) -> None:
         # One at a time, with the answers before it written first: a reclaimed job may be what killed the worker that
         # had it (a crash in the model). Run in a batch, or while those answers are still being written, it would take
-        # those jobs down with it again, and they too would end in the dead letters. A reclaimed stream waits for the
-        # streams running here to end and runs alone: no stream starts beside it until it is done.
+        # those jobs down with it again, and they too would end in the dead letters. For the same reason a reclaimed job
+        # of a streaming model waits for the streams running here to end, and a reclaimed stream runs alone: no stream
+        # starts beside it (and, as the read loop waits for a stream slot, no batch) until it is done.
         try:
-            if d.job.stream and not await self._streams_done():
+            if self.model.info.streaming and not await self._streams_done():
                 return  # stopping: still in `running`, handed back uncharged
             await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
             # This run counts (see `adopt`). A job no longer pending was finished by its first owner meanwhile.
@@ -154,12 +155,12 @@ class TaskServer:
     def lost_claims(self, entry_ids: set[str]) -> None:
         """Jobs of ours that another worker reclaimed while we were paused and runs now (`Consumer.keep_claimed`). Our
         claim is not taken back. A stream stops at its next chunk; a batch already in the model finishes, and its
-        answer, written with its ack, is the first final (the gateway drops the other worker's as a duplicate)."""
+        answer is written with its ack (the gateway keeps whichever final it logs first and drops the other)."""
         for entry_id in entry_ids:
             d = self.running.get(entry_id)
-            if d is None or d.job.job_id in self.taken_over:
+            if d is None or entry_id in self.taken_over:
                 continue  # finished meanwhile, or known
-            self.taken_over.add(d.job.job_id)
+            self.taken_over.add(entry_id)
             self.metrics.claims_lost.labels(self.task).inc()
             log.warning("job.taken_over", task=self.task, request_id=d.job.request_id, entry=entry_id)
 
@@ -346,7 +347,7 @@ class TaskServer:
         """A job is no longer being run here (answered, or handed back to be reclaimed)."""
         self.running.pop(d.entry_id, None)
         self.cancelled_jobs.discard(d.job.job_id)
-        self.taken_over.discard(d.job.job_id)
+        self.taken_over.discard(d.entry_id)
 
     async def replies_written(self) -> None:
         """Wait for the last batch's replies and acks (a failure was logged; the jobs stay pending and are
@@ -410,7 +411,7 @@ class TaskServer:
                         context=extract_context(job.headers),
                         attributes={"rtai.request_id": job.request_id, "rtai.stream": True},
                     ):
-                        reply = await self._generate(job)
+                        reply = await self._generate(d)
                 await self.consumer.finish([(d, reply)])
             except TakenOver:
                 pass  # neither answered nor acked here: the worker that reclaimed it does both
@@ -423,7 +424,8 @@ class TaskServer:
                 # Left pending: another worker (or this one) reclaims it, and the delivery limit ends a poison job.
             self._release(d)
 
-    async def _generate(self, job: Job) -> Reply | None:
+    async def _generate(self, d: Delivery) -> Reply | None:
+        job = d.job
         item = self._input(job)
         gen = cast(Generator[Any, None, Any], self.model.stream(item))
         index = 0
@@ -454,7 +456,7 @@ class TaskServer:
                 if job.job_id in self.cancelled_jobs:
                     self.metrics.jobs.labels(self.task, "cancelled").inc()
                     return None  # the gateway already sent `cancelled`
-                if job.job_id in self.taken_over:
+                if d.entry_id in self.taken_over:
                     raise TakenOver
                 if job.deadline_ms <= now_ms():
                     self.metrics.jobs.labels(self.task, "expired").inc()

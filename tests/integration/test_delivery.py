@@ -272,19 +272,34 @@ async def test_a_poison_job_takes_only_itself_to_the_dead_letters_not_its_batch(
         poison = await c.infer("sentiment", "poison", rid="poison", deadline_ms=60_000)
         good += [await c.infer("sentiment", f"good {i}", deadline_ms=60_000) for i in (1, 2)]
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == good[-1])
-    assert await asyncio.to_thread(w.proc.wait, 10) == 70  # type: ignore[union-attr]
-    w = procs.worker(env, prefix, **extra)  # it runs the first good one, then dies on the poison job
-    services.append(w)
-    w.start(wait_ready=False)  # it may die before it would be seen ready
-    assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
-    # The poison job is past its deliveries: dead-lettered. The two behind it ran nowhere yet: run.
-    start(services, procs.worker(env, prefix, **extra))
+    await _two_crashes_then_a_clean_worker(w, services, env, prefix, extra)
     finals = {rid: await c.final(rid, timeout=20) for rid in [*good, poison]}
     assert [finals[rid]["type"] for rid in good] == ["result"] * 3, finals
     assert finals[poison]["code"] == "failed", finals
-    r = redis_sync.Redis.from_url(redis_server.url)
-    assert [json.loads(e[1][b"m"])["request_id"] for e in r.xrange(f"{prefix}:v1:dlq:sentiment")] == [poison]
+    assert _dead_lettered(redis_server, prefix, "sentiment") == [poison]
     await c.close()
+
+
+async def _two_crashes_then_a_clean_worker(
+    first: procs.Service, services: list[procs.Service], env: dict[str, str], prefix: str, extra: dict[str, str]
+) -> None:
+    """`first` dies on the poison job (exit 70). The next worker reclaims the jobs, runs the one before the poison
+    job and dies on it again. A third finds the poison job past its deliveries (dead-lettered) and runs the rest."""
+    assert await asyncio.to_thread(first.proc.wait, 10) == 70  # type: ignore[union-attr]
+    w = procs.worker(env, prefix, **extra)
+    services.append(w)
+    w.start(wait_ready=False)  # it may die before it would be seen ready
+    assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
+    start(services, procs.worker(env, prefix, **extra))
+
+
+def _dead_lettered(redis_server: RedisHandle, prefix: str, task: str) -> list[str]:
+    """Request ids in the task's dead-letter stream, oldest first."""
+    r = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        return [json.loads(e[1][b"m"])["request_id"] for e in r.xrange(f"{prefix}:v1:dlq:{task}")]
+    finally:
+        r.close()
 
 
 async def test_a_poison_stream_takes_only_itself_to_the_dead_letters_not_the_streams_beside_it(
@@ -308,20 +323,13 @@ async def test_a_poison_stream_takes_only_itself_to_the_dead_letters_not_the_str
         poison = await c.infer("generate", f"poison {LONG_TEXT}", rid="poison", stream=True, deadline_ms=60_000)
         good.append(await c.infer("generate", LONG_TEXT, stream=True, deadline_ms=60_000))
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == good[-1])
-    assert await asyncio.to_thread(w.proc.wait, 10) == 70  # type: ignore[union-attr]
-    w = procs.worker(env, prefix, **extra)  # it runs the first good stream alone, then dies on the poison one
-    services.append(w)
-    w.start(wait_ready=False)  # it may die before it would be seen ready
-    assert await asyncio.to_thread(w.proc.wait, 20) == 70  # type: ignore[union-attr]
-    # The poison stream is past its deliveries: dead-lettered. The good one behind it ran nowhere yet: run.
-    start(services, procs.worker(env, prefix, **extra))
+    await _two_crashes_then_a_clean_worker(w, services, env, prefix, extra)  # the first good stream runs alone
     finals = {rid: await c.final(rid, timeout=30) for rid in [*good, poison]}
     assert [finals[rid]["type"] for rid in good] == ["result"] * 2, finals
     assert finals[poison]["code"] == "failed", finals
     for rid in good:
         assert [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"] == list(range(40))
-    r = redis_sync.Redis.from_url(redis_server.url)
-    assert [json.loads(e[1][b"m"])["request_id"] for e in r.xrange(f"{prefix}:v1:dlq:generate")] == [poison]
+    assert _dead_lettered(redis_server, prefix, "generate") == [poison]
     await c.close()
 
 

@@ -34,15 +34,17 @@ async def hub(redis_server: RedisHandle, prefix: str) -> AsyncIterator[Hub]:
         yield h
 
 
-def _reply(session: Session, rid: str) -> Reply:
+def _reply(session: Session, rid: str, *, chunk: int | None = None) -> Reply:
+    """A worker's result for request `rid`, or its chunk number `chunk`."""
     return Reply(
         job_id=f"j-{rid}",
         request_id=rid,
         owner=session.identity,
         session=session.id,
         task="sentiment",
-        kind="result",
-        data={"ok": True},
+        kind="result" if chunk is None else "chunk",
+        index=chunk or 0,
+        data={"ok": True} if chunk is None else {"token": f"t{chunk}"},
     )
 
 
@@ -89,19 +91,6 @@ async def test_replies_refused_while_redis_is_out_of_memory_wait_for_it_and_are_
     assert counted._value.get() == 0
 
 
-def _chunk(session: Session, rid: str, index: int) -> Reply:
-    return Reply(
-        job_id=f"j-{rid}",
-        request_id=rid,
-        owner=session.identity,
-        session=session.id,
-        task="generate",
-        kind="chunk",
-        index=index,
-        data={"token": f"t{index}"},
-    )
-
-
 @pytest.mark.parametrize("refused_for_good", [False, True], ids=["refused-once", "refused-for-good"])
 async def test_a_chunk_whose_log_op_fails_alone_is_not_skipped_by_the_frames_after_it(
     redis_server: RedisHandle, prefix: str, refused_for_good: bool
@@ -113,10 +102,7 @@ async def test_a_chunk_whose_log_op_fails_alone_is_not_skipped_by_the_frames_aft
         conn = RecordingConn()
         session = Session(id="s3", identity="anon:s3", conn=conn)  # type: ignore[arg-type]
         hub.sessions[session.id] = session
-        final = Reply(
-            job_id="j-r", request_id="r", owner=session.identity, session=session.id, task="generate", kind="result"
-        )
-        replies = [*(_chunk(session, "r", i) for i in range(3)), final]
+        replies = [*(_reply(session, "r", chunk=i) for i in range(3)), _reply(session, "r")]
         lane = hub.framelog._lanes[hub.framelog.lane_of(session.id)]
         real = lane._pipeline
         error = ResponseError("ERR Error running script: refused" if refused_for_good else "OOM command not allowed")

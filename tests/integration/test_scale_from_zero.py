@@ -9,12 +9,11 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import httpx
 
 from tests.support import procs
+from tests.support.polling import until
 from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.ws_client import Conn
@@ -29,14 +28,6 @@ def gauge(g: procs.Service, name: str, task: str) -> float | None:
 def listed(g: procs.Service) -> dict[str, int]:
     """Task -> live workers, as GET /v1/tasks lists them."""
     return {t["task"]: t["workers"] for t in httpx.get(f"{g.base}/v1/tasks", timeout=5).json()["tasks"]}
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.1)
 
 
 async def test_requests_wait_in_the_queue_while_workers_are_scaled_to_zero(

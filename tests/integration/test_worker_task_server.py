@@ -32,6 +32,7 @@ from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support import procs
 from tests.support.fake_models import TokenModel
+from tests.support.polling import until
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker
 from tests.support.ws_client import Conn
@@ -384,34 +385,19 @@ async def test_a_paused_worker_leaves_its_reclaimed_stream_to_the_worker_that_to
     a.signal(signal.SIGSTOP)
     try:
         b = procs.start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
-        await _until(lambda: _metric(b, "rtai_worker_reclaimed_total") >= 1, 10)
+        await until(lambda: b.metric("rtai_worker_reclaimed_total") >= 1, "B reclaimed nothing")
         await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == rid and f["index"] >= 10, 10)
     finally:
         a.signal(signal.SIGCONT)
     final = await c.final(rid, timeout=20)
     assert final["type"] == "result", final
-    await _until(lambda: _metric(a, "rtai_worker_claims_lost_total") == 1, 5)
+    await until(lambda: a.metric("rtai_worker_claims_lost_total") == 1, "A counted no lost claim", 5)
     await asyncio.sleep(0.5)
     assert len(c.finals(rid)) == 1
     assert [f["index"] for f in c.by_id[rid] if f["type"] == "chunk"] == list(range(40))
-    assert _metric(a, 'rtai_worker_jobs_total{outcome="ok"') == 0, "the paused worker finished the stream too"
-    assert _metric(b, 'rtai_worker_jobs_total{outcome="ok"') == 1
+    assert a.metric('rtai_worker_jobs_total{outcome="ok"') == 0, "the paused worker finished the stream too"
+    assert b.metric('rtai_worker_jobs_total{outcome="ok"') == 1
     await c.close()
-
-
-def _metric(w: procs.Service, prefix: str) -> float:
-    """Sum of the worker's samples whose line starts with `prefix`."""
-    import httpx
-
-    lines = httpx.get(f"{w.base}/metrics", timeout=5).text.splitlines()
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(prefix))
-
-
-async def _until(pred: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 async def test_a_workers_own_running_jobs_caught_by_its_reclaim_keep_their_delivery_count(

@@ -72,6 +72,14 @@ class Service:
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} does not list task {task!r}")
 
+    def metric(self, prefix: str) -> float:
+        """The sum of this process's /metrics samples whose line starts with `prefix` (0 if it does not answer)."""
+        try:
+            text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return 0.0
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix))
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 

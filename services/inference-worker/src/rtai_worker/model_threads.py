@@ -61,12 +61,12 @@ class ModelThreads:
         # run_in_executor's future, awaited under a timeout, rather than wait_for(to_thread(...)): no task per call.
         call = functools.partial(contextvars.copy_context().run, counted)
         future = asyncio.get_running_loop().run_in_executor(None, call)
+        limit = max(may_run_s, 0.0) + self._hung_after_s
         try:
-            async with asyncio.timeout(max(may_run_s, 0.0) + self._hung_after_s):
+            async with asyncio.timeout(limit):
                 return await future
         except TimeoutError:
             name = getattr(fn, "__qualname__", fn)
-            limit = max(may_run_s, 0.0) + self._hung_after_s
             hung = ModelCallHung(f"a {self._task} model call ({name}) has run for over {limit:g} s")
             self._on_hung(hung)
             raise hung from None

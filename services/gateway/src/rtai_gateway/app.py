@@ -28,6 +28,8 @@ from rtai_transport import Keys, close_redis, connection_name, create_redis
 log = get_logger("rtai_gateway.app")
 
 STATIC_DIR = files("rtai_gateway") / "static"
+CLEANUP_S = 5.0
+"""How long the lifespan's clean-up (loops stopped, Redis clients closed) may take after the drain."""
 
 
 class State(TypedDict):
@@ -85,11 +87,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             rt.reader_ready = False
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await redis.delete(keys.gateway_alive(settings.gateway_id))
-            await close_redis(probe)
-            await close_redis(redis)
+            # Bounded: the sockets are drained by now, and a clean-up that hangs must not hold the pod until its
+            # SIGKILL (seen once in a fresh-clone run: 25 s after "Waiting for application shutdown", cause not found).
+            try:
+                async with asyncio.timeout(CLEANUP_S):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    with contextlib.suppress(Exception):
+                        await redis.delete(keys.gateway_alive(settings.gateway_id))
+                    await close_redis(probe)
+                    await close_redis(redis)
+            except TimeoutError:
+                log.warning("gateway.cleanup_timed_out", pending=[t.get_name() for t in tasks if not t.done()])
             log.info("gateway.stopped", gateway=settings.gateway_id)
 
     app = FastAPI(title="rtai gateway", lifespan=lifespan, docs_url=None, redoc_url=None)

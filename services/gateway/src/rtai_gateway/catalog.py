@@ -19,7 +19,7 @@ from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.settings import AdmissionSettings
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis
-from rtai_transport.backlog import EMPTY, Backlog, read_backlog
+from rtai_transport.backlog import EMPTY, Backlog, read_backlogs
 from rtai_transport.health import RedisHealth, read_health, round_trip
 from rtai_transport.registry import TaskInfo, registered_tasks
 
@@ -116,7 +116,7 @@ class Catalog:
         registered = await registered_tasks(self._redis, self._keys)
         # Every registered task's queue, live workers or not: with none left its backlog is what the autoscaler must
         # see to start one (KEDA's activation from zero), and a reading kept from the last live worker would be stale.
-        backlogs = {task: await read_backlog(self._redis, self._keys, task) for task in registered}
+        backlogs = await read_backlogs(self._redis, self._keys, registered)
         return health, registered, backlogs
 
     async def refresh(self) -> None:

@@ -14,7 +14,7 @@ from rtai_protocol import ErrorCode
 from rtai_telemetry.heap import prepare_heap_for_serving
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, TaskConfigConflict, close_redis, connection_name, create_redis
-from rtai_transport.backlog import read_backlog
+from rtai_transport.backlog import read_backlogs
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
 from rtai_worker.cancels import listen_cancels
@@ -241,8 +241,7 @@ class Worker:
                 self.stopping.set()
                 return
         live = await live_tasks(self.redis, self.keys)
-        for task in self.servers:
-            b = await read_backlog(self.redis, self.keys, task)
+        for task, b in (await read_backlogs(self.redis, self.keys, self.servers)).items():
             workers = live[task][1] if task in live else 0
             self.metrics.backlog.set(
                 task, length=b.waiting, pending=b.pending, oldest_age_s=b.oldest_age_s, workers=workers

@@ -173,6 +173,10 @@ class TaskServer:
             await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         return not self.stopping.is_set()
 
+    def _solo_done(self, task: asyncio.Task[None]) -> None:
+        if self._solo is task:
+            self._solo = None  # not kept past its end (its frames and result)
+
     async def _streams_done(self) -> bool:
         """Wait until no stream runs here; False if told to stop meanwhile."""
         while self._stream_tasks and not self.stopping.is_set():
@@ -228,6 +232,7 @@ class TaskServer:
             task.add_done_callback(self._stream_tasks.discard)
             if reclaimed:
                 self._solo = task
+                task.add_done_callback(self._solo_done)
         if plain:
             await self._run_plain(plain)
 

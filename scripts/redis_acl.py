@@ -91,6 +91,8 @@ WORKER_COMMANDS = sorted(
         "zrange",
         "hset",
         "zadd",
+        # inside FORGET_TASK (`python -m rtai_worker declare` with retired tasks, or `forget`)
+        "hdel",
     }
 )
 

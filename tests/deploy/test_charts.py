@@ -215,6 +215,10 @@ def test_workers_at_zero_declare_their_tasks_after_each_install_and_upgrade() ->
     (svc,) = find(docs, "Service")
     assert not svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert not find(render_chart("inference-worker", set_values={"autoscaling.mode": "keda"}), "Job")
+    # Retired tasks are removed by the same Job, whatever the replica count.
+    retiring = render_chart("inference-worker", set_values={"worker.retiredTasks": "old-a, old_b"})
+    assert container_view(retiring, "Job", "declare").env["RTAI_WORKER_RETIRED_TASKS"] == "old-a, old_b"
+    assert "RTAI_WORKER_RETIRED_TASKS" not in container_view(retiring, "Deployment", "inference-worker").env
 
 
 def test_redis_topologies_that_refuse_every_write_or_failover_fail_to_render() -> None:
@@ -233,6 +237,7 @@ def test_redis_topologies_that_refuse_every_write_or_failover_fail_to_render() -
         ("gateway", {"securityContext.readOnlyRootFilesystem": False}),
         ("gateway", {"typo": "1"}),
         ("inference-worker", {"worker.tasks": "sentiment"}),
+        ("inference-worker", {"worker.retiredTasks": "old=vader"}),
         ("inference-worker", {"worker.device": "tpu"}),
         ("redis", {"redis.maxmemoryPolicy": "allkeys-lru"}),
     ],

@@ -72,11 +72,11 @@ async def test_requests_wait_in_the_queue_while_workers_are_scaled_to_zero(
     await q.close()
 
 
-async def declare(env: dict[str, str]) -> tuple[int, str]:
-    """`python -m rtai_worker declare` with a worker's env: (exit code, output)."""
+async def declare(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`python -m rtai_worker declare` (or another command) with a worker's env: (exit code, output)."""
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "rtai_worker", "declare"],
+        [sys.executable, "-m", "rtai_worker", *(args or ["declare"])],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -110,4 +110,42 @@ async def test_a_task_declared_before_any_worker_ran_is_queued_for_the_first_one
     code, out = await declare(declarer.env)
     assert code == 0 and '"task.served"' in out, out[-2000:]
     assert listed(queuing) == {"sentiment": 1}
+    await c.close()
+
+
+async def test_a_retired_task_is_forgotten_once_no_worker_serves_it(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A task dropped from the workers' configuration (listed in `retired_tasks` for the chart's hook Job): while a
+    worker of the last deployment still serves it, the Job leaves it alone and fails (Kubernetes runs it again);
+    once that worker is gone it is removed, the gateways refuse it `unknown_task` and stop exporting its queue (a
+    reading frozen at its last value would keep an autoscaler and an alert acting on it)."""
+    env = procs.redis_env_for_url(redis_server.url)
+    old = start(services, procs.worker(env, prefix, tasks="old=vader"))
+    queuing = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
+    queuing.wait_task("old")
+    upgrade = procs.worker(env, prefix, tasks="sentiment=vader", RETIRED_TASKS="old")  # the new release's Job
+
+    code, out = await declare(upgrade.env)
+    assert code == 5 and '"task.still_served"' in out, out[-2000:]
+    await until(lambda: listed(queuing) == {"old": 1, "sentiment": 0}, "both tasks listed")
+
+    assert old.stop() == 0
+    c = await Conn(ws_url(queuing)).open()
+    queued = await c.infer("old", "queued for a worker that will not come", deadline_ms=4000)
+    await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == queued)
+    await until(lambda: gauge(queuing, "rtai_queue_length", "old") == 1, "the old task's queue is exported")
+
+    code, out = await declare(upgrade.env)  # the Job's retry
+    assert code == 0 and '"task.forgotten"' in out and '"queued":1' in out.replace(" ", ""), out[-2000:]
+    await until(lambda: listed(queuing) == {"sentiment": 0}, "the retired task is no longer listed")
+    assert gauge(queuing, "rtai_queue_length", "old") is None
+    assert gauge(queuing, "rtai_queue_workers", "old") is None
+    refused = await c.call("old", "after it was forgotten")
+    assert (refused["type"], refused["code"]) == ("error", "unknown_task"), refused
+    expired = await c.final(queued, timeout=8)
+    assert (expired["type"], expired["code"]) == ("error", "deadline_exceeded"), expired
+
+    code, out = await declare(upgrade.env, "forget", "old", "never-was")  # by hand: nothing left to remove
+    assert code == 0 and out.count('"task.not_registered"') == 2, out[-2000:]
     await c.close()

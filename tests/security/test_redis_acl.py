@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -156,6 +158,12 @@ async def test_services_run_end_to_end_under_least_privilege_users_and_leak_no_s
 ) -> None:
     g, w = acl_stack
     frames = await drive_every_path(g)
+    # The chart's hook Job, under the worker's user: declares the served task, forgets a retired one.
+    declarer = procs.worker(acl_redis.env(acl.WORKER_USER), PREFIX, RETIRED_TASKS="retired")
+    cmd = [sys.executable, "-m", "rtai_worker", "declare"]
+    env = {**os.environ, **declarer.env}
+    job = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0 and '"task.not_registered"' in job.stdout + job.stderr, job.stdout + job.stderr
     await asyncio.sleep(2.5)  # heartbeats, registry refreshes, reclaim scans and gauges run a few times
     denied = acl_redis.client(acl.ADMIN_USER).acl_log()
     summary = sorted({(e["username"], e["reason"], e["object"]) for e in denied})

@@ -44,6 +44,12 @@ class BacklogGauges:
         if workers is not None:
             self.workers.labels(task).set(workers)
 
+    def remove(self, task: str) -> None:
+        """Drop a task's series (a task removed from the registry): a reading frozen at its last value would keep an
+        autoscaler or an alert acting on a task that is gone."""
+        for gauge in (self.length, self.pending, self.oldest_age, self.workers):
+            gauge.remove(task)  # a no-op for a series never set
+
 
 class RedisGauges:
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -186,3 +186,16 @@ if redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') > 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+# Forgets a task no worker will serve again (removed from every worker's configuration): gateways refuse its requests
+# `unknown_task` from their next refresh, instead of queueing them for a worker that will never start. While any
+# worker is live for it, nothing is removed (the task is still served; a worker of the last deployment may still be
+# draining). Its queued jobs stay in their stream (they end `deadline_exceeded` at their gateways).
+# KEYS: 1 the tasks hash, 2 the task's workers (sorted by registration expiry)
+# ARGV: 1 task, 2 now (ms)
+# Returns 1 if forgotten, 0 if it was not registered, -1 if live workers serve it.
+FORGET_TASK = """
+if redis.call('ZCOUNT', KEYS[2], ARGV[2], '+inf') > 0 then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""

@@ -8,7 +8,7 @@ refused while live workers serve the task with another fingerprint.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -16,7 +16,7 @@ from rtai_protocol import now_ms
 from rtai_transport.client import Redis, text
 from rtai_transport.errors import TaskConfigConflict
 from rtai_transport.keys import Keys
-from rtai_transport.lua import DECLARE_TASK, REGISTER_TASK
+from rtai_transport.lua import DECLARE_TASK, FORGET_TASK, REGISTER_TASK
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,15 @@ async def declare_task(redis: Redis, keys: Keys, info: TaskInfo) -> bool:
     declared: Any = await redis.eval(DECLARE_TASK, 2, keys.tasks, keys.task_workers(info.task), info.task,
                                      info.to_json(), now_ms())  # fmt: skip
     return bool(int(declared))
+
+
+async def forget_task(redis: Redis, keys: Keys, task: str) -> Literal["forgotten", "unknown", "served"]:
+    """Remove a task from the registry (see FORGET_TASK): `served` (left alone) while live workers serve it."""
+    result: Any = await redis.eval(FORGET_TASK, 2, keys.tasks, keys.task_workers(task), task, now_ms())
+    code = int(result)
+    if code < 0:
+        return "served"
+    return "forgotten" if code else "unknown"
 
 
 async def deregister_task(redis: Redis, keys: Keys, task: str, worker_id: str) -> None:

@@ -141,6 +141,8 @@ class Catalog:
             log.info("redis.reachable", role=health.role)
         self._failing = False
         self._last_ok = self._last_good = time.monotonic()
+        for gone in self.registered.keys() - registered.keys():
+            self._metrics.backlog.remove(gone)  # forgotten (`python -m rtai_worker forget`)
         self.registered = {t: info for t, (info, _) in registered.items()}
         self.workers = {t: n for t, (_, n) in registered.items()}
         self.backlogs = backlogs

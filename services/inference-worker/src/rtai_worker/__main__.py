@@ -1,5 +1,10 @@
 """`python -m rtai_worker`: one worker process (scale with replicas). `python -m rtai_worker declare`: record the
-configured tasks in the registry and exit (`rtai_worker.declare`)."""
+configured tasks in the registry, remove the retired ones, and exit. `python -m rtai_worker forget TASK...`: remove
+tasks from the registry (`rtai_worker.declare`).
+
+Exit codes: 0 done, 1 crashed, 2 bad usage or settings, 3 refused (a model or task configuration it cannot serve), 4 a
+model call hung, 5 a task to remove is still served by a live worker (left alone; run again once its workers are
+gone)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pydantic import ValidationError
 from rtai_telemetry.logging import configure_logging, get_logger
 from rtai_telemetry.tracing import setup_tracing, shutdown_tracing
 from rtai_transport import TaskConfigConflict
-from rtai_worker.declare import declare
+from rtai_worker.declare import declare, forget
 from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models import ModelSpecError
 from rtai_worker.run import Worker
@@ -31,8 +36,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["declare"]):
-        sys.stderr.write(f"usage: python -m rtai_worker [declare] (got {' '.join(args)!r})\n")
+    if args not in ([], ["declare"]) and not (args[:1] == ["forget"] and len(args) > 1):
+        sys.stderr.write(f"usage: python -m rtai_worker [declare | forget TASK...] (got {' '.join(args)!r})\n")
         return 2
     try:
         settings = WorkerSettings()
@@ -42,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=settings.log_json, level=settings.log_level)
     if args == ["declare"]:
         try:
-            asyncio.run(declare(settings))
+            done = asyncio.run(declare(settings))
         except ModelSpecError as e:
             get_logger("rtai_worker").error("worker.refused", reason=str(e))
             return 3
-        return 0
+        return 0 if done else 5
+    if args[:1] == ["forget"]:
+        return 0 if asyncio.run(forget(settings, args[1:])) else 5
     setup_tracing("rtai-worker")
     log = get_logger("rtai_worker")
     worker: Worker | None = None

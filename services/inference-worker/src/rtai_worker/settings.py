@@ -34,6 +34,12 @@ class WorkerSettings(BaseSettings):
         description="Comma-separated `task=model` pairs this worker serves. A model is a built-in name, "
         "`package.module:factory`, or an `rtai.models` entry point.",
     )
+    retired_tasks: str = Field(
+        default="",
+        description="Comma-separated task names no worker serves any more: `python -m rtai_worker declare` removes "
+        "them from the registry (once no live worker serves them), so gateways refuse them `unknown_task` instead of "
+        "queueing for a worker that never starts.",
+    )
     worker_id: str = Field(
         default_factory=_default_worker_id, description="Consumer name in the task streams' group; unique per process."
     )
@@ -97,6 +103,7 @@ class WorkerSettings(BaseSettings):
     @model_validator(mode="after")
     def _tasks_parse(self) -> WorkerSettings:
         self.task_models()
+        self.retired()
         if self.reclaim_idle_ms < 3 * 100:
             raise ValueError("reclaim_idle_ms too small")
         return self
@@ -117,6 +124,17 @@ class WorkerSettings(BaseSettings):
         if not out:
             raise ValueError("tasks must name at least one task=model pair")
         return out
+
+    def retired(self) -> list[str]:
+        """`old-a, old-b` -> ["old-a", "old-b"]: names only, none of them also in `tasks`."""
+        names = [t.strip() for t in self.retired_tasks.split(",") if t.strip()]
+        for name in names:
+            if not _TASK.match(name):
+                raise ValueError(f"retired task name {name!r}: lowercase letters, digits, '-' and '_' only")
+        served = sorted(set(names) & set(self.task_models()))
+        if served:
+            raise ValueError(f"retired_tasks names tasks this worker serves: {', '.join(served)}")
+        return names
 
     @model_validator(mode="after")
     def _no_unknown_env(self) -> WorkerSettings:

@@ -1,10 +1,11 @@
 """What a worker does with jobs it cannot run or answer normally, on a real Redis: entries it cannot read leave the
 queue for the dead letters (with the reason, the client answered where the entry says where), an output that cannot
-be encoded or is too large fails alone instead of its whole batch, and a streaming model that raises is answered at
-once."""
+be encoded or is too large fails alone instead of its whole batch, and a streaming model that raises, a model's own
+timeout and a wrong number of outputs are answered at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -135,3 +136,60 @@ async def test_a_streaming_model_that_raises_is_answered_at_once(redis: Redis, p
     await server._stream(Delivery("0-1", job))
     replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
     assert [(r.kind, r.code) for r in replies] == [("chunk", None), ("error", "internal")]
+
+
+class BackendTimeout(VaderModel):
+    """A threaded model whose backend times out on one input: its own TimeoutError, raised at once, not a hang."""
+
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        self._info = dataclasses.replace(self._info, inline=False)
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        if any(i.text == "backend down" for i in batch):
+            raise TimeoutError("the embedding backend did not answer")
+        return super().predict(batch)
+
+
+class ShortOutputs(VaderModel):
+    """Returns one output fewer than its inputs (a plugin's bug), and its sort key fails."""
+
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        self._info = dataclasses.replace(self._info, pads=True)
+
+    def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
+        return super().predict(batch)[1:]
+
+    def sort_key(self, item: ModelInput) -> int:
+        raise ValueError("no length for this input")
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "texts", "internal"),
+    [
+        (BackendTimeout, ["backend down", "a fine day"], {"j0", "j1"}),
+        (ShortOutputs, ["a fine day", "a bad day", "a day"], {"j0", "j1", "j2"}),
+    ],
+)
+async def test_a_model_error_is_answered_at_once_not_taken_for_a_hang_or_rerun(
+    redis: Redis, prefix: str, model_cls: type[VaderModel], texts: list[str], internal: set[str]
+) -> None:
+    """A model's own TimeoutError is an error of its batch (before: the worker took it for a hung call and exited,
+    and so did every worker the batch was re-run on); a wrong number of outputs fails its batch inside the model
+    guard (before: outside it, so the batch was re-run and dead-lettered instead of answered)."""
+    keys = Keys(prefix)
+    model = model_cls(ModelOptions())
+    model.load()
+    server = _server(redis, keys, model)  # _no_hang fails the test if the call is taken as hung
+    await server.consumer.ensure_group()
+    for i, text in enumerate(texts):
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(f"j{i}", keys, text))})
+    got, _ = await server.consumer.read(32, block_ms=None)
+    assert len(got) == len(texts)
+    await server.run(got)
+    await server.replies_written()
+    answered = await _replies(redis, keys)
+    assert {rid for rid, r in answered.items() if (r.kind, r.code) == ("error", "internal")} == internal, answered
+    assert len(answered) == len(texts)
+    assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 0, "the batch was not acked"

@@ -62,10 +62,13 @@ class ModelThreads:
         call = functools.partial(contextvars.copy_context().run, counted)
         future = asyncio.get_running_loop().run_in_executor(None, call)
         limit = max(may_run_s, 0.0) + self._hung_after_s
+        timer = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with timer:
                 return await future
         except TimeoutError:
+            if not timer.expired():
+                raise  # the model's own TimeoutError (a backend it calls timed out): an error of this call, not a hang
             name = getattr(fn, "__qualname__", fn)
             hung = ModelCallHung(f"a {self._task} model call ({name}) has run for over {limit:g} s")
             self._on_hung(hung)

@@ -294,11 +294,7 @@ class TaskServer:
             "worker.batch", links=links, attributes={"rtai.task": self.task, "rtai.batch_size": len(batch)}
         ) as batch_span:
             inputs = [self._input(d.job) for d in batch]
-            groups = (
-                cut_by_length([self.model.sort_key(i) for i in inputs])
-                if self.model.info.pads
-                else [list(range(len(batch)))]
-            )
+            groups = self._groups(inputs)
             for group in groups:
                 t0 = time.time_ns()
                 results = await self._predict([inputs[i] for i in group])
@@ -364,6 +360,18 @@ class TaskServer:
             except Exception as e:
                 log.warning("reply.failed", task=self.task, error=type(e).__name__)
 
+    def _groups(self, inputs: list[ModelInput]) -> list[list[int]]:
+        """The batch cut into model calls of similar lengths (for models that pad), else one call."""
+        if not self.model.info.pads:
+            return [list(range(len(inputs)))]
+        try:
+            keys = [self.model.sort_key(i) for i in inputs]
+        except Exception:
+            # Only an optimisation: a model whose sort key fails still gets its batch, in one call.
+            log.exception("model.sort_key_failed", task=self.task)
+            return [list(range(len(inputs)))]
+        return cut_by_length(keys)
+
     async def _predict(self, inputs: list[ModelInput]) -> list[Any]:
         m = self.metrics
         m.batch_size.labels(self.task).observe(len(inputs))
@@ -371,11 +379,17 @@ class TaskServer:
         started = time.perf_counter()
         try:
             if self.model.info.inline:
-                return self.model.predict(inputs)
-            # A batch may run to its requests' deadlines (a generator answers each by its own): only past the last of
-            # them is a call taken as hung.
-            until_last_deadline_s = (max(i.options["deadline_ms"] for i in inputs) - now_ms()) / 1000
-            return await self.threads.run_until(until_last_deadline_s, self.model.predict, inputs)
+                outputs = self.model.predict(inputs)
+            else:
+                # A batch may run to its requests' deadlines (a generator answers each by its own): only past the last
+                # of them is a call taken as hung.
+                until_last_deadline_s = (max(i.options["deadline_ms"] for i in inputs) - now_ms()) / 1000
+                outputs = await self.threads.run_until(until_last_deadline_s, self.model.predict, inputs)
+            if len(outputs) != len(inputs):
+                # Matched up later, a short list would fail the whole batch outside this guard: it would be re-run
+                # and dead-lettered instead of answered.
+                raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(inputs)} inputs")
+            return outputs
         except ModelCallHung:
             raise  # not the requests' fault as far as anyone knows: they are handed back, not answered
         except Exception as e:

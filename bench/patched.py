@@ -92,8 +92,8 @@ local r = log_frame()
 local extra = ',"seq":' .. r[1] .. ',"holder":' .. cjson.encode(r[2])
 if r[3] then extra = extra .. ',"logged":' .. cjson.encode(r[3]) end
 local m = string.sub(ARGV[9], 1, -2) .. extra .. '}'
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'm', m)
-redis.call('EXPIRE', KEYS[6], ARGV[11])
+redis.call('XADD', KEYS[6], '*', 'm', m)
+redis.call('EXPIRE', KEYS[6], ARGV[10])
 return r[1]
 """
     )
@@ -115,7 +115,7 @@ return r[1]
             j, stream = d.job, d.job.reply_to
             streams[stream] = None
             if j.stream or reply.kind == "chunk":
-                commands.append(("XADD", stream, "MAXLEN", "~", consumer.REPLY_STREAM_MAXLEN, "*", "m", encode(reply)))
+                commands.append(("XADD", stream, "*", "m", encode(reply)))
                 continue
             if reply.kind == "result":
                 body = encode(Result(id=reply.request_id, output=reply.data))
@@ -124,7 +124,7 @@ return r[1]
             keys = [k.session_seq(j.session), k.session_log(j.session), k.session_meta(j.session)]
             keys += [k.request(j.owner, j.request_id), k.session_inflight(j.session), stream]
             # The gateway's session settings at their defaults (a real change would carry them in the job).
-            args = [body, "final", 0, 600, 2000, j.request_id, 600, 0, encode(reply), consumer.REPLY_STREAM_MAXLEN]
+            args = [body, "final", 0, 600, 2000, j.request_id, 600, 0, encode(reply)]
             commands.append(("EVALSHA", self.log_reply_sha, 6, *keys, *args, consumer.REPLY_STREAM_TTL_S))
         commands += [("EXPIRE", s, consumer.REPLY_STREAM_TTL_S) for s in streams]
         ids = [d.entry_id for d, _ in done]

@@ -49,9 +49,10 @@ def _job(rid: str, keys: Keys, text: str = "a fine day", task: str = "sentiment"
     )
 
 
-async def _replies(redis: Redis, keys: Keys) -> dict[str, Reply]:
-    replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
-    return {r.request_id: r for r in replies}
+async def _replies(redis: Redis, keys: Keys, skip: int = 0) -> dict[str, Reply]:
+    """The replies in gateway g1's stream after its first `skip` entries, by request id."""
+    entries = (await redis.xrange(keys.replies("g1")))[skip:]
+    return {r.request_id: r for r in (Reply.model_validate_json(f[b"m"]) for _, f in entries)}
 
 
 def _server(redis: Redis, keys: Keys, model: Any, task: str = "sentiment", **settings: Any) -> TaskServer:
@@ -193,3 +194,38 @@ async def test_a_model_error_is_answered_at_once_not_taken_for_a_hang_or_rerun(
     assert {rid for rid, r in answered.items() if (r.kind, r.code) == ("error", "internal")} == internal, answered
     assert len(answered) == len(texts)
     assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 0, "the batch was not acked"
+
+
+async def test_replies_the_gateway_has_not_read_are_never_trimmed_and_every_reply_stream_expires(
+    redis: Redis, prefix: str
+) -> None:
+    """A gateway far behind (a long pause, a burst of stream chunks) still finds every reply: workers cap no reply
+    stream (their jobs are acked with the reply, so a trimmed reply was an answer lost). A reply stream that expired
+    and is written again, by a dead letter, a rejection or a reply, expires again."""
+    keys = Keys(prefix)
+    model = VaderModel(ModelOptions())
+    model.load()
+    server = _server(redis, keys, model)
+    await server.consumer.ensure_group()
+    unread = 10_100
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(unread):
+            pipe.xadd(keys.replies("g1"), {"m": b"unread %d" % i})
+        await pipe.execute()
+    await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job("last", keys))})
+    got, _ = await server.consumer.read(32, block_ms=None)
+    await server.run(got)
+    await server.replies_written()
+    assert await redis.xlen(keys.replies("g1")) == unread + 1
+    assert (await _replies(redis, keys, unread))["last"].kind == "result"
+    assert 0 < await redis.ttl(keys.replies("g1")) <= 3600
+
+    gone = _job("dead-lettered", keys).model_copy(update={"reply_to": keys.replies("gone")})
+    await server.consumer.dead_letter(Delivery("0-1", gone), server.error_reply(gone, "failed", "x"))
+    rejected = orjson.loads(encode(_job("rejected", keys))) | {"v": 99, "reply_to": keys.replies("gone2")}
+    await redis.xadd(keys.jobs("sentiment"), {"m": orjson.dumps(rejected)})
+    _, bad = await server.consumer.read(32, block_ms=None)
+    await server._reject(bad)
+    for stream in (keys.replies("gone"), keys.replies("gone2")):
+        assert await redis.xlen(stream) == 1
+        assert 0 < await redis.ttl(stream) <= 3600, stream

@@ -355,7 +355,10 @@ class Hub:
         if forwards:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream, msg in forwards:
-                    pipe.xadd(stream, {"m": msg}, maxlen=10_000, approximate=True)
+                    # No MAXLEN (it could trim replies the other gateway has not read); a TTL, so that the stream of
+                    # a gateway gone meanwhile, recreated here, expires.
+                    pipe.xadd(stream, {"m": msg})
+                    pipe.expire(stream, self.settings.sessions.ttl_s)
                 await pipe.execute()
 
     async def _log_replies(

@@ -84,7 +84,7 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
         cursor = entries[-1][0].decode()
         if time.monotonic() - trimmed_at >= TRIM_EVERY_S:
             # Read entries are ours alone and no longer needed; trimming once a second keeps a round trip off the
-            # path between two reads (workers also cap the stream with MAXLEN).
+            # path between two reads. Nothing else trims it (a cap could drop replies not read yet).
             trimmed_at = time.monotonic()
             await redis.xtrim(hub.reply_stream, minid=cursor, approximate=True)
 

@@ -21,8 +21,11 @@ from rtai_transport.lua import CLAIM_OWNED
 
 log = get_logger("rtai_worker.consumer")
 
-REPLY_STREAM_MAXLEN = 10_000
 REPLY_STREAM_TTL_S = 3600
+"""Every write to a reply stream sets it: the stream of a gateway that is gone expires (a live gateway's heartbeat keeps
+its own alive). Reply streams have no MAXLEN: the gateway trims what it has read, and a cap would trim replies it has
+not read yet (behind a pause, or a burst of stream chunks) whose jobs are already acked: answers lost for good. Their
+size is bounded by the work the gateways admitted."""
 
 
 @dataclass(slots=True)
@@ -179,7 +182,7 @@ class Consumer:
         for d, reply in done:
             if reply is not None:
                 stream = d.job.reply_to
-                commands.append(("XADD", stream, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*", "m", self._encoded(reply)))
+                commands.append(("XADD", stream, "*", "m", self._encoded(reply)))
                 streams[stream] = None
         commands += [("EXPIRE", s, REPLY_STREAM_TTL_S) for s in streams]
         ids = [d.entry_id for d, _ in done]
@@ -188,9 +191,8 @@ class Consumer:
         await resp.transaction(self.redis, commands)
 
     async def send(self, job: Job, reply: Reply) -> None:
-        """Publish a reply without acking (stream chunks)."""
-        body = self._encoded(reply)
-        await self.redis.xadd(job.reply_to, {"m": body}, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+        """Publish a reply without acking (stream chunks; the job's final reply, through `finish`, sets the TTL)."""
+        await self.redis.xadd(job.reply_to, {"m": self._encoded(reply)})
 
     def _encoded(self, reply: Reply) -> bytes:
         """The reply as the gateway reads it. One whose output cannot be encoded (a type JSON does not know) or is over
@@ -218,9 +220,8 @@ class Consumer:
                 pipe.xadd(self.keys.dead_letters(self.task), fields, maxlen=10_000, approximate=True)  # type: ignore[arg-type]
                 answer = self._answer_for(b)
                 if answer is not None:
-                    pipe.xadd(
-                        answer.reply_to, {"m": encode(answer.reply)}, maxlen=REPLY_STREAM_MAXLEN, approximate=True
-                    )
+                    pipe.xadd(answer.reply_to, {"m": encode(answer.reply)})
+                    pipe.expire(answer.reply_to, REPLY_STREAM_TTL_S)
             ids = [b.entry_id for b in bad]
             pipe.xack(self.stream, WORKER_GROUP, *ids)
             pipe.xdel(self.stream, *ids)
@@ -258,7 +259,8 @@ class Consumer:
                 maxlen=10_000,
                 approximate=True,
             )
-            pipe.xadd(d.job.reply_to, {"m": encode(reply)}, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+            pipe.xadd(d.job.reply_to, {"m": encode(reply)})
+            pipe.expire(d.job.reply_to, REPLY_STREAM_TTL_S)
             pipe.xack(self.stream, WORKER_GROUP, d.entry_id)
             pipe.xdel(self.stream, d.entry_id)
             await pipe.execute()

@@ -145,6 +145,17 @@ async def test_a_resent_log_frame_returns_the_seq_and_body_of_the_first_run(redi
     assert await redis.get(keys.session_seq("s1")) == b"5"
 
 
+async def test_a_chunk_whose_request_state_is_gone_does_not_leave_a_key_without_a_ttl(
+    redis: Redis, prefix: str
+) -> None:
+    """The request's hash expired, or was lost in a failover, while its job streamed on: the chunk makes it again,
+    with the request TTL (before: none, so it stayed in Redis for good)."""
+    keys = Keys(prefix)
+    k, a = _log_frame_call(keys, "r1", b"chunk 0", "chunk", 0)
+    assert int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0]) == 1  # type: ignore[misc]
+    assert 0 < await redis.ttl(keys.request("o", "r1")) <= 60
+
+
 async def test_a_resume_from_a_seq_the_session_never_reached_starts_a_fresh_session(conn: Conn) -> None:
     """A last seq far above the session's numbering would become the floor for new numbers and push them past what
     the log's entry ids hold; a few above it (the increments a failover loses) still resume."""

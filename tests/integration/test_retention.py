@@ -20,6 +20,8 @@ async def test_session_log_and_request_state_are_bounded(
     settings = {
         "SESSIONS__TTL_S": str(TTL_S),
         "SESSIONS__REQUEST_TTL_S": str(REQUEST_TTL_S),
+        "DEADLINES__MAX_MS": "15000",  # a request's state must outlive its deadline
+        "DEADLINES__DEFAULT_MS": "15000",
         "SESSIONS__LOG_MAXLEN": str(LOG_MAXLEN),
         "LIMITS__MESSAGES_PER_S": "10000",
         "LIMITS__MESSAGE_BURST": "10000",

@@ -83,6 +83,19 @@ def test_a_logged_final_for_a_request_that_already_had_one_is_not_sent() -> None
     assert conn.seqs == [1, 3, 4]
 
 
+def test_a_final_sent_unnumbered_while_redis_was_down_is_not_followed_by_its_logged_result() -> None:
+    s, conn, _ = session_with_reads()
+    s.deliver(5, frame("accepted", "a"))
+    s.end_fill([])
+    s.sent_unlogged_final("a", frame("error", "a"))  # the reaper expired it while Redis was down
+    # Redis is back: the worker's result is logged at 6 (the hub does not deliver it: `takes_logged_final`), and the
+    # next frame, 7, skips it; the gap's read finds the result in the log.
+    assert not s.takes_logged_final("a")
+    s.deliver(7, frame("accepted", "b"))
+    s.end_fill([(6, frame("result", "a")), (7, frame("accepted", "b"))])
+    assert [(f["type"], f["id"]) for f in conn.frames] == [("accepted", "a"), ("error", "a"), ("accepted", "b")]
+
+
 def test_a_frame_held_during_a_read_that_skips_another_number_starts_another_read() -> None:
     s, conn, reads = session_with_reads()
     s.deliver(1, frame("accepted", "a"))

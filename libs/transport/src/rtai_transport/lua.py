@@ -81,6 +81,9 @@ if ARGV[2] == 'final' then
   redis.call('HDEL', KEYS[5], ARGV[6])
 else
   redis.call('HSET', KEYS[4], 'next', idx + 1)
+  -- Its state lives as long as its frames come (a hash expired or lost in a failover is made again here: never
+  -- without a TTL).
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
 -- A session that keeps receiving frames stays resumable: its meta lives as long as its log.
 if holder ~= '' then redis.call('EXPIRE', KEYS[3], ARGV[4]) end

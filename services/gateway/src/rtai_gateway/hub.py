@@ -410,7 +410,7 @@ class Hub:
             if kind == "final":
                 self._finished(p, "ok" if r.kind == "result" else (r.code or ErrorCode.INTERNAL), r.headers)
         session = self.sessions.get(r.session)
-        if session is not None and kind == "final" and not self._first_final(session, r.request_id):
+        if session is not None and kind == "final" and not session.takes_logged_final(r.request_id):
             return
         if session is not None and session.conn is not None and holder in ("", self.gateway_id):
             session.deliver(seq, body)
@@ -434,18 +434,12 @@ class Hub:
     def deliver_forward(self, fwd: Forward) -> None:
         """A frame another gateway logged for a session this gateway now holds (it took the session over)."""
         session = self.sessions.get(fwd.session)
-        if session is not None and (not fwd.final or self._first_final(session, fwd.request_id)):
+        if session is not None and (not fwd.final or session.takes_logged_final(fwd.request_id)):
             session.deliver(fwd.seq, fwd.frame.encode())
         if fwd.final:
             p = self.pending.get((fwd.owner, fwd.request_id))
             if p is not None:
                 self._untrack(p)
-
-    @staticmethod
-    def _first_final(session: Session, request_id: str) -> bool:
-        """Whether a logged final frame for `request_id` may go to the session's socket: neither a final sent before
-        nor one sent unnumbered to this very socket while Redis was down."""
-        return not session.has_unlogged_final(request_id) and session.first_final(request_id)
 
     def _finished(self, p: Pending, outcome: str, headers: dict[str, str] | None = None) -> None:
         self._untrack(p)

@@ -65,6 +65,11 @@ class Session:
         """Whether the socket now attached got an unnumbered final frame for `request_id`."""
         return self.conn is not None and self.unlogged_finals.get(request_id) is self.conn
 
+    def takes_logged_final(self, request_id: str) -> bool:
+        """Whether a logged final frame for `request_id` may go to the socket (noting it if so): neither a final sent
+        before nor one sent unnumbered to this very socket while Redis was down."""
+        return not self.has_unlogged_final(request_id) and self.first_final(request_id)
+
     def first_final(self, request_id: str) -> bool:
         """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second
         final for a request, but a failover can lose the request's stored final (asynchronous replication) while the
@@ -108,7 +113,7 @@ class Session:
             if seq in frames or seq <= self.delivered:
                 continue
             request_id = _final_id(body)
-            if request_id is None or self.first_final(request_id):
+            if request_id is None or self.takes_logged_final(request_id):
                 frames[seq] = body
         for seq, body in sorted(frames.items()):
             if seq <= covered:

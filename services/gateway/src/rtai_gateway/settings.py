@@ -141,7 +141,8 @@ class SessionSettings(BaseModel):
     request_ttl_s: int = Field(
         default=600,
         ge=10,
-        description="How long a finished request's id and final frame are kept for idempotent retries.",
+        description="How long a request's id and final frame are kept for idempotent retries (from its last frame); "
+        "must exceed `deadlines.max_ms`.",
     )
     detach_grace_s: float = Field(
         default=30.0,
@@ -280,6 +281,17 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"allowed origin {origin!r} must be `*` or scheme://host[:port]")
             out.append(f"{parts.scheme}://{parts.netloc}".lower())
         return out
+
+    @model_validator(mode="after")
+    def _requests_outlive_their_deadlines(self) -> GatewaySettings:
+        # A request's state (its chunks' numbers, its final frame) must outlast the longest deadline: expired while the
+        # job runs, a resend would run it twice and its late frames would be logged against nothing.
+        if self.sessions.request_ttl_s * 1000 <= self.deadlines.max_ms:
+            raise ValueError(
+                f"sessions.request_ttl_s ({self.sessions.request_ttl_s} s) must exceed deadlines.max_ms "
+                f"({self.deadlines.max_ms} ms)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_unknown_env(self) -> GatewaySettings:

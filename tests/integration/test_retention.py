@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis as redis_sync
 
 from tests.support import procs
@@ -41,3 +43,33 @@ async def test_session_log_and_request_state_are_bounded(
     assert len(requests) == REQUESTS
     assert all(0 < r.ttl(k) <= REQUEST_TTL_S for k in requests)
     await c.close()
+
+
+async def test_a_request_whose_final_was_trimmed_from_the_log_is_answered_when_sent_again(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A client away long enough for its session log to trim a final frame it never got: the resume replays what is
+    left, the client sends the request again (same id, as the protocol says), and gets the stored final frame,
+    unnumbered (before: nothing, in the same session, so the request never ended for the client)."""
+    settings = {
+        "SESSIONS__LOG_MAXLEN": str(LOG_MAXLEN),
+        "LIMITS__MESSAGES_PER_S": "10000",
+        "LIMITS__MESSAGE_BURST": "10000",
+    }
+    g, _ = procs.vader_stack(redis_server.url, prefix, services, **settings)
+    c = await Conn(f"ws://127.0.0.1:{g.port}/v1/ws").open()
+    await c.call("sentiment", "before")
+    seen = c.last_seq
+    lost = await c.call("sentiment", "I love this", rid="lost")  # as if this final never reached the client
+    assert lost["type"] == "result"
+    for i in range(150):  # 300 frames: the log keeps about LOG_MAXLEN + one stream node
+        await c.call("sentiment", f"meanwhile {i}")
+    await c.ws.close()
+    r = await Conn(c.url).open(hello={"type": "hello", "session": c.session, "last_seq": seen})
+    assert r.frames[0]["resumed"] is True
+    await asyncio.sleep(0.5)  # the replay
+    assert not r.finals("lost"), "the final is still in the log: the test needs more frames after it"
+    await r.infer("sentiment", "I love this", rid="lost")
+    again = await r.final("lost", timeout=5)
+    assert (again["type"], again.get("seq"), again["output"]) == ("result", None, lost["output"])
+    await r.close()

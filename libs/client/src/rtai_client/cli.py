@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+import os
+import sys
+import threading
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -132,6 +135,71 @@ def tasks(url: Url = DEFAULT_URL, token: Token = None) -> None:
         raise fail(f"cannot reach the gateway: {e}") from None
 
 
+class _Lines:
+    """Lines typed at the chat prompt, read by a daemon thread that hands each to the event loop.
+
+    Not `asyncio.to_thread(input)`: a thread of the default executor blocked in `input()` keeps `asyncio.run` waiting
+    (in `shutdown_default_executor`, with no timeout before Python 3.12) after Ctrl-C, until the user presses Enter.
+    A daemon thread is not waited for. It reads the file descriptor itself (`os.read`) rather than through
+    `sys.stdin`: at interpreter shutdown Python takes the lock of stdin's buffer, which a daemon thread blocked in
+    `sys.stdin.readline()` holds, and aborts ("could not acquire lock ... possibly due to daemon threads"). A stdin
+    without a descriptor (an in-memory one, as in tests) never blocks, so `readline` is safe there.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[str | Exception | None] = asyncio.Queue()
+        stdin = sys.stdin
+        try:
+            fd = stdin.fileno()
+        except (OSError, ValueError):  # io.UnsupportedOperation is both
+            reader = threading.Thread(target=self._read_stream, args=(stdin,), name="rtai-chat-input", daemon=True)
+        else:
+            encoding = stdin.encoding or "utf-8"
+            reader = threading.Thread(target=self._read_fd, args=(fd, encoding), name="rtai-chat-input", daemon=True)
+        reader.start()
+
+    def _read_fd(self, fd: int, encoding: str) -> None:
+        pending = b""
+        try:
+            while chunk := os.read(fd, 4096):
+                *complete, pending = (pending + chunk).split(b"\n")
+                for raw in complete:
+                    if not self._hand_over(raw.decode(encoding, errors="replace")):
+                        return
+        except OSError as e:  # e.g. the terminal hung up
+            self._hand_over(e)
+            return
+        if pending:  # a last line without a newline still counts, as with input()
+            self._hand_over(pending.decode(encoding, errors="replace"))
+        self._hand_over(None)
+
+    def _read_stream(self, stdin: TextIO) -> None:
+        try:
+            for line in stdin:
+                if not self._hand_over(line.rstrip("\n")):
+                    return
+        except Exception as e:  # the chat reports it instead of waiting forever
+            self._hand_over(e)
+            return
+        self._hand_over(None)
+
+    def _hand_over(self, line: str | Exception | None) -> bool:
+        """False once the loop has closed (Ctrl-C while this thread waited): nobody wants more lines."""
+        try:
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
+        except RuntimeError:
+            return False
+        return True
+
+    async def read(self) -> str | None:
+        """The next line without its newline, or None at end of input."""
+        line = await self._lines.get()
+        if isinstance(line, Exception):
+            raise line
+        return line
+
+
 async def _answer(client: Client, task: str, line: str, max_new_tokens: int | None) -> None:
     if await _streaming(client, task):
         s = client.stream(task, line, max_new_tokens=max_new_tokens)
@@ -165,13 +233,15 @@ def chat(
         nonlocal task
         await client.connect()
         console.print(f"[dim]connected to {url}; task {task}. /task NAME switches, Ctrl-D quits.[/dim]")
+        lines = _Lines()
         try:
             while True:
-                try:
-                    line = (await asyncio.to_thread(input, f"{task}> ")).strip()
-                except EOFError:
+                console.print(f"{task}> ", end="", markup=False, highlight=False)
+                typed = await lines.read()
+                if typed is None:
                     console.print()
                     return
+                line = typed.strip()
                 if not line:
                     continue
                 if line.startswith("/task "):

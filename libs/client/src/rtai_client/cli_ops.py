@@ -77,22 +77,31 @@ def dlq_replay(
     deadline_s: Annotated[float, typer.Option(help="Fresh deadline, seconds from now (0 keeps the old one).")] = 60.0,
     keep: Annotated[bool, typer.Option(help="Also keep the entries in the dead-letter stream.")] = False,
 ) -> None:
-    """Put dead-lettered jobs back on their task's queue (XADD to the jobs stream, XDEL from the dead letters)."""
+    """Put dead-lettered jobs back on their task's queue (XADD to the jobs stream, XDEL from the dead letters).
+
+    Entries no worker could read stay where they are: --all skips and lists them, and named ids that include one
+    replay nothing.
+    """
     from rtai_client import dlq
 
     if not ids and not all_:
         raise _fail("name entry ids to replay, or pass --all")
     try:
-        done = asyncio.run(
+        result = asyncio.run(
             dlq.replay(redis_url, prefix, task, None if all_ else ids, deadline_s=deadline_s or None, keep=keep)
         )
     except (dlq.DlqError, OSError) as e:
         raise _fail(str(e)) from None
     except Exception as e:
         raise _fail(f"{type(e).__name__}: {e}") from None
-    for old, new in done:
-        console.print(f"replayed {old} -> {dlq.jobs_key(prefix, task)} {new}")
-    console.print(f"{len(done)} job(s) re-queued")
+    for old, new in result.requeued:
+        console.print(f"replayed {old} -> {dlq.jobs_key(prefix, task)} {new}", highlight=False)
+    for old, why in result.skipped:
+        console.print(f"skipped {old}: {why}", markup=False, highlight=False)
+    summary = f"{len(result.requeued)} job(s) re-queued"
+    if result.skipped:  # left in the dead letters: they would fail again, and the next --all skips them too
+        summary += f", {len(result.skipped)} skipped (kept in {dlq.dlq_key(prefix, task)})"
+    console.print(summary, highlight=False)
 
 
 def _weights(specs: list[str]) -> dict[str, float]:

@@ -85,6 +85,46 @@ async def list_entries(url: str, prefix: str, task: str, count: int = 50) -> lis
         await r.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What `replay` did."""
+
+    requeued: list[tuple[str, str]]
+    """(dead-letter id, new job entry id) for each job put back on the queue, in dead-letter order."""
+    skipped: list[tuple[str, str]]
+    """(dead-letter id, why) for each entry that cannot be replayed as it is; it stays in the dead letters."""
+
+
+def _job_of(fields: dict[bytes, bytes]) -> dict[str, Any] | str:
+    """The job a dead letter holds, or why it cannot go back on the queue as it is."""
+    if b"reason" in fields:  # set by a worker that could not read the entry: replaying it would only fail again
+        why = fields[b"reason"].decode(errors="replace")
+        return f"not a job the workers can read ({why})"
+    if b"m" not in fields:
+        return "no job (field `m`)"
+    try:
+        job = json.loads(fields[b"m"])
+    except ValueError:
+        return "its job is not JSON"
+    return job if isinstance(job, dict) else "its job is not a JSON object"
+
+
+def _str(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def _chosen(r: Redis, source: str, ids: list[str] | None) -> list[Entry]:
+    if ids is None:
+        return await _xrange(r, source)
+    entries: list[Entry] = []
+    for i in dict.fromkeys(ids):  # an id named twice must not queue its job twice
+        found = await _xrange(r, source, i, i)
+        if not found:
+            raise DlqError(f"no dead letter {i} in {source}")
+        entries.extend(found)
+    return entries
+
+
 async def replay(
     url: str,
     prefix: str,
@@ -93,43 +133,54 @@ async def replay(
     *,
     deadline_s: float | None = 60.0,
     keep: bool = False,
-) -> list[tuple[str, str]]:
+) -> Replayed:
     """Put dead-lettered jobs back on the task's queue: the given entry ids, or all when `ids` is None.
+
+    Every entry is checked before anything is written. With `ids` None, entries that cannot be replayed (see
+    `DeadLetter.reason`) are skipped and reported, and the others replayed: one unreadable entry must not block the
+    rest, now or on every later run. Named `ids` are all-or-nothing: if any cannot be replayed, DlqError names each
+    one and nothing is written.
 
     `deadline_s` gives each replayed job a fresh deadline that far from now (a dead letter's own deadline has usually
     passed, and a worker answers an expired job without running it); None keeps the original. With `keep` the entry
-    also stays in the dead-letter stream. Returns (dead-letter id, new job entry id) pairs.
+    also stays in the dead-letter stream.
     """
     r = connect(url)
-    done: list[tuple[str, str]] = []
     try:
         source = dlq_key(prefix, task)
-        entries: list[Entry]
-        if ids is None:
-            entries = await _xrange(r, source)
-        else:
-            entries = []
-            for i in ids:
-                found = await _xrange(r, source, i, i)
-                if not found:
-                    raise DlqError(f"no dead letter {i} in {source}")
-                entries.extend(found)
-        for eid, fields in entries:
-            if b"m" not in fields:
-                raise DlqError(f"dead letter {eid!r} has no job (field `m`)")
-            if b"reason" in fields:
-                why = fields[b"reason"].decode(errors="replace")
-                raise DlqError(f"dead letter {eid!r} is not a job the workers can read ({why}): it cannot be replayed")
-            job = json.loads(fields[b"m"])
-            if deadline_s is not None:
-                job["deadline_ms"] = int((time.time() + deadline_s) * 1000)
+        jobs: list[tuple[str, dict[str, Any]]] = []
+        skipped: list[tuple[str, str]] = []
+        for eid, fields in await _chosen(r, source, ids):
+            job = _job_of(fields)
+            if isinstance(job, str):
+                skipped.append((_str(eid), job))
+            else:
+                jobs.append((_str(eid), job))
+        if ids is not None and skipped:
+            named = "; ".join(f"{eid}: {why}" for eid, why in skipped)
+            raise DlqError(f"cannot be replayed, so nothing was: {named}")
+        return Replayed(await _requeue(r, prefix, task, jobs, deadline_s=deadline_s, keep=keep), skipped)
+    finally:
+        await r.aclose()
+
+
+async def _requeue(
+    r: Redis, prefix: str, task: str, jobs: list[tuple[str, dict[str, Any]]], *, deadline_s: float | None, keep: bool
+) -> list[tuple[str, str]]:
+    """XADD each job and XDEL its dead letter, one transaction per job so neither happens without the other."""
+    source = dlq_key(prefix, task)
+    done: list[tuple[str, str]] = []
+    for eid, job in jobs:
+        if deadline_s is not None:
+            job["deadline_ms"] = int((time.time() + deadline_s) * 1000)
+        try:
             async with r.pipeline(transaction=True) as pipe:
                 pipe.xadd(jobs_key(prefix, task), {"m": json.dumps(job, separators=(",", ":"))})
                 if not keep:
                     pipe.xdel(source, eid)
                 res = await pipe.execute()
-            new_id = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-            done.append((eid.decode() if isinstance(eid, bytes) else str(eid), new_id))
-        return done
-    finally:
-        await r.aclose()
+        except Exception as e:  # say what did happen: those jobs are on the queue and out of the dead letters
+            requeued = ", ".join(old for old, _ in done) or "none"
+            raise DlqError(f"replay stopped at {eid} ({type(e).__name__}: {e}); already re-queued: {requeued}") from e
+        done.append((eid, _str(res[0])))
+    return done

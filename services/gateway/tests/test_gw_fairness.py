@@ -41,6 +41,7 @@ class FakeHub:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     pending: dict[tuple[str, str], Any] = field(default_factory=dict)
     finish_hooks: list[Any] = field(default_factory=list)
+    reap_hooks: list[Any] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -159,6 +160,34 @@ async def test_cancel_and_deadline_while_waiting() -> None:
     await settle()
     assert hub.order == ["first", "runs"]
     assert any(b"deadline_exceeded" in f and b"expires" in f for f in u.conn.frames)  # type: ignore[union-attr]
+
+
+async def test_a_waiting_request_ends_at_its_deadline_while_no_slot_frees() -> None:
+    """The user's slot is held by a long generation: a waiting request is answered `deadline_exceeded` by the reaper
+    at its deadline, not when (if ever) a slot frees; the user's next request still queues behind the cap."""
+    hub, sched = make(cap=1)
+    u = user("u")
+    await sched.submit(u, infer("long"))
+    await sched.submit(u, infer("short", deadline_ms=20))
+    await sched.submit(u, infer("patient"))
+    for hook in hub.reap_hooks:  # a reaper pass before the deadline: nothing ends
+        hook()
+    assert sched.queued == 2
+    await asyncio.sleep(0.03)
+    for hook in hub.reap_hooks:
+        hook()
+    assert sched.queued == 1
+    assert any(b"deadline_exceeded" in f and b'"short"' in f for f in u.conn.frames)  # type: ignore[union-attr]
+    await sched.submit(u, infer("later", deadline_ms=10))
+    await asyncio.sleep(0.02)
+    for hook in hub.reap_hooks:
+        hook()
+    assert sched.queued == 1 and sched.waiting_for(u) == 1
+    hub.finish("u", "long")
+    await settle()
+    assert hub.order == ["long", "patient"]
+    await sched.submit(user("v"), infer("v0"))
+    assert hub.order[-1] == "v0"
 
 
 async def test_waiting_requests_of_a_gone_client_are_dropped() -> None:

@@ -27,6 +27,7 @@ class SessionsOnlyHub:
         self.pending: dict[Any, Any] = {}
         self.sessions: dict[str, Session] = {}
         self.detached: dict[str, Session] = {}
+        self.reap_hooks: list[Any] = []
 
     def add(self, sid: str) -> Session:
         s = Session(id=sid, identity=f"anon:{sid}", conn=object())  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ class ExplodingHub:
         self.metrics = GatewayMetrics()
         self.pending: dict[Any, Any] = {}
         self.finish_hooks: list[Any] = []
+        self.reap_hooks: list[Any] = []
 
     async def submit(self, session: Session, frame: Any) -> None:
         if frame.input == "boom":

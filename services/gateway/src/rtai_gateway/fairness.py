@@ -53,6 +53,7 @@ class FairScheduler:
         self._admitting: dict[tuple[str, str], tuple[Session, asyncio.Future[None]]] = {}
         """Requests the pump took from a queue and is submitting now: neither waiting here nor tracked by the hub."""
         hub.finish_hooks.append(self._on_finish)
+        hub.reap_hooks.append(self.expire_waiting)
 
     async def submit(self, session: Session, frame: Infer) -> None:
         user = session.identity
@@ -186,17 +187,40 @@ class FairScheduler:
                 return _Waiting(w.session, frame, w.since)
         return None
 
-    def _with_remaining_budget(self, w: _Waiting) -> Infer | None:
+    def expire_waiting(self) -> None:
+        """End the waiting requests whose deadline passed (a reaper pass): a slot may not free for minutes (long
+        generations), and a deadline must hold while the request waits for one too."""
+        if not self.queued:
+            return
+        now = time.monotonic()
+        for user, queue in list(self._queues.items()):
+            late = [w for w in queue if self._left_ms(w, now) <= 0]
+            for w in late:
+                queue.remove(w)
+                self._count(-1)
+                self._refuse_late(w)
+            if not queue:
+                del self._queues[user]
+                self._turns.remove(user)
+
+    def _left_ms(self, w: _Waiting, now: float) -> int:
         """The deadline counts from the gateway's receipt: time spent waiting here comes off the budget."""
         d = self._hub.settings.deadlines
         budget = min(w.frame.options.deadline_ms or d.default_ms, d.max_ms)
-        left = budget - int((time.monotonic() - w.since) * 1000)
+        return budget - int((now - w.since) * 1000)
+
+    def _refuse_late(self, w: _Waiting) -> None:
+        # Through the hub's refusal: it counts the outcome under a known task name only (client-chosen names must not
+        # become label values).
+        w.session.send(
+            self._hub.refused(w.frame, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a slot")
+        )
+
+    def _with_remaining_budget(self, w: _Waiting) -> Infer | None:
+        """The frame with what is left of its deadline, or None (refused) if nothing is."""
+        left = self._left_ms(w, time.monotonic())
         if left <= 0:
-            # Through the hub's refusal: it counts the outcome under a known task name only (client-chosen names
-            # must not become label values).
-            w.session.send(
-                self._hub.refused(w.frame, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a slot")
-            )
+            self._refuse_late(w)
             return None
         return w.frame.model_copy(update={"options": w.frame.options.model_copy(update={"deadline_ms": left})})
 

@@ -232,6 +232,8 @@ async def end_session(hub: Hub, session: Session) -> None:
 
 async def reap(hub: Hub) -> None:
     """Expire deadlines and end sessions whose grace for a resume ran out. Called periodically."""
+    for hook in hub.reap_hooks:
+        hook()
     now = now_ms()
     for p in [p for p in hub.pending.values() if p.job.deadline_ms <= now]:
         await hub.finish_locally(p, ErrorCode.DEADLINE_EXCEEDED, "no result within the request's deadline")

@@ -14,6 +14,7 @@ from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub, Pending
 from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode
+from rtai_protocol.internal import Forward
 from tests.support.hub_harness import RecordingConn, running_hub, track
 from tests.support.redis_server import RedisHandle
 
@@ -59,3 +60,17 @@ async def test_a_session_resumed_while_its_requests_are_cancelled_keeps_the_rest
     ended = [p for p in (first, second) if p.key not in hub.pending]
     assert len(ended) == 1, "only the request cancelled before the resume ends"
     assert hub.sessions.get(session.id) is session
+
+
+async def test_a_final_forwarded_by_another_gateway_gives_back_the_requests_slot(hub: Hub) -> None:
+    """A request this gateway tracks for a session it took over ends with a final the first gateway logged and
+    forwards: the user's fair slot goes back (before: only untracked, so the user ran one slot short for good)."""
+    session = Session(id="s3", identity="anon:s3", conn=RecordingConn(), fill_gap=hub.gap_filler)  # type: ignore[arg-type]
+    hub.sessions[session.id] = session
+    p = track(hub, session, "r1")
+    released: list[tuple[str, str]] = []
+    hub.finish_hooks.append(lambda ended: released.append(ended.key))
+    final = '{"type":"result","id":"r1","output":1}'
+    hub.deliver_forward(Forward(session="s3", seq=1, frame=final, owner="anon:s3", request_id="r1", final=True))
+    assert released == [p.key]
+    assert p.key not in hub.pending

@@ -442,16 +442,16 @@ class Hub:
         if fwd.final:
             p = self.pending.get((fwd.owner, fwd.request_id))
             if p is not None:
-                self._end(p)  # its outcome is counted by the gateway that logged it
+                self.end(p)  # its outcome is counted by the gateway that logged it
 
-    def _end(self, p: Pending) -> None:
+    def end(self, p: Pending) -> None:
         """Stop tracking a request, and give back what it held here (its user's fair slot)."""
         self._untrack(p)
         for hook in self.finish_hooks:
             hook(p)
 
     def _finished(self, p: Pending, outcome: str, headers: dict[str, str] | None = None) -> None:
-        self._end(p)
+        self.end(p)
         elapsed = time.monotonic() - p.received
         log.debug(
             "request.finished",

@@ -124,6 +124,10 @@ async def replay(hub: Hub, session: Session) -> None:
 async def _take_over_inflight(hub: Hub, session: Session) -> None:
     """Make this gateway responsible for the session's unfinished requests."""
     raw: Any = await hub.redis.hgetall(hub.keys.session_inflight(session.id))
+    # Every request in the snapshot is tracked before anything else is awaited: a final its gateway logs from now on
+    # comes forwarded, and ends it here. One logged between the snapshot and the tracking (its forward handled while
+    # the snapshot's reply was on its way) is found by the check below.
+    taken: list[Pending] = []
     for rid_b, job_b in raw.items():
         try:
             job = decode_internal(job_b)
@@ -137,12 +141,21 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
             tracked.session = session
             session.requests.add(job.request_id)
             continue
-        origin_alive = job.reply_to != hub.reply_stream and await _gateway_alive(hub, job.reply_to)
         pending = Pending(job=job, session=session, received=time.monotonic())
         hub.track(pending)
-        if not origin_alive and job.reply_to != hub.reply_stream:
+        taken.append(pending)
+    if not taken:
+        return
+    async with hub.redis.pipeline(transaction=False) as pipe:
+        for p in taken:
+            pipe.hexists(hub.keys.request(p.job.owner, p.job.request_id), "final")
+        finished = await pipe.execute()
+    for p, done in zip(taken, finished, strict=True):
+        if done:
+            hub.end(p)  # its final is in the session log: the replay sent it, or the next gap fill does
+        elif p.job.reply_to != hub.reply_stream and not await _gateway_alive(hub, p.job.reply_to):
             # Its gateway is gone, and with it the reader of the job's reply stream: run it again, replies to us.
-            await resubmit(hub, pending)
+            await resubmit(hub, p)
 
 
 async def adopt_orphans(hub: Hub) -> None:

@@ -11,8 +11,8 @@ bench/patched.py, against the unpatched services, interleaved in rounds on one R
 at R requests/s (the R scenario) instead of closed-loop.
 A variant named `env:KEY=VALUE[+KEY=VALUE...]` runs the unpatched services with those settings in their environment,
 e.g. `--only base,env:RTAI_GW_SESSIONS__LOG_LANES=1` (each service ignores the other's prefix).
-`--storm N` opens N more sockets (and keeps them open, silent) from 2 s into the throughput phase: a reconnect storm,
-as after a gateway restart, while the load runs.
+`--storm N` opens N more sockets (and keeps them open, silent) from 2 s into the throughput phase's measured window: a
+reconnect storm, as after a gateway restart, while the load runs.
 `--task embed` loads MiniLM `embed` instead of VADER `sentiment`; `--worker-env KEY=VALUE` sets a worker setting for
 every variant, commits included (e.g. `--worker-env RTAI_WORKER_MAX_BATCH_SIZE=1`).
 """
@@ -39,7 +39,7 @@ import scenarios as sc
 import stack as st
 
 from rtai_client.loadgen import run_bench
-from rtai_client.report import text_table, write_json
+from rtai_client.report import BenchResult, text_table, write_json
 
 PATCHED = str(Path(__file__).resolve().parent / "patched.py")
 
@@ -60,6 +60,9 @@ VARIANTS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
         {"RTAI_WORKER_MAX_BATCH_DELAY_MS": "0"},
     ),
 }
+
+STORM_AFTER_S = 2.0
+"""How far into the throughput phase's measured window the storm starts."""
 
 TASKS = {"sentiment": "sentiment=vader", "embed": "embed=minilm-embed"}
 """Load task -> the worker's task spec."""
@@ -110,34 +113,20 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
     seconds, connections, idle, rate, task = args.seconds, args.connections, args.idle, args.rate, args.task
     try:
         ws = f"ws://127.0.0.1:{gw.port}/v1/ws"
-        storm = (
-            threading.Timer(
-                (2.0 if idle else 1.0) + 2.0,  # the throughput phase's warmup, then 2 s of load without the storm
-                lambda: run_bench(
-                    ws, connections=1, duration_s=max(seconds - 4.0, 1.0), warmup_s=0.0, idle_connections=args.storm
-                ),
-            )
-            if args.storm
-            else None
-        )
         run_bench(ws, connections=4, duration_s=1.0, warmup_s=0.0, tasks=task)
         lat = run_bench(ws, connections=1, requests=600, warmup_requests=100, tasks=task)
         meter = st.CpuMeter([gw, wk, redis])
-        if storm is not None:
-            storm.start()
-        thr = run_bench(
+        thr = throughput(
             ws,
+            meter,
+            args.storm,
             connections=connections,
             duration_s=seconds,
             warmup_s=2.0 if idle else 1.0,
             idle_connections=idle,
             rate=rate,
             tasks=task,
-            on_measure_start=meter.start,
-            on_measure_end=meter.stop,
         )
-        if storm is not None:
-            storm.join()
         cpu = meter.per_request_us(thr.ok)
         return {
             "L p50 ms": lat.latency_ms["p50"],
@@ -156,6 +145,29 @@ def one(s: st.Stack, redis: st.Proc, variant: str, args: argparse.Namespace) -> 
     finally:
         s.stop(wk)
         s.stop(gw)
+
+
+def throughput(ws: str, meter: st.CpuMeter, storm: int, **kw: Any) -> BenchResult:
+    """The throughput phase, with `storm` sockets connecting from `STORM_AFTER_S` into its measured window. The storm's
+    clock starts when the window does: started before `run_bench`, it also counted the load's own start-up (spawning
+    its processes, connecting its sockets, idle ones included: seconds for 10,000), and the storm could land before
+    anything was measured."""
+    timers: list[threading.Timer] = []
+
+    def start() -> None:
+        meter.start()
+        if storm:
+            seconds = float(kw["duration_s"])
+            storm_kw = {"connections": 1, "duration_s": max(seconds - 4.0, 1.0), "warmup_s": 0.0}
+            timer = threading.Timer(STORM_AFTER_S, run_bench, [ws], {**storm_kw, "idle_connections": storm})
+            timers.append(timer)
+            timer.start()
+
+    try:
+        return run_bench(ws, on_measure_start=start, on_measure_end=meter.stop, **kw)
+    finally:
+        for t in timers:
+            t.join()
 
 
 def main() -> int:

@@ -44,5 +44,12 @@ def test_smoke_suite_writes_a_report(tmp_path: Path) -> None:
     for row in rows:
         assert row["ok"] > 0, row
         assert row["req_s"] > 0, row
+    # The idle sockets the N row is named after all connected, in every round.
+    (idle_row,) = [r for r in rows if r["scenario"] == "N" and r.get("idle_wanted")]
+    assert idle_row["idle"] == idle_row["idle_connected_min"] == idle_row["idle_wanted"], idle_row
+    assert not any(k.startswith(("connect_failed", "idle_closed")) for k in idle_row["errors_all_rounds"]), idle_row
+    # A ratio to the ceiling only where a ceiling of the same shape ran: T's, not N's, R's or the drains'.
+    assert all(r["x_ceiling"] for r in rows if r["scenario"] in ("C", "L", "T")), rows
+    assert not any(r["x_ceiling"] for r in rows if r["scenario"] in ("N", "R") or "task" in r), rows
     assert (tmp_path / report.name.replace(".json", ".md")).read_text().startswith("# rtai benchmark")
     assert list(tmp_path.glob("*.png")), "no latency plot written"

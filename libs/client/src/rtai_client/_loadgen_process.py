@@ -1,7 +1,10 @@
 """One load generator process: its connections, its schedule and what it measured (`rtai bench`, `loadgen.py`).
 
 Started as `python -m rtai_client._loadgen_process` by `loadgen.run_bench`: the spec arrives as one JSON line on
-stdin; the process connects, prints `ready`, waits for `go <unix time>`, runs, and prints its result as one JSON line.
+stdin; the process connects, prints `ready <active> <idle> <connect failures>`, waits for `go <unix time>`, runs, and
+prints its result as one JSON line. A process counting requests also prints `warm` when its warm-up requests are
+answered and `done` when its last request is, before closing its sockets: the parent's CPU meter of the servers runs
+between the two, so it covers the measured requests only.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class _Worker:
         self.frame_i = 0
         self.measure_from = self.measure_to = self.stop_at = float("inf")
         self.running = False
+        self.stopping = False
+        """Set once the parent says `stop` (a holder) or the sockets are closed: no close counts as an error then."""
+        self.warm = False
         self.started_at = self.last_completion = 0.0
         self._schedule: asyncio.Task[None] | None = None
         self.all_done: asyncio.Future[None] = self.loop.create_future()
@@ -104,7 +110,11 @@ class _Worker:
         await asyncio.gather(*(one(i) for i in range(total)))
 
     def on_close(self, ws: RawWebSocket, code: int) -> None:
-        if self.running and not self.active:  # a holder (its sockets are all idle), closed by the server mid-run
+        # A holder's welcomed socket closed by the server at any time before the holder is told to stop, the wait for
+        # `go` included: the verdict on idle sockets must know that fewer were open than `ready` said. One that never
+        # got its welcome is already a `connect_failed`.
+        welcomed = ws.welcomed.done() and not ws.welcomed.cancelled()
+        if not self.s.connections and not self.stopping and welcomed:
             self.error(f"idle_closed_{code}")
         if ws in self.active and self.running:
             self.error(f"closed_{code}")
@@ -150,6 +160,8 @@ class _Worker:
         if self.s.warmup_requests and self.completed <= self.s.warmup_requests:
             measured = False
             self.started_at = now  # a request-count run's window opens after its warm-up
+            if self.completed == self.s.warmup_requests:
+                self._say_warm()
         if measured:
             if kind == "result":
                 self.ok += 1
@@ -159,6 +171,8 @@ class _Worker:
         self.last_completion = now
         if self.s.mode == "closed":
             self._next_closed(ws, now)
+        if self.s.requests and self.issued >= self.s.requests:
+            self._check_done()  # the last answers: `done` goes out now, not at the next poll
 
     def _next_closed(self, ws: RawWebSocket, now: float) -> None:
         if not self.running or now >= self.stop_at:
@@ -166,6 +180,12 @@ class _Worker:
         if self.s.requests and self.issued >= self.s.requests:
             return
         self.send(ws, now)
+
+    def _say_warm(self) -> None:
+        """Tell the parent that the measured requests start now (request-count runs only; once)."""
+        if self.s.requests and not self.warm:
+            self.warm = True
+            _say("warm")
 
     def _check_done(self) -> None:
         if self.all_done.done():
@@ -188,6 +208,8 @@ class _Worker:
             self.measure_from = start + s.warmup_s
             self.measure_to = self.stop_at = self.measure_from + s.duration_s
         self.running = True
+        if not self.active or not s.warmup_requests:
+            self._say_warm()  # nothing to warm up
         if not self.active:
             return
         if s.mode == "closed":
@@ -198,9 +220,10 @@ class _Worker:
             self._schedule = self.loop.create_task(self._open_schedule(start))
         deadline = (self.stop_at if not s.requests else _now() + 3600) + s.timeout_s
         while not self.all_done.done() and _now() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.wait([self.all_done], timeout=0.05)
             self._check_done()
         self.running = False
+        self._say_warm()  # warm-up requests that never came back still end the warm-up, so the parent never hangs
         lost = sum(len(ws.outstanding) for ws in self.active)
         if lost:
             self.errors["timeout"] = self.errors.get("timeout", 0) + lost
@@ -225,6 +248,7 @@ class _Worker:
             await asyncio.sleep(max(start + (k + 1) / rate - _now(), MIN_SLEEP_S))
 
     async def close_all(self) -> None:
+        self.stopping = True
         for ws in (*self.active, *self.idle):
             ws.close()
         await asyncio.sleep(0.2)
@@ -265,8 +289,11 @@ def _child_main() -> None:
             return {}
         cpu0 = time.process_time()
         await w.run(float(line.split()[1]))
+        if spec.requests and spec.connections:
+            _say("done")
         if not spec.connections:  # an idle-socket holder: keep them open until the measuring processes are done
             await asyncio.to_thread(sys.stdin.readline)
+            w.stopping = True
             w.running = False
         cpu = time.process_time() - cpu0
         await w.close_all()

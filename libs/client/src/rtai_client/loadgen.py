@@ -16,6 +16,7 @@ that falls behind shows its queueing delay instead of slowing the client down (n
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import select
 import subprocess
@@ -92,9 +93,12 @@ def run_bench(
     - `requests=N` runs N requests (after `warmup_requests`) instead of `duration_s` seconds (after `warmup_s`).
     - `tasks` is a task name, a list (equal weights) or `{task: weight}`; `texts` are cycled through.
     - `idle_connections` more sockets say hello and then stay silent for the whole run, held by processes of their
-      own (one per `IDLE_PER_PROCESS`), so that holding them does not slow the processes that measure.
+      own (one per `IDLE_PER_PROCESS`), so that holding them does not slow the processes that measure. The result's
+      `idle_connections` is how many connected; failures are `connect_failed` errors, and sockets the server closed
+      before the end `idle_closed_<code>`.
     - `processes` generator processes share the connections (default: 1 per 200 active connections, at most
-      the CPU count); `on_measure_start`/`on_measure_end` are called around the measured window (in this process).
+      the CPU count); `on_measure_start`/`on_measure_end` are called around the measured window (in this process):
+      with `requests=`, from when every process's warm-up requests are answered to when its last request is.
     """
     urls = [url] if isinstance(url, str) else list(url)
     if connections < 1:
@@ -133,7 +137,7 @@ def run_bench(
         for s in specs:
             s.requests += s.warmup_requests
     specs += _idle_holders(urls, nproc, idle_connections, mode, warmup_s, duration_s, timeout_s)
-    return _orchestrate(specs, label, urls, weights, rate, idle_connections, on_measure_start, on_measure_end)
+    return _orchestrate(specs, label, urls, weights, rate, on_measure_start, on_measure_end)
 
 
 def _idle_holders(
@@ -168,53 +172,66 @@ def _orchestrate(
     urls: list[str],
     weights: dict[str, float],
     rate: float | None,
-    idle: int,
     on_start: Callable[[], None] | None,
     on_end: Callable[[], None] | None,
 ) -> BenchResult:
-    procs: list[subprocess.Popen[str]] = []
+    children: list[_Child] = []
     try:
         for spec in specs:
-            procs.append(_spawn(spec))
-        connected = 0
-        for p in procs:
-            words = _read_line(p, 180).split()
-            if words[:1] != ["ready"]:
-                raise RuntimeError(f"load generator process {p.pid} failed to start: {words!r}")
+            children.append(_Child(spec))
+        connected = idle = 0
+        for c in children:
+            words = c.line(180).split()
+            if words[:1] != ["ready"] or len(words) != 4:
+                raise RuntimeError(f"load generator process {c.pid} failed to start: {words!r}")
             connected += int(words[1])
+            idle += int(words[2])  # the sockets that connected: failures are in the holder's `connect_failed`
         start_wall = time.time() + 0.3
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write(f"go {start_wall}\n")
-            p.stdin.flush()
+        for c in children:
+            c.send(f"go {start_wall}")
         s0 = specs[0]
-        timed = not s0.requests
-        if on_start is not None:
-            time.sleep(max(start_wall + (s0.warmup_s if timed else 0.0) - time.time(), 0.0))
-            on_start()
-        if timed and on_end is not None:
-            time.sleep(max(start_wall + s0.warmup_s + s0.duration_s - time.time(), 0.0))
-            on_end()
-        limit = (s0.duration_s + s0.warmup_s + s0.timeout_s + 60) if timed else 3600
-        measuring = [p for p, spec in zip(procs, specs, strict=True) if spec.connections]
-        holders = [p for p, spec in zip(procs, specs, strict=True) if not spec.connections]
-        outs = [orjson.loads(_read_line(p, limit)) for p in measuring]
-        if not timed and on_end is not None:
-            on_end()
-        for p in holders:  # the idle sockets stay open until every measured request is done
-            assert p.stdin is not None
-            p.stdin.write("stop\n")
-            p.stdin.flush()
-        outs += [orjson.loads(_read_line(p, 60)) for p in holders]
+        measuring = [c for c in children if c.spec.connections]
+        holders = [c for c in children if not c.spec.connections]
+        _window(s0, measuring, start_wall, on_start, on_end)
+        limit = s0.duration_s + s0.warmup_s + s0.timeout_s + 60
+        outs = [orjson.loads(c.line(limit)) for c in measuring]
+        for c in holders:  # the idle sockets stay open until every measured request is done
+            c.send("stop")
+        outs += [orjson.loads(c.line(60)) for c in holders]
         wall = max([o.get("window_s", 0.0) for o in outs] + [1e-9])
     finally:
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        for c in children:
+            c.reap()
     return _merge(specs, outs, label, urls, weights, rate, idle, connected, wall)
+
+
+def _window(
+    s0: ProcessSpec,
+    measuring: list[_Child],
+    start_wall: float,
+    on_start: Callable[[], None] | None,
+    on_end: Callable[[], None] | None,
+) -> None:
+    """Call `on_start` and `on_end` around the measured window."""
+    if not s0.requests:
+        if on_start is not None:
+            time.sleep(max(start_wall + s0.warmup_s - time.time(), 0.0))
+            on_start()
+        if on_end is not None:
+            time.sleep(max(start_wall + s0.warmup_s + s0.duration_s - time.time(), 0.0))
+            on_end()
+        return
+    # A request-count run has no clock to go by: the processes say when their warm-up requests are answered and when
+    # their last request is, so the meter leaves out the warm-up and the sockets' teardown.
+    counting = [c for c in measuring if c.spec.requests]  # a share of 0 requests runs by the clock and says neither
+    for c in counting:
+        c.expect("warm", 3600)
+    if on_start is not None:
+        on_start()
+    for c in counting:
+        c.expect("done", 3600)
+    if on_end is not None:
+        on_end()
 
 
 def _merge(
@@ -263,31 +280,61 @@ def _merge(
     )
 
 
-def _spawn(spec: ProcessSpec) -> subprocess.Popen[str]:
-    raw = dict(spec.__dict__)
-    raw["frames"] = [(t, base64.b64encode(p).decode(), base64.b64encode(x).decode()) for t, p, x in spec.frames]
-    # Its imports (the package's __init__ included) are paid before it prints `ready`, outside the measured window.
-    p = subprocess.Popen(
-        [sys.executable, "-m", "rtai_client._loadgen_process"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    assert p.stdin is not None
-    p.stdin.write(orjson.dumps(raw).decode() + "\n")
-    p.stdin.flush()
-    return p
+CHILD_ARGV = [sys.executable, "-m", "rtai_client._loadgen_process"]
+"""How a generator process is started; a module-level value so that tests can run a scripted one instead."""
 
 
-def _read_line(p: subprocess.Popen[str], timeout: float) -> str:
-    """One line from a generator process, or an error if it dies or stays silent past `timeout`."""
-    assert p.stdout is not None
-    ready, _, _ = select.select([p.stdout], [], [], timeout)
-    if not ready:
-        p.kill()
-        raise RuntimeError(f"load generator process {p.pid} silent for {timeout} s")
-    line = p.stdout.readline()
-    if not line:
-        raise RuntimeError(f"load generator process {p.pid} exited with {p.wait()}")
-    return line
+class _Child:
+    """One generator process and the lines it prints, read from the raw pipe: `select` sees only what the pipe holds,
+    not lines a buffered reader has already taken in, and a process may print several at once (`done`, its result)."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+        raw = dict(spec.__dict__)
+        raw["frames"] = [(t, base64.b64encode(p).decode(), base64.b64encode(x).decode()) for t, p, x in spec.frames]
+        # Its imports (the package's __init__ included) are paid before it prints `ready`, outside the measured window.
+        self.popen = subprocess.Popen(CHILD_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pid = self.popen.pid
+        self._buf = b""
+        self.send(orjson.dumps(raw).decode())
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line.encode() + b"\n")
+        self.popen.stdin.flush()
+
+    def line(self, timeout: float) -> str:
+        """The next line, or an error if the process dies or stays silent past `timeout`."""
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                self.popen.kill()
+                raise RuntimeError(f"load generator process {self.pid} silent for {timeout} s")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"load generator process {self.pid} exited with {self.popen.wait()}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def expect(self, word: str, timeout: float) -> None:
+        got = self.line(timeout)
+        if got != word:
+            raise RuntimeError(f"load generator process {self.pid} said {got[:200]!r}, not {word!r}")
+
+    def reap(self) -> None:
+        """Wait for the process to exit, killing it if it does not. Its stdin is closed first: a process still waiting
+        for `go` or `stop` (a run that failed half-way) reads the end of it and leaves at once."""
+        assert self.popen.stdin is not None
+        assert self.popen.stdout is not None
+        with contextlib.suppress(OSError):
+            self.popen.stdin.close()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+        self.popen.stdout.close()

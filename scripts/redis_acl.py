@@ -93,6 +93,9 @@ WORKER_COMMANDS = sorted(
         "zadd",
         # inside FORGET_TASK (`python -m rtai_worker declare` with retired tasks, or `forget`)
         "hdel",
+        # inside PRUNE_CONSUMERS (gone workers leave their task groups)
+        "xinfo|consumers",
+        "xgroup|delconsumer",
     }
 )
 

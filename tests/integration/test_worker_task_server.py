@@ -367,6 +367,33 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
     assert await paused.keep_claimed([job, mine]) == set()
 
 
+async def test_gone_consumers_leave_the_group_but_never_one_with_pending_jobs(redis: Redis, prefix: str) -> None:
+    """Every worker process is a consumer of its own: the gone ones (idle, nothing pending) are removed, a worker
+    leaves at its shutdown, and a consumer that still holds a job (handed back, not yet taken over) stays, since
+    removing it would drop its pending entry and the job would never be reclaimed."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    gone, holding, me = (Consumer(redis, keys, "sentiment", n) for n in ("gone", "holding", "me"))
+    await gone.ensure_group()
+    ids = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(3)]
+    for c in (gone, holding, me):
+        await c.read(1, block_ms=None)
+    await redis.xack(stream, WORKER_GROUP, ids[0], ids[2])  # gone and me finished theirs; holding did not
+
+    async def names() -> set[str]:
+        return {c["name"].decode() for c in await redis.xinfo_consumers(stream, WORKER_GROUP)}
+
+    assert await me.prune_consumers(60_000) == 0  # nobody idle that long
+    await asyncio.sleep(0.3)
+    assert await me.prune_consumers(200) == 2  # gone, and me (idle too); holding has its job pending
+    assert await names() == {"holding"}
+    await holding.read(1, block_ms=None)  # nothing new: still its pending job
+    assert await holding.prune_consumers(60_000, including_self=True) == 0
+    await redis.xack(stream, WORKER_GROUP, ids[1])
+    assert await holding.prune_consumers(60_000, including_self=True) == 1
+    assert await names() == set()
+
+
 async def test_a_paused_worker_leaves_its_reclaimed_stream_to_the_worker_that_took_it(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:

@@ -202,3 +202,24 @@ if redis.call('ZCOUNT', KEYS[2], ARGV[2], '+inf') > 0 then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
+
+# Removes a task group's consumers that hold no pending job and are gone: idle at least ARGV 2 ms (a live worker reads
+# or refreshes its claims every few seconds), or named in ARGV 3 (a worker at its own shutdown). Every worker process
+# is a consumer of its own name, so without this each restart, crash and scale-up would leave one behind for good.
+# Only consumers with nothing pending: XGROUP DELCONSUMER drops a consumer's pending entries, which would then never
+# be reclaimed.
+# KEYS: 1 the task's job stream
+# ARGV: 1 group, 2 min idle ms, 3 a consumer to remove whatever its idle time ('' for none)
+# Returns how many were removed.
+PRUNE_CONSUMERS = """
+local dropped = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and (f['name'] == ARGV[3] or f['idle'] >= tonumber(ARGV[2])) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""

@@ -17,7 +17,7 @@ from rtai_protocol import Job, Reply, encode
 from rtai_protocol.codec import decode_internal
 from rtai_telemetry.logging import get_logger
 from rtai_transport import WORKER_GROUP, Keys, Redis, resp, text
-from rtai_transport.lua import CLAIM_OWNED
+from rtai_transport.lua import CLAIM_OWNED, PRUNE_CONSUMERS
 
 log = get_logger("rtai_worker.consumer")
 
@@ -153,6 +153,13 @@ class Consumer:
         and finished it) or taken over by another worker must not be run here."""
         owned, _ = await self._claim_owned(counts)
         return owned
+
+    async def prune_consumers(self, min_idle_ms: int, *, including_self: bool = False) -> int:
+        """Remove the group's consumers gone for `min_idle_ms` with nothing pending (this one too, at its shutdown,
+        if nothing is pending for it); returns how many."""
+        own = self.consumer if including_self else ""
+        dropped: Any = await self.redis.eval(PRUNE_CONSUMERS, 1, self.stream, WORKER_GROUP, min_idle_ms, own)
+        return int(dropped)
 
     async def hand_back(self, entry_ids: Sequence[str], idle_ms: int) -> None:
         """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown). Only those this

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 
 from rtai_protocol import ErrorCode
 from rtai_telemetry.heap import prepare_heap_for_serving
@@ -31,6 +32,10 @@ from rtai_worker.task_server import TaskServer
 log = get_logger("rtai_worker.run")
 
 HANDED_BACK_IDLE_MS = 10 * 60 * 1000
+GONE_CONSUMER_IDLE_MS = 60 * 60 * 1000
+"""A consumer with nothing pending that has not read for this long belongs to a worker that is gone (a live one reads
+every 0.5 s at least, or holds pending jobs while it runs them)."""
+PRUNE_EVERY_S = 60.0
 
 
 def task_info(task: str, spec: str, model: Model) -> TaskInfo:
@@ -68,6 +73,8 @@ class Worker:
         """Set when a heartbeat found the task taken by another model configuration: `run` raises it once drained."""
         self.hung: ModelCallHung | None = None
         """Set when a model call ran past `model_call_timeout_s`: `run` raises it once drained."""
+        self._next_prune = 0.0
+        """When the reclaim loop next removes gone consumers from the task groups (`Consumer.prune_consumers`)."""
         self.health = HealthServer(settings.http_host, settings.http_port, self.metrics, self._not_ready)
 
     def _not_ready(self) -> list[str]:
@@ -194,6 +201,10 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await server.consumer.hand_back(unfinished, HANDED_BACK_IDLE_MS)
                 log.info("worker.handed_back", task=task, jobs=len(unfinished))
+            with contextlib.suppress(Exception):
+                # Leaves the group unless jobs are pending for it (handed back: the worker that takes them over
+                # leaves it with nothing pending, and a later prune removes it).
+                await server.consumer.prune_consumers(GONE_CONSUMER_IDLE_MS, including_self=True)
         await self.health.stop()
         await close_redis(self.probe)
         await close_redis(self.reader)
@@ -252,9 +263,16 @@ class Worker:
             server.lost_claims(await server.consumer.keep_claimed(list(server.running)))
 
     async def _reclaim(self) -> None:
+        prune = time.monotonic() >= self._next_prune
+        if prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
         for task, server in self.servers.items():
             if server.stopping.is_set():
                 continue
+            if prune:
+                dropped = await server.consumer.prune_consumers(GONE_CONSUMER_IDLE_MS)
+                if dropped:
+                    log.info("consumers.pruned", task=task, count=dropped)
             claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
             # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost.
             own = [d for d in claimed if d.entry_id in server.running]

@@ -14,6 +14,7 @@ from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub, Pending
 from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode, encode
+from rtai_protocol.codec import decode_internal
 from rtai_protocol.internal import Forward
 from tests.support.hub_harness import RecordingConn, job_for, running_hub, track
 from tests.support.redis_server import RedisHandle
@@ -101,3 +102,24 @@ async def test_a_request_that_ends_while_its_session_is_taken_over_is_not_tracke
         del hub.redis.hgetall
     assert (job.owner, "r1") not in hub.pending
     assert "r1" not in session.requests
+
+
+async def test_a_request_ended_here_for_another_gateway_is_ended_there_too(hub: Hub) -> None:
+    """This gateway took a session over from gateway A, which is alive and admitted request R (R's replies go to A).
+    The client cancels R here: A is told with a forwarded final, so it stops tracking R now, not at R's deadline (a
+    cancelled job sends no reply for A to end it by)."""
+    session = Session(id="s5", identity="anon:s5", conn=RecordingConn(), fill_gap=hub.gap_filler)  # type: ignore[arg-type]
+    hub.sessions[session.id] = session
+    p = track(hub, session, "r1")
+    p.job = p.job.model_copy(update={"reply_to": hub.keys.replies("gw-a")})
+    await asyncio.wait_for(hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client"), 5)
+    (entry,) = await hub.redis.xrange(hub.keys.replies("gw-a"))
+    told = decode_internal(entry[1][b"m"])
+    assert isinstance(told, Forward) and told.final
+    assert (told.session, told.owner, told.request_id) == ("s5", "anon:s5", "r1")
+    assert '"cancelled"' in told.frame and told.seq > 0
+    assert await hub.redis.ttl(hub.keys.replies("gw-a")) > 0
+    own = track(hub, session, "r2")  # one that runs for this gateway: nobody else to tell
+    await asyncio.wait_for(hub.finish_locally(own, ErrorCode.CANCELLED, "cancelled by the client"), 5)
+    assert await hub.redis.xlen(hub.keys.replies("gw-a")) == 1
+    assert not await hub.redis.exists(hub.reply_stream)

@@ -477,15 +477,37 @@ class Hub:
         body = encode(Error(id=job.request_id, code=str(code), message=message))
         self._finished(p, str(code))
 
+        logged: list[Forward] = []
+
         def then(res: Any) -> None:
             if isinstance(res, Exception):
                 # Redis is down: the socket still gets its final frame, unnumbered (it cannot be replayed on resume).
                 log.warning("final.unlogged", request_id=job.request_id, error=type(res).__name__)
                 p.session.sent_unlogged_final(job.request_id, body)
-            elif int(res[0]) and p.session.first_final(job.request_id):
-                p.session.deliver(int(res[0]), _logged_body(res, body))
+                return
+            seq = int(res[0])
+            if seq and p.session.first_final(job.request_id):
+                p.session.deliver(seq, _logged_body(res, body))
+            if seq and job.reply_to != self.reply_stream:
+                frame = _logged_body(res, body).decode()
+                logged.append(Forward(session=job.session, seq=seq, frame=frame, owner=job.owner,
+                                      request_id=job.request_id, final=True))  # fmt: skip
 
         await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
+        if logged:
+            await self._tell_origin(job.reply_to, logged[0])
+
+    async def _tell_origin(self, reply_to: str, final: Forward) -> None:
+        """A request taken over with its session still runs for the gateway that admitted it (its replies go there):
+        one ended here (a cancel, a deadline) is ended there too, or that gateway would hold it, and its user's slot,
+        until the deadline (a cancelled job sends no reply)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(reply_to, {"m": encode(final)})
+                pipe.expire(reply_to, self.settings.sessions.ttl_s)
+                await pipe.execute()
+        except Exception as e:  # that gateway ends it at its deadline, as before
+            log.warning("final.origin_untold", request_id=final.request_id, error=type(e).__name__)
 
     def _fill_gap(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(self._read_gap(session, session.conn))

@@ -367,6 +367,25 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
     assert await paused.keep_claimed([job, mine]) == set()
 
 
+async def test_a_job_left_behind_many_running_ones_is_reclaimed(redis: Redis, prefix: str) -> None:
+    """A dead worker's job behind 700 pending jobs of live workers: XAUTOCLAIM looks at 640 pending entries a call
+    (count 64), so a scan that always started at the front never reached it (before: reclaimed never)."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    busy, dead, reclaimer = (Consumer(redis, keys, "sentiment", n) for n in ("busy", "dead", "reclaimer"))
+    await busy.ensure_group()
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(700):
+            pipe.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})
+        await pipe.execute()
+    running, _ = await busy.read(700, block_ms=None)
+    left = (await redis.xadd(stream, {"m": encode(_job(700, keys.replies("g1")))})).decode()
+    await dead.read(1, block_ms=None)
+    await asyncio.sleep(0.3)
+    await busy.keep_claimed([d.entry_id for d in running])  # the live worker's jobs are fresh again
+    assert [d.entry_id for d in await reclaimer.reclaim(min_idle_ms=200)] == [left]
+
+
 async def test_gone_consumers_leave_the_group_but_never_one_with_pending_jobs(redis: Redis, prefix: str) -> None:
     """Every worker process is a consumer of its own: the gone ones (idle, nothing pending) are removed, a worker
     leaves at its shutdown, and a consumer that still holds a job (handed back, not yet taken over) stays, since

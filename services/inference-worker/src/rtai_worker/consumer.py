@@ -21,6 +21,8 @@ from rtai_transport.lua import CLAIM_OWNED, PRUNE_CONSUMERS
 
 log = get_logger("rtai_worker.consumer")
 
+RECLAIM_SCANS_PER_PASS = 8
+"""XAUTOCLAIM calls one reclaim pass may make while it finds nothing idle: 8 x 640 pending entries looked at."""
 REPLY_STREAM_TTL_S = 3600
 """Every write to a reply stream sets it: the stream of a gateway that is gone expires (a live gateway's heartbeat keeps
 its own alive). Reply streams have no MAXLEN: the gateway trims what it has read, and a cap would trim replies it has
@@ -56,6 +58,8 @@ class Consumer:
         max_reply_bytes: int = 1 << 20,
     ) -> None:
         self.max_reply_bytes = max_reply_bytes
+        self._reclaim_from = "0-0"
+        """Where the next reclaim scan of the pending entries starts (XAUTOCLAIM's cursor; 0-0: the front)."""
         self.redis = redis
         self.reader = reader or redis
         self.keys = keys
@@ -109,10 +113,18 @@ class Consumer:
 
     async def reclaim(self, min_idle_ms: int, count: int = 64) -> list[Delivery]:
         """Take over jobs a silent consumer left pending, with their delivery counts."""
-        claimed: Any = await self.redis.xautoclaim(
-            self.stream, WORKER_GROUP, self.consumer, min_idle_ms, "0-0", count=count
-        )
-        entries = claimed[1]
+        # XAUTOCLAIM looks at no more than 10 x count pending entries per call and says where it stopped: a scan that
+        # always started at the front would never reach idle entries behind that many live ones (a busy group's
+        # batches and streams). The scan goes on from where the last one stopped, over a few calls per pass.
+        entries: list[Any] = []
+        for _ in range(RECLAIM_SCANS_PER_PASS):
+            claimed: Any = await self.redis.xautoclaim(
+                self.stream, WORKER_GROUP, self.consumer, min_idle_ms, self._reclaim_from, count=count
+            )
+            self._reclaim_from = text(claimed[0])
+            entries = claimed[1]
+            if entries or self._reclaim_from == "0-0":
+                break
         if not entries:
             return []
         good, bad = self._decode([(eid, fields) for eid, fields in entries if fields])

@@ -229,3 +229,23 @@ async def test_replies_the_gateway_has_not_read_are_never_trimmed_and_every_repl
     for stream in (keys.replies("gone"), keys.replies("gone2")):
         assert await redis.xlen(stream) == 1
         assert 0 < await redis.ttl(stream) <= 3600, stream
+
+
+async def test_jobs_read_with_an_entry_that_cannot_be_dead_lettered_now_still_run(redis: Redis, prefix: str) -> None:
+    """Moving an unreadable entry to the dead letters fails (Redis refused it a moment): the good jobs read with it
+    run at once (before: dropped while claimed, to wait for a reclaim), and the bad entry stays pending."""
+    keys = Keys(prefix)
+    model = VaderModel(ModelOptions())
+    model.load()
+    server = _server(redis, keys, model)
+    await server.consumer.ensure_group()
+    await redis.xadd(keys.jobs("sentiment"), {"m": b"not json"})
+    await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job("good", keys))})
+
+    async def refused(bad: Any) -> None:
+        raise ConnectionError("Redis went away for a moment")
+
+    server.consumer.reject = refused  # type: ignore[method-assign]
+    got = await server._gather(32, 0)
+    assert [d.job.request_id for d in got] == ["good"]
+    assert (await redis.xpending(keys.jobs("sentiment"), WORKER_GROUP))["pending"] == 2

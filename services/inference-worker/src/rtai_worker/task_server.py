@@ -195,17 +195,30 @@ class TaskServer:
     async def _gather(self, size: int, delay_ms: float) -> list[Delivery]:
         """Block for the first job, then wait up to `delay_ms` for more, up to `size` (dynamic batching)."""
         got, bad = await self.consumer.read(size, block_ms=500)
-        if bad:
-            await self._reject(bad)
+        # The jobs read are claimed by this worker from here on: a failure after the read must not drop them (they
+        # would wait, unrun, for a reclaim, charged a delivery they never had).
+        await self._reject_or_leave(bad)
         # Waiting for more only pays for models whose cost per batch grows slower than its size (transformers); for
         # a per-item model like VADER it would add the delay to every lone request and save nothing.
         if got and len(got) < size and delay_ms > 0 and self.model.info.pads:
             await asyncio.sleep(delay_ms / 1000)
-            more, bad = await self.consumer.read(size - len(got), block_ms=None)
-            if bad:
-                await self._reject(bad)
+            try:
+                more, bad = await self.consumer.read(size - len(got), block_ms=None)
+            except Exception as e:
+                log.warning("read.more_failed", task=self.task, error=type(e).__name__)  # run what was read
+                return got
+            await self._reject_or_leave(bad)
             got.extend(more)
         return got
+
+    async def _reject_or_leave(self, bad: list[Unreadable]) -> None:
+        """Dead-letter unreadable entries; if that fails, leave them pending: the reclaim finds them again."""
+        if not bad:
+            return
+        try:
+            await self._reject(bad)
+        except Exception as e:
+            log.warning("reject.failed", task=self.task, entries=len(bad), error=type(e).__name__)
 
     async def _reject(self, bad: list[Unreadable]) -> None:
         await self.consumer.reject(bad)

@@ -591,3 +591,35 @@ async def test_a_request_sent_again_while_its_task_has_no_live_worker_is_not_ref
     await asyncio.sleep(0.3)
     assert len(c.finals(rid)) == 1
     await c.close()
+
+
+async def test_a_dead_workers_jobs_are_shared_out_among_the_live_workers(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service], tmp_path: Path
+) -> None:
+    """A worker died holding 12 jobs of a threaded model (300 ms each). Reclaimed jobs run one at a time, so the
+    first live worker to reclaim took all 12 and ran them for 3.6 s while the other stayed idle; now each takes a few
+    at a time and both run them."""
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RECLAIM_IDLE_MS": "600", "RTAI_TEST_SLOW_MS": "300", "RTAI_TEST_COUNT_DIR": str(tmp_path)}
+    slow = "sentiment=tests.support.fake_models:slow"
+    first = start(services, procs.worker(env, prefix, tasks=slow, **extra))  # registers the task
+    g = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
+    g.wait_task("sentiment")
+    assert first.stop() == 0
+    c = await Conn(ws_url(g)).open()
+    rids = [await c.infer("sentiment", f"x {i}", deadline_ms=60_000) for i in range(12)]
+    for rid in rids:
+        await c.wait_for(lambda f, rid=rid: f["type"] == "accepted" and f["id"] == rid)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    stream = f"{prefix}:v1:jobs:sentiment"
+    ((_, held),) = r.xreadgroup("workers", "dead", {stream: ">"}, count=12)  # the worker that died with them
+    assert len(held) == 12
+    live = [start(services, procs.worker(env, prefix, tasks=slow, **extra)) for _ in range(2)]
+    for rid in rids:
+        assert (await c.final(rid, timeout=30))["type"] == "result"
+    ran = {w.proc.pid: 0 for w in live if w.proc is not None}
+    for f in tmp_path.glob("*.txt"):
+        if int(f.stem) in ran:
+            ran[int(f.stem)] += sum(1 for line in f.read_text().splitlines() if line.startswith("x "))
+    assert sum(ran.values()) == 12 and all(ran.values()), ran
+    await c.close()

@@ -32,15 +32,24 @@ def _hang_on(texts: Iterable[str]) -> None:
         time.sleep(HANG_S)
 
 
+def _count(batch: Sequence[ModelInput]) -> None:
+    """Append the batch's texts to this process's file in RTAI_TEST_COUNT_DIR (if set): which process ran what."""
+    where = os.environ.get("RTAI_TEST_COUNT_DIR")
+    if where is None:
+        return
+    with (Path(where) / f"{os.getpid()}.txt").open("a") as f:
+        for item in batch:
+            f.write(item.text.replace("\n", " ") + "\n")
+
+
 class CountingModel(VaderModel):
     def __init__(self, options: ModelOptions) -> None:
         super().__init__(options)
-        self._out = Path(os.environ["RTAI_TEST_COUNT_DIR"]) / f"{os.getpid()}.txt"
+        if "RTAI_TEST_COUNT_DIR" not in os.environ:
+            raise RuntimeError("CountingModel needs RTAI_TEST_COUNT_DIR: counting is all it is for")
 
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
-        with self._out.open("a") as f:
-            for item in batch:
-                f.write(item.text.replace("\n", " ") + "\n")
+        _count(batch)
         return super().predict(batch)
 
 
@@ -53,6 +62,7 @@ class SlowModel(VaderModel):
     def predict(self, batch: Sequence[ModelInput]) -> list[Any]:
         _hang_on(item.text for item in batch)
         time.sleep(float(os.environ.get("RTAI_TEST_SLOW_MS", "200")) / 1000)
+        _count(batch)
         return super().predict(batch)
 
 

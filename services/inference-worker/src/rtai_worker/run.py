@@ -73,6 +73,8 @@ class Worker:
         """Set when a heartbeat found the task taken by another model configuration: `run` raises it once drained."""
         self.hung: ModelCallHung | None = None
         """Set when a model call ran past `model_call_timeout_s`: `run` raises it once drained."""
+        self._reclaim_wanted = asyncio.Event()
+        """A task server ran all the jobs it adopted: the reclaim loop runs again now, not after its interval."""
         self._next_prune = 0.0
         """When the reclaim loop next removes gone consumers from the task groups (`Consumer.prune_consumers`)."""
         self.health = HealthServer(settings.http_host, settings.http_port, self.metrics, self._not_ready)
@@ -104,6 +106,7 @@ class Worker:
                 max_reply_bytes=self.settings.max_reply_bytes,
             )
             self.servers[task] = TaskServer(task, model, consumer, self.settings, self.metrics, self._model_hung)
+            self.servers[task].wants_reclaim = self._reclaim_wanted
             self.metrics.init_task(task)
             log.info("model.loaded", task=task, model=spec, fingerprint=model.info.fingerprint)
 
@@ -164,7 +167,9 @@ class Worker:
             await server.consumer.ensure_group()
         background = [
             asyncio.create_task(self._every(self.settings.registration_ttl_s / 4, self._heartbeat), name="heartbeat"),
-            asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 2000, self._reclaim), name="reclaim"),
+            asyncio.create_task(
+                self._every(self.settings.reclaim_idle_ms / 2000, self._reclaim, self._reclaim_wanted), name="reclaim"
+            ),
             # Well inside the reclaim idle time: a long generation must never look abandoned.
             asyncio.create_task(self._every(self.settings.reclaim_idle_ms / 3000, self._keep_claims), name="claims"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
@@ -215,7 +220,8 @@ class Worker:
         """Model calls still computing in their threads after the drain (their jobs were handed back)."""
         return sum(server.threads.running() for server in self.servers.values())
 
-    async def _every(self, interval_s: float, step: object) -> None:
+    async def _every(self, interval_s: float, step: object, sooner: asyncio.Event | None = None) -> None:
+        """Run `step` every `interval_s`, or as soon as `sooner` is set."""
         while True:
             try:
                 await step()  # type: ignore[operator]
@@ -223,7 +229,12 @@ class Worker:
                 raise
             except Exception as e:
                 log.warning("loop.failed", loop=getattr(step, "__name__", "?"), error=type(e).__name__)
-            await asyncio.sleep(interval_s)
+            if sooner is None:
+                await asyncio.sleep(interval_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sooner.wait(), interval_s)
+            sooner.clear()
 
     async def _heartbeat(self) -> None:
         try:
@@ -273,7 +284,10 @@ class Worker:
                 dropped = await server.consumer.prune_consumers(GONE_CONSUMER_IDLE_MS)
                 if dropped:
                     log.info("consumers.pruned", task=task, count=dropped)
-            claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms)
+            budget = server.reclaim_budget()
+            if not budget:
+                continue  # adopted jobs still wait here: the other workers take what is left
+            claimed = await server.consumer.reclaim(self.settings.reclaim_idle_ms, count=budget)
             # After a long pause (GC, SIGSTOP) our own running jobs look idle: they are ours, running, not lost.
             own = [d for d in claimed if d.entry_id in server.running]
             claimed = [d for d in claimed if d.entry_id not in server.running]

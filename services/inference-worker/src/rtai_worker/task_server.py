@@ -25,6 +25,9 @@ from rtai_worker.model_threads import ModelCallHung, ModelThreads
 from rtai_worker.models.microbatch import cut_by_length
 from rtai_worker.settings import WorkerSettings
 
+RECLAIM_INLINE = 64
+RECLAIM_THREADED = 4
+
 log = get_logger("rtai_worker.task")
 
 CANCEL_POLL_S = 0.5
@@ -67,6 +70,8 @@ class TaskServer:
         """Entry ids of running jobs that another worker reclaimed (this one was paused past `reclaim_idle_ms`)."""
         self._adopted: deque[Delivery] = deque()
         """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
+        self.wants_reclaim: asyncio.Event | None = None
+        """Set when the jobs this server adopted have all run: the worker's reclaim loop then takes more at once."""
         self._streams = asyncio.Semaphore(settings.max_streams)
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._solo: asyncio.Task[None] | None = None
@@ -87,6 +92,8 @@ class TaskServer:
             try:
                 if self._adopted:
                     await self._run_adopted(self._adopted.popleft())
+                    if not self._adopted and self.wants_reclaim is not None:
+                        self.wants_reclaim.set()
                     failures = 0
                     continue
                 size = await self._read_budget(s.max_batch_size)
@@ -108,6 +115,17 @@ class TaskServer:
                     log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
         await self.replies_written()
+
+    def reclaim_budget(self) -> int:
+        """How many jobs of dead workers to take over now. Adopted jobs run one at a time (`_run_adopted`), so a worker
+        takes no more than it can start soon and leaves the rest pending for the other workers' reclaim: none while
+        adopted jobs still wait here, one stream (it runs alone), a few jobs of a threaded model; an inline model's
+        jobs take microseconds each."""
+        if self._adopted:
+            return 0
+        if self.model.info.streaming:
+            return 1
+        return RECLAIM_INLINE if self.model.info.inline else RECLAIM_THREADED
 
     async def adopt(self, reclaimed: list[Delivery]) -> None:
         """Take over jobs reclaimed from a worker presumed dead. The read loop runs them, ahead of new jobs, so the

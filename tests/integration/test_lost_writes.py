@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from rtai_gateway import lifecycle
 from rtai_protocol import Job, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
+from tests.support.hub_harness import RecordingConn, running_hub
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker, request_key
 from tests.support.ws_client import Conn
@@ -172,3 +174,20 @@ async def test_a_resume_from_a_seq_the_session_never_reached_starts_a_fresh_sess
     after = await again.call("sentiment", "after the resume")
     assert after["seq"] > ahead, after
     await again.close()
+
+
+async def test_a_gateway_that_numbers_after_a_resume_never_numbers_below_the_clients_last_seq(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """A failover lost the counter's last increments (the client has frames up to 7, the counter says 5), and the
+    client resumed on gateway B. Gateway A, still running one of the session's requests, numbers its final from the
+    counter: it must get 8, not 6, or B (and the client) drop it as a frame already seen."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    await redis.set(keys.session_seq("s1"), 5)
+    async with running_hub(redis_server, prefix) as b:
+        resumed = await lifecycle._resume(b, RecordingConn(), "o", "s1", 7)  # type: ignore[arg-type]
+        assert resumed is not None and resumed.delivered == 7
+        resumed.end_replay()
+    k, a = _log_frame_call(keys, "r1", b"a's final", "final", 0)  # as gateway A logs it: not holding, floor 0
+    assert int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0]) == 8  # type: ignore[misc]

@@ -223,3 +223,19 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return dropped
 """
+
+# Raises a session's seq counter to at least a resuming client's last seq. A failover can lose the counter's last
+# increments (replication is asynchronous) while the client already has those frames. The gateway the client resumed
+# on never numbers at or below what it sent (its floor), but a gateway still running one of the session's requests
+# numbers its frames from the counter alone, and a frame numbered at or below the client's last seq would be dropped
+# as one it already has.
+# KEYS: 1 seq; ARGV: 1 the client's last seq, 2 session ttl s. Returns the counter.
+RAISE_SEQ = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if seq < floor then
+  redis.call('SET', KEYS[1], floor, 'EX', ARGV[2])
+  return floor
+end
+return seq
+"""

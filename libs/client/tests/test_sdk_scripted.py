@@ -6,6 +6,7 @@ a real gateway are in test_sdk_live.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -375,3 +376,18 @@ async def test_a_request_over_a_new_gateways_smaller_frame_limit_fails_alone(scr
             await asyncio.wait_for(c.infer("t", "x" * 1000), 5)  # fits the first gateway, not the second
         assert e.value.code == "invalid_request"
         assert (await asyncio.wait_for(c.infer("t", "small"), 5)).output == 5
+
+
+async def test_a_stream_dropped_without_being_iterated_frees_its_request_id(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        c.stream("t", "never iterated", request_id="s1")
+        gc.collect()
+        kept = c.stream("t", "this one is kept", request_id="s1")  # before: "already in use by this client"
+        assert kept.id == "s1"
+        with pytest.raises(ValueError, match="already in use"):
+            c.stream("t", "a second while the first is alive", request_id="s1")

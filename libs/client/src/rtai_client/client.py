@@ -439,6 +439,11 @@ class Client:
                 return
         await self._send_raw({"type": "cancel", "id": request_id})
 
+    def _forget_unstarted(self, call: Call) -> None:
+        """Free the id of a request its caller dropped before starting it (a Stream never iterated)."""
+        if not call.started and self._calls.get(call.id) is call:
+            del self._calls[call.id]
+
     def _abandon(self, call: Call) -> None:
         """Forget a request whose caller stopped waiting (a timeout, a cancelled task, a stream left early). One that
         may still run on the server is cancelled there, so it does not hold a worker for nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,9 @@ class Stream:
         self._timeout = timeout
         self._retries = retries
         self._started = False
+        # A Stream dropped without being iterated never reached the server: its id is freed with it, instead of
+        # staying reserved in the client for good.
+        weakref.finalize(self, client._forget_unstarted, call)
 
     @property
     def id(self) -> str:

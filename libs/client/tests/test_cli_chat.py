@@ -36,6 +36,10 @@ async def gateway_url() -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{port}/v1/ws"
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def _chat_at_its_prompt(url: str) -> asyncio.subprocess.Process:
     """`rtai chat`, started and waiting for the user's first line (its prompt printed)."""
     proc = await asyncio.create_subprocess_exec(
@@ -48,6 +52,9 @@ async def _chat_at_its_prompt(url: str) -> asyncio.subprocess.Process:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # As from a terminal: a test run started in the background by a non-interactive shell ignores SIGINT, the
+        # child would inherit that, and Python installs no KeyboardInterrupt handler for an ignored signal.
+        preexec_fn=_sigint_default,
     )
     assert proc.stdout is not None
     seen = b""

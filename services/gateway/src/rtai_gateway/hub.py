@@ -109,9 +109,9 @@ class Hub:
             name=connection_name("rtai-gateway", settings.gateway_id, "framelog"),
         )
         self.finish_hooks: list[Callable[[Pending], None]] = []
+        """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         self.reap_hooks: list[Callable[[], None]] = []
         """Called on every pass of the reaper (the fair scheduler ends requests whose deadline passed in its queues)."""
-        """Called when a request this gateway admitted ends (any outcome): per-user slots, fairness."""
         # Job ids only need to be unique: 64 random bits per process, then a counter (a random id per job read
         # /dev/urandom each time: 0.6 us against 0.13 us here, yet 1.7% of the gateway's samples under load).
         self._job_ids_from = f"{secrets.token_hex(8)}."

@@ -50,7 +50,8 @@ async def test_a_request_whose_final_was_trimmed_from_the_log_is_answered_when_s
 ) -> None:
     """A client away long enough for its session log to trim a final frame it never got: the resume replays what is
     left, the client sends the request again (same id, as the protocol says), and gets the stored final frame,
-    unnumbered (before: nothing, in the same session, so the request never ended for the client)."""
+    unnumbered (before: nothing, in the same session, so the request never ended for the client). A request whose
+    final the replay sent gets nothing more."""
     settings = {
         "SESSIONS__LOG_MAXLEN": str(LOG_MAXLEN),
         "LIMITS__MESSAGES_PER_S": "10000",
@@ -63,7 +64,7 @@ async def test_a_request_whose_final_was_trimmed_from_the_log_is_answered_when_s
     lost = await c.call("sentiment", "I love this", rid="lost")  # as if this final never reached the client
     assert lost["type"] == "result"
     for i in range(150):  # 300 frames: the log keeps about LOG_MAXLEN + one stream node
-        await c.call("sentiment", f"meanwhile {i}")
+        last = await c.call("sentiment", f"meanwhile {i}")
     await c.ws.close()
     r = await Conn(c.url).open(hello={"type": "hello", "session": c.session, "last_seq": seen})
     assert r.frames[0]["resumed"] is True
@@ -72,4 +73,9 @@ async def test_a_request_whose_final_was_trimmed_from_the_log_is_answered_when_s
     await r.infer("sentiment", "I love this", rid="lost")
     again = await r.final("lost", timeout=5)
     assert (again["type"], again.get("seq"), again["output"]) == ("result", None, lost["output"])
+    # One whose final the replay did send is not answered twice: one final per request.
+    assert len(r.finals(last["id"])) == 1
+    await r.infer("sentiment", f"meanwhile {149}", rid=last["id"])
+    await asyncio.sleep(0.5)
+    assert len(r.finals(last["id"])) == 1, r.finals(last["id"])
     await r.close()

@@ -245,10 +245,10 @@ class Hub:
                 self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
                 self.catalog.note_enqueued(job.task)
                 session.deliver(int(res[2]), accepted)
-            elif status == "done":
-                # Finished earlier: send the stored final frame again, unnumbered. Also in the same session: a client
-                # sends a request again only without its final, which the session log may have trimmed before the
-                # resume (a second final, where the replay had it after all, is one clients ignore).
+            elif status == "done" and (res[2].decode() != session.id or session.takes_logged_final(job.request_id)):
+                # Finished earlier: send the stored final frame again, unnumbered. In the same session only if this
+                # gateway has not sent it on the session's sockets (live, in the replay, in a gap fill): the session
+                # log may have trimmed it before the resume.
                 session.send(res[1])
             elif status == "elsewhere":
                 msg = "this request id is in flight in another session; resume that session"

@@ -122,9 +122,12 @@ class Session:
                 self.deliver(seq, body)
 
     def deliver_replay(self, seq: int, body: bytes) -> None:
-        """Send a frame read back from the session log (during a resume)."""
+        """Send a frame read back from the session log (during a resume). A final frame is noted as sent: the client
+        sends again every request it has no final for, and one it got here must not be answered twice."""
         if seq > self.delivered and self.conn is not None and self.conn.offer(with_seq(body, seq)):
             self.delivered = seq
+            if (request_id := _final_id(body)) is not None:
+                self.first_final(request_id)
 
     def send(self, body: bytes) -> None:
         """Send a frame that is not numbered (refusals of requests that were never accepted)."""

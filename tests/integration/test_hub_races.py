@@ -77,22 +77,28 @@ async def test_a_final_forwarded_by_another_gateway_gives_back_the_requests_slot
     assert p.key not in hub.pending
 
 
-async def test_a_request_that_ends_while_its_session_is_taken_over_is_not_tracked_for_good(hub: Hub) -> None:
+@pytest.mark.parametrize("forwarded", [True, False], ids=["forwarded", "origin-died-before-forwarding"])
+async def test_a_request_that_ends_while_its_session_is_taken_over_is_ended_once_with_its_final(
+    hub: Hub, forwarded: bool
+) -> None:
     """Gateway B resumes a session whose request R runs for gateway A (alive). A logs R's final right after B read the
     session's in-flight requests, and its forward reaches B before B tracks R (before: B then tracked R until its
-    deadline, holding the user's slot and the drain, and counted it `deadline_exceeded`)."""
-    session = Session(id="s4", identity="anon:s4", conn=RecordingConn(), fill_gap=hub.gap_filler)  # type: ignore[arg-type]
+    deadline, holding the user's slot and the drain, and counted it `deadline_exceeded`), or A dies before it
+    forwards it: the socket still gets the final, once."""
+    conn = RecordingConn()
+    session = Session(id="s4", identity="anon:s4", conn=conn, fill_gap=hub.gap_filler)  # type: ignore[arg-type]
     hub.sessions[session.id] = session
     job = job_for(hub, session, "r1").model_copy(update={"reply_to": hub.keys.replies("gw-a")})
     await hub.redis.set(hub.keys.gateway_alive("gw-a"), b"1", ex=30)
     await hub.redis.hset(hub.keys.session_inflight(session.id), "r1", encode(job))
     hgetall = hub.redis.hgetall
+    final = '{"type":"result","id":"r1","output":1}'
 
     async def then_a_logs_the_final(name: str) -> Any:
         snapshot = await hgetall(name)
-        await hub.redis.hset(hub.keys.request(job.owner, "r1"), "final", b"{}")  # A's LOG_FRAME
-        final = '{"type":"result","id":"r1","output":1}'
-        hub.deliver_forward(Forward(session="s4", seq=1, frame=final, owner=job.owner, request_id="r1", final=True))
+        await hub.redis.hset(hub.keys.request(job.owner, "r1"), mapping={"final": final, "final_seq": 1})  # LOG_FRAME
+        if forwarded:
+            hub.deliver_forward(Forward(session="s4", seq=1, frame=final, owner=job.owner, request_id="r1", final=True))
         return snapshot
 
     hub.redis.hgetall = then_a_logs_the_final  # type: ignore[method-assign]
@@ -102,6 +108,7 @@ async def test_a_request_that_ends_while_its_session_is_taken_over_is_not_tracke
         del hub.redis.hgetall
     assert (job.owner, "r1") not in hub.pending
     assert "r1" not in session.requests
+    assert [(f["type"], f["seq"]) for f in conn.decoded()] == [("result", 1)]
 
 
 async def test_a_request_ended_here_for_another_gateway_is_ended_there_too(hub: Hub) -> None:

@@ -152,11 +152,18 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
         return
     async with hub.redis.pipeline(transaction=False) as pipe:
         for p in taken:
-            pipe.hexists(hub.keys.request(p.job.owner, p.job.request_id), "final")
-        finished = await pipe.execute()
-    for p, done in zip(taken, finished, strict=True):
-        if done:
-            hub.end(p)  # its final is in the session log: the replay sent it, or the next gap fill does
+            pipe.hget(hub.keys.request(p.job.owner, p.job.request_id), "final")
+            pipe.hget(hub.keys.request(p.job.owner, p.job.request_id), "final_seq")
+        finals = await pipe.execute()
+    for i, p in enumerate(taken):
+        final, final_seq = finals[2 * i], finals[2 * i + 1]
+        if final is not None:
+            # Logged after the replay read the log: its forward may be on its way, or lost with a gateway that died
+            # right after logging it. Sent from here (held until the replay ends); the socket drops a second copy by
+            # its number.
+            if final_seq is not None and session.takes_logged_final(p.job.request_id):
+                session.deliver(int(final_seq), bytes(final))
+            hub.end(p)
         elif p.job.reply_to != hub.reply_stream and not await _gateway_alive(hub, p.job.reply_to):
             # Its gateway is gone, and with it the reader of the job's reply stream: run it again, replies to us.
             await resubmit(hub, p)

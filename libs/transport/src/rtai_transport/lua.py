@@ -224,18 +224,19 @@ end
 return dropped
 """
 
-# Raises a session's seq counter to at least a resuming client's last seq. A failover can lose the counter's last
-# increments (replication is asynchronous) while the client already has those frames. The gateway the client resumed
-# on never numbers at or below what it sent (its floor), but a gateway still running one of the session's requests
-# numbers its frames from the counter alone, and a frame numbered at or below the client's last seq would be dropped
-# as one it already has.
-# KEYS: 1 seq; ARGV: 1 the client's last seq, 2 session ttl s. Returns the counter.
-RAISE_SEQ = """
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local floor = tonumber(ARGV[1])
-if seq < floor then
-  redis.call('SET', KEYS[1], floor, 'EX', ARGV[2])
-  return floor
+# A gateway takes a session (a new one, or a resume): the session's meta names it, and the session's seq counter is
+# raised to at least the resuming client's last seq. A failover can lose the counter's last increments (replication
+# is asynchronous) while the client already has those frames. The gateway the client resumed on never numbers at or
+# below what it sent (its floor), but a gateway still running one of the session's requests numbers its frames from
+# the counter alone, and a frame numbered at or below the client's last seq would be dropped as one it already has.
+# One script, so that no gateway sees the session named for its new holder with the counter not yet raised.
+# KEYS: 1 session meta, 2 seq; ARGV: 1 identity, 2 gateway id, 3 session ttl s, 4 the client's last seq (0: none)
+CLAIM_SESSION = """
+redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'gateway', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local floor = tonumber(ARGV[4])
+if floor > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') < floor then
+  redis.call('SET', KEYS[2], floor, 'EX', ARGV[3])
 end
-return seq
+return 1
 """

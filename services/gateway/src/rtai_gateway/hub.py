@@ -34,7 +34,7 @@ from rtai_protocol import Accepted, Chunk, Error, ErrorCode, Forward, Infer, Job
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
 from rtai_transport import Keys, Redis, connection_name
-from rtai_transport.lua import LOG_FRAME, RAISE_SEQ, SUBMIT
+from rtai_transport.lua import CLAIM_SESSION, LOG_FRAME, SUBMIT
 
 log = get_logger("rtai_gateway.hub")
 tracer = trace.get_tracer("rtai_gateway")
@@ -118,7 +118,7 @@ class Hub:
         self._job_ids = itertools.count()
         self._log_frame = redis.register_script(LOG_FRAME)
         self._submit = redis.register_script(SUBMIT)
-        self.raise_seq = redis.register_script(RAISE_SEQ)
+        self.claim_session = redis.register_script(CLAIM_SESSION)
         self.gap_filler: Callable[[Session], None] = self._fill_gap
         """Every session's `fill_gap` hook: one bound method for all, not one object more per socket."""
         self._gap_reads: set[asyncio.Task[None]] = set()

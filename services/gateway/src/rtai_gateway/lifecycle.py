@@ -62,15 +62,10 @@ async def open_session(hub: Hub, conn: Connection, identity: str | None, hello: 
 
 
 async def _claim(hub: Hub, session: Session) -> None:
-    meta = hub.keys.session_meta(session.id)
-    ttl = hub.settings.sessions.ttl_s
-    async with hub.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(meta, mapping={"identity": session.identity, "gateway": hub.gateway_id})
-        pipe.expire(meta, ttl)
-        await pipe.execute()
-    if session.delivered:
-        # Numbers other gateways give the session's frames from now on come after what the client has (RAISE_SEQ).
-        await hub.raise_seq(keys=[hub.keys.session_seq(session.id)], args=[session.delivered, ttl])
+    """Name this gateway as the session's holder, and raise its numbering to what the client has (CLAIM_SESSION)."""
+    keys = [hub.keys.session_meta(session.id), hub.keys.session_seq(session.id)]
+    args: list[str | int] = [session.identity, hub.gateway_id, hub.settings.sessions.ttl_s, session.delivered]
+    await hub.claim_session(keys=keys, args=args)
 
 
 async def _resume(hub: Hub, conn: Connection, identity: str, session_id: str, last_seq: int) -> Session | None:

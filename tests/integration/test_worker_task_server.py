@@ -28,6 +28,7 @@ from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
+from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support import procs
@@ -384,6 +385,34 @@ async def test_a_job_left_behind_many_running_ones_is_reclaimed(redis: Redis, pr
     await asyncio.sleep(0.3)
     await busy.keep_claimed([d.entry_id for d in running])  # the live worker's jobs are fresh again
     assert [d.entry_id for d in await reclaimer.reclaim(min_idle_ms=200)] == [left]
+
+
+async def test_a_failed_prune_of_gone_consumers_does_not_cost_the_reclaim(
+    redis: Redis, redis_server: RedisHandle, prefix: str
+) -> None:
+    """Pruning gone consumers is housekeeping: refused (an ACL written before it, say), the same pass still reclaims
+    the jobs of a dead worker."""
+    keys = Keys(prefix)
+    settings = WorkerSettings(redis={"url": redis_server.url, "prefix": prefix}, reclaim_idle_ms=300)
+    worker = Worker(settings)
+    try:
+        model = VaderModel(ModelOptions())
+        server = _server(Consumer(redis, keys, "sentiment", "live"), model, settings)
+        worker.servers["sentiment"] = server
+        await server.consumer.ensure_group()
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(1, keys.replies("g1")))})
+        await Consumer(redis, keys, "sentiment", "dead").read(1, block_ms=None)
+        await asyncio.sleep(0.4)
+
+        async def refused(*_: Any, **__: Any) -> int:
+            raise RedisConnectionError("NOPERM this user has no permissions to run the 'xinfo|consumers' command")
+
+        server.consumer.prune_consumers = refused  # type: ignore[method-assign]
+        await worker._reclaim()
+        assert [d.job.request_id for d in server._adopted] == ["r1"]
+    finally:
+        for client in (worker.redis, worker.reader, worker.probe):
+            await client.aclose()
 
 
 async def test_gone_consumers_leave_the_group_but_never_one_with_pending_jobs(redis: Redis, prefix: str) -> None:

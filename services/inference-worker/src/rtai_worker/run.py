@@ -273,6 +273,15 @@ class Worker:
         for server in self.servers.values():
             server.lost_claims(await server.consumer.keep_claimed(list(server.running)))
 
+    async def _prune(self, task: str, server: TaskServer) -> None:
+        try:
+            dropped = await server.consumer.prune_consumers(GONE_CONSUMER_IDLE_MS)
+        except Exception as e:  # housekeeping (an ACL from before it, say): never at the reclaim's cost
+            log.warning("consumers.prune_failed", task=task, error=type(e).__name__)
+            return
+        if dropped:
+            log.info("consumers.pruned", task=task, count=dropped)
+
     async def _reclaim(self) -> None:
         prune = time.monotonic() >= self._next_prune
         if prune:
@@ -281,9 +290,7 @@ class Worker:
             if server.stopping.is_set():
                 continue
             if prune:
-                dropped = await server.consumer.prune_consumers(GONE_CONSUMER_IDLE_MS)
-                if dropped:
-                    log.info("consumers.pruned", task=task, count=dropped)
+                await self._prune(task, server)
             budget = server.reclaim_budget()
             if not budget:
                 continue  # adopted jobs still wait here: the other workers take what is left

@@ -18,6 +18,7 @@ from websockets.uri import parse_uri
 
 from tests.support import procs
 from tests.support.fake_models import LONG_TEXT, TOKENS_TASK
+from tests.support.polling import until
 from tests.support.procs import start, ws_url
 from tests.support.redis_server import RedisHandle
 from tests.support.slow_client import slow_reader_socket
@@ -617,4 +618,42 @@ async def test_a_dead_workers_jobs_are_shared_out_among_the_live_workers(
         if int(f.stem) in ran:
             ran[int(f.stem)] += sum(1 for line in f.read_text().splitlines() if line.startswith("x "))
     assert sum(ran.values()) == 12 and all(ran.values()), ran
+    await c.close()
+
+
+async def test_a_dead_workers_streams_are_shared_out_one_at_a_time(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """A worker died holding 4 streams (2 s each). A reclaimed stream runs alone, so a worker takes the next one only
+    once its last has ended; before, it took another as soon as the last had started (and another while that one
+    waited for it), so one worker held them all while the other stayed idle."""
+    env = procs.redis_env_for_url(redis_server.url)
+    extra = {"RECLAIM_IDLE_MS": "600", "RTAI_TEST_TOKEN_MS": "100"}
+    first = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))  # registers the task
+    g = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
+    g.wait_task("generate")
+    assert first.stop() == 0
+    c = await Conn(ws_url(g)).open()
+    words = " ".join(["word"] * 20)
+    rids = [await c.infer("generate", words, stream=True, deadline_ms=60_000) for _ in range(4)]
+    for rid in rids:
+        await c.wait_for(lambda f, rid=rid: f["type"] == "accepted" and f["id"] == rid)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    ((_, held),) = r.xreadgroup("workers", "dead", {f"{prefix}:v1:jobs:generate": ">"}, count=4)  # it died
+    assert len(held) == 4
+    stream = f"{prefix}:v1:jobs:generate"
+
+    def taken_over() -> int:
+        """Streams the live workers hold (the rest are still the dead worker's)."""
+        return sum(c["pending"] for c in r.xpending(stream, "workers")["consumers"] if c["name"] != b"dead")
+
+    live = [start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))]
+    await until(lambda: taken_over() > 0, "the first worker reclaimed a stream")
+    await asyncio.sleep(1.0)  # three more reclaim passes while its first stream runs
+    assert taken_over() == 1, "the worker took more streams than it can start"
+    live.append(start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra)))
+    for rid in rids:
+        assert (await c.final(rid, timeout=30))["type"] == "result"
+    taken = [w.metric("rtai_worker_reclaimed_total") for w in live]
+    assert sum(taken) == 4 and all(taken), taken
     await c.close()

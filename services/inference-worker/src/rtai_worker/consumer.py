@@ -22,7 +22,8 @@ from rtai_transport.lua import CLAIM_OWNED, PRUNE_CONSUMERS
 log = get_logger("rtai_worker.consumer")
 
 RECLAIM_SCANS_PER_PASS = 8
-"""XAUTOCLAIM calls one reclaim pass may make while it finds nothing idle: 8 x 640 pending entries looked at."""
+"""XAUTOCLAIM calls one reclaim pass may make while it finds nothing idle; each looks at up to 10 x count pending
+entries (the scan resumes from there on the next pass)."""
 REPLY_STREAM_TTL_S = 3600
 """Every write to a reply stream sets it: the stream of a gateway that is gone expires (a live gateway's heartbeat keeps
 its own alive). Reply streams have no MAXLEN: the gateway trims what it has read, and a cap would trim replies it has

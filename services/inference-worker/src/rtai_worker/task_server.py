@@ -72,6 +72,8 @@ class TaskServer:
         """Jobs reclaimed from dead workers, waiting for the read loop to run them (already in `running`)."""
         self.wants_reclaim: asyncio.Event | None = None
         """Set when the jobs this server adopted have all run: the worker's reclaim loop then takes more at once."""
+        self._adopting = False
+        """An adopted job is being run (or waits for the streams to end, to run alone)."""
         self._streams = asyncio.Semaphore(settings.max_streams)
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._solo: asyncio.Task[None] | None = None
@@ -91,9 +93,13 @@ class TaskServer:
         while not self.stopping.is_set():
             try:
                 if self._adopted:
-                    await self._run_adopted(self._adopted.popleft())
-                    if not self._adopted and self.wants_reclaim is not None:
-                        self.wants_reclaim.set()
+                    self._adopting = True
+                    try:
+                        await self._run_adopted(self._adopted.popleft())
+                    finally:
+                        self._adopting = False
+                    if not self._adopted:
+                        self._want_reclaim()
                     failures = 0
                     continue
                 size = await self._read_budget(s.max_batch_size)
@@ -118,14 +124,18 @@ class TaskServer:
 
     def reclaim_budget(self) -> int:
         """How many jobs of dead workers to take over now. Adopted jobs run one at a time (`_run_adopted`), so a worker
-        takes no more than it can start soon and leaves the rest pending for the other workers' reclaim: none while
-        adopted jobs still wait here, one stream (it runs alone), a few jobs of a threaded model; an inline model's
-        jobs take microseconds each."""
-        if self._adopted:
+        takes no more than it can start soon and leaves the rest pending for the other workers' reclaim: none while an
+        adopted job waits or runs here, one stream once no reclaimed stream runs here (it runs alone), a few jobs of a
+        threaded model; an inline model's jobs take microseconds each."""
+        if self._adopted or self._adopting:
             return 0
         if self.model.info.streaming:
-            return 1
+            return 0 if self._solo is not None else 1
         return RECLAIM_INLINE if self.model.info.inline else RECLAIM_THREADED
+
+    def _want_reclaim(self) -> None:
+        if self.wants_reclaim is not None:
+            self.wants_reclaim.set()
 
     async def adopt(self, reclaimed: list[Delivery]) -> None:
         """Take over jobs reclaimed from a worker presumed dead. The read loop runs them, ahead of new jobs, so the
@@ -193,7 +203,8 @@ class TaskServer:
 
     def _solo_done(self, task: asyncio.Task[None]) -> None:
         if self._solo is task:
-            self._solo = None  # not kept past its end (its frames and result)
+            self._solo = None
+            self._want_reclaim()  # the next reclaimed stream may start
 
     async def _streams_done(self) -> bool:
         """Wait until no stream runs here; False if told to stop meanwhile."""

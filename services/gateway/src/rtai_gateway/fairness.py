@@ -13,6 +13,7 @@ when the hub did not keep the request (refused, or answered from the idempotency
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class FairScheduler:
         self._turns: deque[str] = deque()
         """Users with queued requests, in round-robin order."""
         self.queued = 0
+        self._next_expiry = math.inf
+        """No waiting request's deadline passes before this (monotonic s): until then a reaper pass skips the scan."""
         self.high_water = 0
         self._pump_task: asyncio.Task[None] | None = None
         self._admitting: dict[tuple[str, str], tuple[Session, asyncio.Future[None]]] = {}
@@ -87,7 +90,9 @@ class FairScheduler:
         if queue is None:
             queue = self._queues[user] = deque()
             self._turns.append(user)
-        queue.append(_Waiting(session, frame, time.monotonic()))
+        w = _Waiting(session, frame, time.monotonic())
+        queue.append(w)
+        self._next_expiry = min(self._next_expiry, self._expiry(w))
         self._count(+1)
         self.high_water = max(self.high_water, len(queue))
         self._metrics.user_queue_high_water.set(self.high_water)
@@ -190,9 +195,10 @@ class FairScheduler:
     def expire_waiting(self) -> None:
         """End the waiting requests whose deadline passed (a reaper pass): a slot may not free for minutes (long
         generations), and a deadline must hold while the request waits for one too."""
-        if not self.queued:
-            return
         now = time.monotonic()
+        if not self.queued or now < self._next_expiry:
+            return  # one comparison per pass until a deadline may have passed: the queues can hold thousands
+        self._next_expiry = math.inf
         for user, queue in list(self._queues.items()):
             late = [w for w in queue if self._left_ms(w, now) <= 0]
             for w in late:
@@ -202,12 +208,19 @@ class FairScheduler:
             if not queue:
                 del self._queues[user]
                 self._turns.remove(user)
+            for w in queue:
+                self._next_expiry = min(self._next_expiry, self._expiry(w))
+
+    def _budget_ms(self, w: _Waiting) -> int:
+        d = self._hub.settings.deadlines
+        return min(w.frame.options.deadline_ms or d.default_ms, d.max_ms)
+
+    def _expiry(self, w: _Waiting) -> float:
+        return w.since + self._budget_ms(w) / 1000
 
     def _left_ms(self, w: _Waiting, now: float) -> int:
         """The deadline counts from the gateway's receipt: time spent waiting here comes off the budget."""
-        d = self._hub.settings.deadlines
-        budget = min(w.frame.options.deadline_ms or d.default_ms, d.max_ms)
-        return budget - int((now - w.since) * 1000)
+        return self._budget_ms(w) - int((now - w.since) * 1000)
 
     def _refuse_late(self, w: _Waiting) -> None:
         # Through the hub's refusal: it counts the outcome under a known task name only (client-chosen names must not

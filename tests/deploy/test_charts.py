@@ -215,9 +215,19 @@ def test_workers_at_zero_declare_their_tasks_after_each_install_and_upgrade() ->
     (svc,) = find(docs, "Service")
     assert not svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     assert not find(render_chart("inference-worker", set_values={"autoscaling.mode": "keda"}), "Job")
-    # Retired tasks are removed by the same Job, whatever the replica count.
-    retiring = render_chart("inference-worker", set_values={"worker.retiredTasks": "old-a, old_b"})
-    assert container_view(retiring, "Job", "declare").env["RTAI_WORKER_RETIRED_TASKS"] == "old-a, old_b"
+    assert "RTAI_WORKER_RETIRED_TASKS" not in declare.env  # set only when there are some (older images refuse it)
+    # Retired tasks are removed by the same Job: where workers scale to zero, `declare` does it too; otherwise the Job
+    # only forgets them, and asks for no accelerator (the GPU workers may hold every one).
+    at_zero = render_chart("inference-worker", set_values={**zero, "worker.retiredTasks": "old-a, old_b"})
+    assert container_view(at_zero, "Job", "declare").env["RTAI_WORKER_RETIRED_TASKS"] == "old-a, old_b"
+    gpu = {"worker.device": "cuda", "resources.limits": {"nvidia.com/gpu": 1}}
+    retiring = render_chart("inference-worker", set_values={**gpu, "worker.retiredTasks": "old-a, old_b"})
+    forget = container_view(retiring, "Job", "declare")
+    assert forget.args == ["forget", "old-a", "old_b"]
+    assert "RTAI_WORKER_RETIRED_TASKS" not in forget.env
+    (job,), (workers,) = find(retiring, "Job"), find(retiring, "Deployment")
+    assert "nvidia.com/gpu" in str(workers["spec"]["template"]["spec"]["containers"][0]["resources"])
+    assert "nvidia.com/gpu" not in str(job["spec"]["template"]["spec"]["containers"][0]["resources"])
     assert "RTAI_WORKER_RETIRED_TASKS" not in container_view(retiring, "Deployment", "inference-worker").env
 
 

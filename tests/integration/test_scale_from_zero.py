@@ -116,19 +116,21 @@ async def test_a_task_declared_before_any_worker_ran_is_queued_for_the_first_one
 async def test_a_retired_task_is_forgotten_once_no_worker_serves_it(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
-    """A task dropped from the workers' configuration (listed in `retired_tasks` for the chart's hook Job): while a
-    worker of the last deployment still serves it, the Job leaves it alone and fails (Kubernetes runs it again);
-    once that worker is gone it is removed, the gateways refuse it `unknown_task` and stop exporting its queue (a
-    reading frozen at its last value would keep an autoscaler and an alert acting on it)."""
+    """Tasks dropped from the workers' configuration (listed in `retired_tasks` for the chart's hook Job): while a
+    worker of the last deployment still serves one, the Job waits for it to go (`retire_wait_s`) and fails past that
+    (Kubernetes runs it again); once no worker serves a task it is removed, the gateways refuse it `unknown_task` and
+    stop exporting its queue (a reading frozen at its last value would keep an autoscaler and an alert acting on
+    it), and the jobs still queued for it end at their deadlines."""
     env = procs.redis_env_for_url(redis_server.url)
     old = start(services, procs.worker(env, prefix, tasks="old=vader"))
+    older = start(services, procs.worker(env, prefix, tasks="older=vader"))
     queuing = start(services, procs.gateway(env, prefix, ADMISSION__QUEUE_WHEN_NO_WORKERS="true"))
     queuing.wait_task("old")
-    upgrade = procs.worker(env, prefix, tasks="sentiment=vader", RETIRED_TASKS="old")  # the new release's Job
+    queuing.wait_task("older")
+    upgrade = procs.worker(env, prefix, tasks="sentiment=vader", RETIRED_TASKS="old,older")  # the new release's Job
 
-    code, out = await declare(upgrade.env)
-    assert code == 5 and '"task.still_served"' in out, out[-2000:]
-    await until(lambda: listed(queuing) == {"old": 1, "sentiment": 0}, "both tasks listed")
+    code, out = await declare({**upgrade.env, "RTAI_WORKER_RETIRE_WAIT_S": "0"})
+    assert code == 5 and out.count('"task.still_served"') == 2, out[-2000:]
 
     assert old.stop() == 0
     c = await Conn(ws_url(queuing)).open()
@@ -136,9 +138,15 @@ async def test_a_retired_task_is_forgotten_once_no_worker_serves_it(
     await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == queued)
     await until(lambda: gauge(queuing, "rtai_queue_length", "old") == 1, "the old task's queue is exported")
 
-    code, out = await declare(upgrade.env)  # the Job's retry
-    assert code == 0 and '"task.forgotten"' in out and '"queued":1' in out.replace(" ", ""), out[-2000:]
-    await until(lambda: listed(queuing) == {"sentiment": 0}, "the retired task is no longer listed")
+    job = asyncio.create_task(declare({**upgrade.env, "RTAI_WORKER_RETIRE_WAIT_S": "30"}))  # the Job's next run
+    await asyncio.sleep(1.5)
+    assert not job.done(), "it gave up while a worker of `older` was still live"
+    await until(lambda: "old" not in listed(queuing), "the task no worker serves is removed at once")
+    assert older.stop() == 0  # the last release's pod drains and goes
+    code, out = await asyncio.wait_for(job, 30)
+    assert code == 0 and '"task.waiting_for_workers"' in out and out.count('"task.forgotten"') == 2, out[-2000:]
+    assert '"queued":1' in out.replace(" ", ""), out[-2000:]
+    await until(lambda: listed(queuing) == {"sentiment": 0}, "the retired tasks are no longer listed")
     assert gauge(queuing, "rtai_queue_length", "old") is None
     assert gauge(queuing, "rtai_queue_workers", "old") is None
     refused = await c.call("old", "after it was forgotten")

@@ -11,10 +11,14 @@ workers' own registration.
 A registration outlives its workers on purpose (a task at zero workers must stay known). A task dropped from every
 worker's configuration is therefore removed explicitly: listed in `retired_tasks` (the chart's `worker.retiredTasks`)
 for the Job, or named to `forget` by hand. Neither removes a task while a worker is live for it: during an upgrade the
-old pods may still be draining, so the Job fails and Kubernetes runs it again until they are gone.
+old pods may still be draining, so both wait for them (`retire_wait_s`), and then fail (Kubernetes runs the Job
+again).
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, close_redis, create_redis
@@ -25,6 +29,9 @@ from rtai_worker.run import task_info
 from rtai_worker.settings import WorkerSettings
 
 log = get_logger("rtai_worker.declare")
+
+RETIRE_POLL_S = 2.0
+"""How often a task still served is asked about again while `retire_wait_s` runs."""
 
 
 async def declare(settings: WorkerSettings) -> bool:
@@ -37,24 +44,31 @@ async def declare(settings: WorkerSettings) -> bool:
         for info in infos:
             declared = await declare_task(redis, keys, info)
             log.info("task.declared" if declared else "task.served", task=info.task, fingerprint=info.fingerprint)
-        return await _forget(redis, keys, settings.retired())
+        return await _forget(redis, keys, settings.retired(), settings.retire_wait_s)
     finally:
         await close_redis(redis)
 
 
 async def forget(settings: WorkerSettings, tasks: list[str]) -> bool:
-    """Remove these tasks from the registry; False if any is still served by a live worker (it is left alone)."""
+    """Remove these tasks from the registry; False if a live worker still serves one after `retire_wait_s` (that one
+    is left alone)."""
     redis = create_redis(settings.redis)
     try:
-        return await _forget(redis, Keys(settings.redis.prefix), tasks)
+        return await _forget(redis, Keys(settings.redis.prefix), tasks, settings.retire_wait_s)
     finally:
         await close_redis(redis)
 
 
-async def _forget(redis: Redis, keys: Keys, tasks: list[str]) -> bool:
+async def _forget(redis: Redis, keys: Keys, tasks: list[str], wait_s: float) -> bool:
     done = True
+    deadline = time.monotonic() + wait_s
     for task in tasks:
         outcome = await forget_task(redis, keys, task)
+        if outcome == "served" and time.monotonic() < deadline:
+            log.info("task.waiting_for_workers", task=task, wait_s=round(deadline - time.monotonic(), 1))
+            while outcome == "served" and time.monotonic() < deadline:
+                await asyncio.sleep(min(RETIRE_POLL_S, max(deadline - time.monotonic(), 0.0)))
+                outcome = await forget_task(redis, keys, task)
         if outcome == "served":
             done = False
             log.error("task.still_served", task=task, hint="stop its workers first; run again once they are gone")

@@ -40,6 +40,12 @@ class WorkerSettings(BaseSettings):
         "them from the registry (once no live worker serves them), so gateways refuse them `unknown_task` instead of "
         "queueing for a worker that never starts.",
     )
+    retire_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long `declare` (retired tasks) and `forget` wait for a task's live workers to go before "
+        "giving up (exit 5): during an upgrade the last release's pods are still draining.",
+    )
     worker_id: str = Field(
         default_factory=_default_worker_id, description="Consumer name in the task streams' group; unique per process."
     )

@@ -587,6 +587,9 @@ async def test_a_request_sent_again_while_its_task_has_no_live_worker_is_not_ref
     await asyncio.sleep(0.3)
     assert len(c.finals(rid)) == 1
     await c.close()
+    # A worker back from a pause still drains and exits by itself (before: a cancel its heartbeat's Redis call
+    # swallowed kept that loop, and the shutdown waiting for it, going until the process was killed).
+    assert w.stop(timeout=10) == 0, w.logs()[-2000:]
 
 
 async def test_a_dead_workers_jobs_are_shared_out_among_the_live_workers(

@@ -18,6 +18,7 @@ from rtai_protocol import Forward, Reply
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger
 from rtai_transport import close_redis, connection_name, create_redis
+from rtai_transport.cancel import stop_if_cancelled
 
 log = get_logger("rtai_gateway.loops")
 
@@ -41,6 +42,7 @@ async def _forever(name: str, step: Callable[[], Awaitable[None]], pause_s: floa
             if failures == 1:
                 log.warning(f"{name}.failed", error=type(e).__name__, detail=str(e)[:200])
             await asyncio.sleep(min(pause_s * 2 ** min(failures, 6), 2.0) * random.uniform(0.5, 1.0))
+        stop_if_cancelled()  # the lifespan's clean-up waits for this loop: a swallowed cancel held it until killed
 
 
 async def read_replies(hub: Hub, ready: asyncio.Event) -> None:

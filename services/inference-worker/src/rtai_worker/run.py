@@ -16,6 +16,7 @@ from rtai_telemetry.heap import prepare_heap_for_serving
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis, TaskConfigConflict, close_redis, connection_name, create_redis
 from rtai_transport.backlog import read_backlogs
+from rtai_transport.cancel import stop_if_cancelled
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
 from rtai_worker.cancels import listen_cancels
@@ -229,6 +230,7 @@ class Worker:
                 raise
             except Exception as e:
                 log.warning("loop.failed", loop=getattr(step, "__name__", "?"), error=type(e).__name__)
+            stop_if_cancelled()  # the shutdown waits for this task: a swallowed cancel held it until killed
             if sooner is None:
                 await asyncio.sleep(interval_s)
                 continue

@@ -20,6 +20,7 @@ from rtai_gateway.settings import AdmissionSettings
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Keys, Redis
 from rtai_transport.backlog import EMPTY, Backlog, read_backlogs
+from rtai_transport.cancel import stop_if_cancelled
 from rtai_transport.health import RedisHealth, read_health, round_trip
 from rtai_transport.registry import TaskInfo, registered_tasks
 
@@ -173,4 +174,5 @@ class Catalog:
                 raise
             except Exception:
                 log.exception("catalog.refresh_failed")
+            stop_if_cancelled()
             await asyncio.sleep(self._settings.refresh_interval_s * random.uniform(0.8, 1.2))

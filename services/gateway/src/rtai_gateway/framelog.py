@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Redis, RedisSettings, close_redis, create_redis, resp
+from rtai_transport.cancel import stop_if_cancelled
 
 log = get_logger("rtai_gateway.framelog")
 
@@ -114,6 +115,7 @@ class _Lane:
                     log.exception("framelog.callback_failed")
                 if not op.done.done():
                     op.done.set_result(None)
+            stop_if_cancelled()
 
     def _take_queued(self, sessions: set[str]) -> list[_Op]:
         """Remove and return the queued ops of `sessions`; the others stay queued, in order."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from rtai_telemetry.logging import get_logger
 from rtai_transport import Redis
+from rtai_transport.cancel import stop_if_cancelled
 
 log = get_logger("rtai_worker.cancels")
 
@@ -28,4 +29,5 @@ async def listen_cancels(redis: Redis, channel: str, on_cancel: Callable[[str], 
             raise
         except Exception as e:
             log.debug("cancels.reconnect", error=type(e).__name__)
+        stop_if_cancelled()
         await asyncio.sleep(retry_s)

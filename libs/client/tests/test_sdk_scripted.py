@@ -101,6 +101,12 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[Scripted]]]:
         await s.server.wait_closed()
 
 
+async def welcome_then_listen(peer: Peer) -> None:
+    """A gateway that welcomes the client and only records what it sends."""
+    await peer.welcome()
+    await peer.drain()
+
+
 def refusal(rid: str, code: str, retry_after_ms: int) -> dict[str, Any]:
     return {"type": "error", "id": rid, "seq": None, "code": code, "message": code, "retry_after_ms": retry_after_ms}
 
@@ -320,11 +326,7 @@ async def test_a_refused_request_admitted_meanwhile_is_sent_again_when_the_sessi
 
 
 async def test_a_stream_cancelled_before_it_is_iterated_is_never_sent(scripted: Any) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.welcome()
-        await peer.drain()
-
-    server = await scripted(script)
+    server = await scripted(welcome_then_listen)
     async with Client(server.url) as c:
         s = c.stream("t", "x")
         await s.cancel()
@@ -379,11 +381,7 @@ async def test_a_request_over_a_new_gateways_smaller_frame_limit_fails_alone(scr
 
 
 async def test_a_stream_dropped_without_being_iterated_frees_its_request_id(scripted: Any) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.welcome()
-        await peer.drain()
-
-    server = await scripted(script)
+    server = await scripted(welcome_then_listen)
     async with Client(server.url) as c:
         c.stream("t", "never iterated", request_id="s1")
         gc.collect()

@@ -357,13 +357,16 @@ class Hub:
             log.error("reply.rejected", request_id=r.request_id, session=r.session, kind=r.kind, error=str(e)[:200])
             self.metrics.replies_rejected.inc()
         if forwards:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream, msg in forwards:
-                    # No MAXLEN (it could trim replies the other gateway has not read); a TTL, so that the stream of
-                    # a gateway gone meanwhile, recreated here, expires.
-                    pipe.xadd(stream, {"m": msg})
-                    pipe.expire(stream, self.settings.sessions.ttl_s)
-                await pipe.execute()
+            await self._forward(forwards)
+
+    async def _forward(self, forwards: list[tuple[str, bytes]]) -> None:
+        """Add frames to other gateways' reply streams. No MAXLEN (it could trim replies such a gateway has not read);
+        a TTL, so that the stream of a gateway gone meanwhile, recreated here, expires."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, msg in forwards:
+                pipe.xadd(stream, {"m": msg})
+                pipe.expire(stream, self.settings.sessions.ttl_s)
+            await pipe.execute()
 
     async def _log_replies(
         self, replies: list[Reply], forwards: list[tuple[str, bytes]], *, in_order: bool
@@ -503,10 +506,7 @@ class Hub:
         one ended here (a cancel, a deadline) is ended there too, or that gateway would hold it, and its user's slot,
         until the deadline (a cancelled job sends no reply)."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(reply_to, {"m": encode(final)})
-                pipe.expire(reply_to, self.settings.sessions.ttl_s)
-                await pipe.execute()
+            await self._forward([(reply_to, encode(final))])
         except Exception as e:  # that gateway ends it at its deadline, as before
             log.warning("final.origin_untold", request_id=final.request_id, error=type(e).__name__)
 

@@ -185,8 +185,26 @@ async def test_long_stream_keeps_its_claim(
     w2 = start(services, procs.worker(env, prefix, tasks=TOKENS_TASK, **extra))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
-    final = await c.call("generate", LONG_TEXT, timeout=30, stream=True)  # ~2.4 s, four times the reclaim idle
+    # The claim's refresh, seen directly: the running stream's idle time in the group never reaches the reclaim
+    # threshold. (Counting reruns alone could pass without it: the owner's own reclaim pass also resets the idle time
+    # of a job it still runs, and may win the race against the other worker's.)
+    r = redis_sync.Redis.from_url(redis_server.url)
+    idle_seen: list[int] = []
+
+    async def watch_idle() -> None:
+        while True:
+            pending = r.xpending_range(f"{prefix}:v1:jobs:generate", "workers", min="-", max="+", count=10)
+            idle_seen.extend(int(p["time_since_delivered"]) for p in pending)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_idle())
+    try:
+        final = await c.call("generate", LONG_TEXT, timeout=30, stream=True)  # ~2.4 s, four times the reclaim idle
+    finally:
+        watcher.cancel()
     assert final["type"] == "result"
+    assert len(idle_seen) > 10, idle_seen
+    assert max(idle_seen) < 600, f"the stream's claim went stale: idle up to {max(idle_seen)} ms"
     reruns = 0.0
     for w in (w1, w2):
         for line in httpx.get(f"{w.base}/metrics").text.splitlines():

@@ -127,11 +127,20 @@ def test_every_documented_metric_is_exported_with_its_type(live: LiveRun) -> Non
     assert not problems, "\n".join(problems)
 
 
+UNLABELLED_IN_THE_LIVE_RUN = {
+    # Labelled counters that get a series only when the event happens, and the live run cannot cause it cheaply.
+    "rtai_gateway_auth_failures_total": "the live gateway runs with auth off",
+    "rtai_gateway_policy_closes_total": "no origin list or connection cap is set; idle closes take minutes",
+}
+
+
 def test_every_metric_series_has_exactly_the_documented_labels(live: LiveRun) -> None:
     problems = []
     for metric in documented_metrics().values():
         selector = metric.name + ("_bucket" if metric.type == "histogram" else "")
         r = httpx.get(f"{live.stack.prometheus_url}/api/v1/series", params={"match[]": selector}, timeout=10)
+        if not r.json()["data"] and metric.name not in UNLABELLED_IN_THE_LIVE_RUN:
+            problems.append(f"{metric.name}: no series scraped, so its labels went unchecked")
         for series in r.json()["data"]:
             labels = tuple(sorted(set(series) - {"__name__", "job", "instance", "le"}))
             if labels != metric.labels:

@@ -219,6 +219,8 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
         _job(n, keys.replies("g1")).model_copy(update={"task": "generate", "stream": True, "input": "a b c d e f"})
         for n in range(5)
     ]
+    # The third job's deadline passes while it waits for a slot (the first two take ~600 ms).
+    jobs[2] = jobs[2].model_copy(update={"deadline_ms": int(time.time() * 1000) + 400})
     for j in jobs:
         await redis.xadd(keys.jobs("generate"), {"m": encode(j)})
     serving = asyncio.create_task(server.serve())
@@ -228,6 +230,15 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
         assert pending["pending"] == 2, pending
         groups = await redis.xinfo_groups(keys.jobs("generate"))
         assert groups[0]["lag"] == 3, "the other three jobs must stay unread in the queue"
+        deadline = time.monotonic() + 10
+        while True:
+            replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
+            late = [r for r in replies if r.request_id == "r2"]
+            if any(r.kind in ("result", "error") for r in late):
+                break
+            assert time.monotonic() < deadline, "the late job was never answered"
+            await asyncio.sleep(0.05)
+        assert [(r.kind, r.code) for r in late] == [("error", "deadline_exceeded")], late
     finally:
         server.stopping.set()
         server.cancel_streams()

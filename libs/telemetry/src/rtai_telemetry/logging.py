@@ -7,6 +7,7 @@ while handling a request carries them without being passed around.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -21,6 +22,23 @@ def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         event["trace_id"] = format(ctx.trace_id, "032x")
         event["span_id"] = format(ctx.span_id, "016x")
     return event
+
+
+_QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"']*")
+
+
+class RedactQueryTokens(logging.Filter):
+    """Blank `access_token=` values in stdlib log lines. uvicorn logs each WebSocket handshake's path with its query
+    string ("WebSocket /v1/ws?access_token=... [accepted]", or 403), so a token sent in the URL (accepted with
+    `auth.allow_query_token`, ignored without it) would otherwise land in the gateway's logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str):
+            return True  # structlog's own lines (an event dict): the gateway never logs a URL's query
+        message = record.getMessage()
+        if "access_token=" in message:
+            record.msg, record.args = _QUERY_TOKEN.sub(r"\1[redacted]", message), None
+        return True
 
 
 def configure_logging(*, json: bool, level: str = "info") -> None:
@@ -57,6 +75,7 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RedactQueryTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(threshold)

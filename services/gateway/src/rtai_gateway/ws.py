@@ -58,6 +58,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     rt: Runtime = websocket.state.rt
     guard: Guard = websocket.state.guard
     if rt.draining:
+        # Accepted first: a close before the accept is an HTTP 403 to the client (a 1006 to it), which does not say
+        # "reconnect elsewhere and resume" as 1012 does.
+        await websocket.accept(subprotocol=handshake.subprotocol_for(websocket))
         await websocket.close(WS_1012_SERVICE_RESTART, "gateway restarting: reconnect")
         return
     if not await handshake.check_origin(rt, guard, websocket):

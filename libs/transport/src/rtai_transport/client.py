@@ -9,7 +9,12 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
 
@@ -25,6 +30,23 @@ RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSEr
 def text(value: bytes | str) -> str:
     """Redis replies are bytes (we never decode responses globally: payloads stay bytes); names and ids are text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+class MasterSeekingConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the sentinels for the master on every (re)connect.
+
+    redis-py asks only in `connect()`. A command whose connection dropped is retried by reconnecting inside
+    `send_packed_command`, which goes to the address the connection had: after a failover, the demoted master. Each
+    retry then got READONLY (or a refused socket) until the command gave up, with the new master up all along."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]
+
+
+class MasterSeekingSSLConnection(MasterSeekingConnection, SentinelManagedSSLConnection):
+    pass
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -98,6 +120,7 @@ def create_redis(
         master: Redis = sentinel.master_for(
             settings.master,
             connection_pool_class=BlockingSentinelConnectionPool,
+            connection_class=MasterSeekingSSLConnection if tls else MasterSeekingConnection,
             max_connections=settings.max_connections,
             timeout=socket_timeout,
         )

@@ -9,6 +9,7 @@ import pytest
 from rtai_protocol import (
     Accepted,
     ErrorCode,
+    Hello,
     Infer,
     Job,
     ProtocolError,
@@ -51,6 +52,10 @@ def test_generation_options_parse() -> None:
         ('{"type":"infer","id":"a","task":"s","input":"x","options":{"temperature":3}}', "temperature", "a"),
         ('{"type":"infer","id":"a","task":"s","input":"x","options":{"time_limit_s":0}}', "time_limit_s", "a"),
         ('{"type":"hello","last_seq":100000000000000000000}', "last_seq", None),
+        ('{"type":"hello","last_seq":5.5}', "last_seq", None),
+        ('{"type":"hello","last_seq":true}', "last_seq", None),
+        ('{"type":"hello","v":2}', "hello.v", None),
+        ('{"type":"infer","id":"a","task":"s","input":"x","options":{"deadline_ms":0.0}}', "deadline_ms", "a"),
     ],
 )
 def test_bad_frames_raise_invalid_request_naming_the_problem(raw: str, needle: str, rid: str | None) -> None:
@@ -59,6 +64,15 @@ def test_bad_frames_raise_invalid_request_naming_the_problem(raw: str, needle: s
     assert info.value.code is ErrorCode.INVALID_REQUEST
     assert needle in info.value.message
     assert info.value.request_id == rid
+
+
+def test_whole_floats_count_as_integers_as_in_json_schema() -> None:
+    """A frame the published schema accepts (its "integer" takes 5000.0) is not refused by the server."""
+    infer = decode_client_frame('{"type":"infer","id":"a","task":"s","input":"x","options":{"deadline_ms":5000.0}}')
+    assert isinstance(infer, Infer) and infer.options.deadline_ms == 5000
+    assert isinstance(infer.options.deadline_ms, int)
+    hello = decode_client_frame('{"type":"hello","v":1.0,"last_seq":1e3}')
+    assert isinstance(hello, Hello) and (hello.v, hello.last_seq) == (1, 1000)
 
 
 def test_server_frames_tolerate_unknown_fields_and_codes() -> None:
@@ -96,6 +110,6 @@ def test_internal_messages_accept_this_and_the_previous_version_and_ignore_new_f
         decode_internal(json.dumps(data))
     with pytest.raises(UnsupportedMessage):
         decode_internal(b'{"v":1,"type":"mystery"}')
-    for v in ("[1]", "{}", '"1"', "1.5"):  # unhashable or of another type: refused, not a TypeError
+    for v in ("[1]", "{}", '"1"', "1.5", "true"):  # unhashable or of another type: refused, not a TypeError
         with pytest.raises(UnsupportedMessage):
             decode_internal(b'{"v":' + v.encode() + b',"type":"job"}')

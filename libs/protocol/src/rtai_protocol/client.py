@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PROTOCOL_VERSION = 1
 
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 TaskName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
+
+
+def _whole(value: Any) -> Any:
+    """Client frames are strict, but 5000.0 is the integer 5000 in JSON (and to the published schema's "integer"),
+    and many encoders write computed numbers that way. 5000.5 stays a float, which the strict int refuses, as it
+    refuses "5000"."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class _ClientFrame(BaseModel):
@@ -37,17 +44,22 @@ class InferOptions(_ClientFrame):
     temperature: float | None = Field(default=None, ge=0, le=2)
     """For generation: 0 is greedy (the default); above 0 samples, seeded per request so a re-run repeats itself."""
 
+    _whole_numbers = field_validator("deadline_ms", "max_new_tokens", mode="before")(_whole)
+
 
 class Hello(_ClientFrame):
     """Optional first frame: resume a session. Without it the server starts a new session."""
 
     type: Literal["hello"]
-    v: int = PROTOCOL_VERSION
+    v: int = Field(default=PROTOCOL_VERSION, ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)
+    """The protocol version the client speaks; a server refuses one it does not (`invalid_request`)."""
     session: str | None = Field(default=None, max_length=128)
     """The `session` token from an earlier `welcome`, to resume that session."""
     last_seq: int = Field(default=0, ge=0, le=2**53 - 1)
     """The highest `seq` the client saw; every resumable frame after it is sent again. At most 2^53 - 1, the largest
     integer every JSON client (JavaScript's doubles) holds exactly; Redis stream ids would refuse larger ones."""
+
+    _whole_numbers = field_validator("v", "last_seq", mode="before")(_whole)
 
 
 class Infer(_ClientFrame):

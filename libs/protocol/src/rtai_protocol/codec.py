@@ -86,10 +86,9 @@ def decode_internal(raw: bytes | str) -> Job | Reply | Forward:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise UnsupportedMessage("internal message is not JSON") from e
-    if not isinstance(data, dict) or not isinstance(data.get("v"), int) or data["v"] not in SUPPORTED_VERSIONS:
-        raise UnsupportedMessage(
-            f"unsupported internal message version {data.get('v') if isinstance(data, dict) else None!r}"
-        )
+    version = data.get("v") if isinstance(data, dict) else None
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:  # `type`: True is an int, and == 1
+        raise UnsupportedMessage(f"unsupported internal message version {version!r}")
     try:
         return INTERNAL_MESSAGE.validate_python(data)
     except ValidationError as e:

@@ -3,10 +3,12 @@ in order, errors raised as redis-py's transactional pipeline raises them, a drop
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from rtai_transport import Redis, resp
 from tests.support.redis_server import RedisHandle
@@ -63,3 +65,20 @@ async def test_a_connection_dropped_before_the_send_is_retried_on_a_fresh_one(
 async def _client_id(conn: AbstractConnection) -> int:
     await conn.send_command("CLIENT", "ID")
     return int(await conn.read_response())
+
+
+async def test_a_batch_a_read_only_server_refuses_is_retried_not_answered(redis: Redis, prefix: str) -> None:
+    """READONLY (a demoted master behind a fixed address) refuses every write of a batch: the batch is retried as
+    the client's commands are, and raised when the retries run out, never handed back as one script's result."""
+    readonly = "return redis.error_reply('READONLY You cannot write against a read only replica.')"
+    attempts = 0
+
+    async def attempt(conn: AbstractConnection) -> list[Any]:
+        nonlocal attempts
+        attempts += 1
+        return await resp.round_trip(conn, resp.pack([("INCR", f"{prefix}:n"), ("EVAL", readonly, 0)]), 2)
+
+    with pytest.raises(ReadOnlyError):
+        await resp.run(redis, attempt)
+    assert attempts > 1, "not retried"
+    assert await redis.ping()  # the connection went back to the pool clean

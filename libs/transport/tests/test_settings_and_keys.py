@@ -4,6 +4,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from rtai_transport import Keys, RedisSettings
+from rtai_transport.client import connection_name
 from rtai_transport.settings import unknown_env_vars
 
 
@@ -11,6 +12,13 @@ def test_sentinels_from_a_comma_separated_string() -> None:
     s = RedisSettings(sentinels="a:26379, b:26380")  # type: ignore[arg-type]
     assert s.sentinel_addresses() == [("a", 26379), ("b", 26380)]
     assert s.describe() == "sentinel:a:26379,b:26380/mymaster"
+    v6 = RedisSettings(sentinels="[::1]:26379,fe80::1:26380")  # type: ignore[arg-type]
+    assert v6.sentinel_addresses() == [("::1", 26379), ("fe80::1", 26380)]
+
+
+def test_connection_names_hold_only_what_redis_accepts() -> None:
+    assert connection_name("rtai-gateway", "gw-é 1", "framelog") == "rtai-gateway:gw-__1:framelog"
+    assert connection_name("rtai-worker", "w\n1", "claims") == "rtai-worker:w_1:claims"
 
 
 @pytest.mark.parametrize("bad", ["nohost", "a:", "a:port"])

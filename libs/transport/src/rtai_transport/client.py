@@ -59,9 +59,10 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
 def connection_name(service: str, instance: str, loop: str) -> str:
     """The name a connection carries (`rtai-gateway:<id>:framelog`): which service, replica and loop holds it.
-    Spaces and newlines, which Redis refuses in names, become `_`."""
+    Redis takes only the printable ASCII characters but space in a name (`!` to `~`); any other becomes `_`, so a
+    replica id with an accent or a space still connects."""
     name = f"{service}:{instance}:{loop}"
-    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)[:128]
+    return "".join(c if "!" <= c <= "~" else "_" for c in name)[:128]
 
 
 def _retry(settings: RedisSettings, retries: int) -> Retry:

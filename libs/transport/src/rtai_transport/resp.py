@@ -14,10 +14,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ExecAbortError, ResponseError
+from redis.exceptions import BusyLoadingError, ExecAbortError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rtai_transport.client import Redis
+
+RETRY_REPLIES = (ReadOnlyError, BusyLoadingError)
+"""Error replies that refuse the whole batch for a while (a failover, a restart): retried, not results."""
 
 Arg = bytes | str | int
 Command = Sequence[Arg]
@@ -44,7 +47,8 @@ def pack(commands: Iterable[Command]) -> bytes:
 
 
 async def round_trip(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
-    """Send packed commands and read their replies; an error reply is that command's result (not raised)."""
+    """Send packed commands and read their replies; an error reply is that command's result (not raised), except
+    one that says the server takes no writes now (`RETRY_REPLIES`)."""
     await conn.send_packed_command(packed, check_health=False)  # a dead connection fails the read: retried
     results: list[Any] = []
     try:
@@ -58,6 +62,11 @@ async def round_trip(conn: AbstractConnection, packed: bytes, replies: int) -> l
                     results.append(e)
     except TimeoutError:
         raise RedisTimeoutError(f"timed out reading the replies to {replies} commands") from None
+    for r in results:
+        if isinstance(r, RETRY_REPLIES):
+            # A replica's READONLY or a loading server's LOADING refuses every write of the batch: raised (all
+            # replies read, so the connection stays clean), the batch is retried as any command of the client is.
+            raise r
     return results
 
 

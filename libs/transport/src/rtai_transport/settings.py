@@ -104,7 +104,7 @@ class RedisSettings(BaseModel):
         out = []
         for addr in self.sentinels:
             host, _, port = addr.rpartition(":")
-            out.append((host, int(port)))
+            out.append((host.removeprefix("[").removesuffix("]"), int(port)))  # [::1]:26379, as in URLs
         return out
 
     def __repr_args__(self) -> Any:

@@ -7,12 +7,14 @@ import time
 
 import httpx
 import pytest
+import redis as redis_sync
 from pydantic import ValidationError
 
 from rtai_gateway.settings import GatewaySettings
 from tests.support import procs
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisProcess
+from tests.support.procs import start
+from tests.support.redis_server import RedisHandle, RedisProcess
 
 
 def wait_status(url: str, status: int, timeout: float) -> float:
@@ -67,3 +69,24 @@ def test_a_zero_grace_is_refused() -> None:
     """0 would read as "unready at once" but a healthy Redis is 0 s down too: every gateway would be unready."""
     with pytest.raises(ValidationError, match="unready_after_redis_down_s"):
         GatewaySettings(unready_after_redis_down_s=0)
+
+
+def test_a_gateway_whose_reply_reader_keeps_failing_leaves_rotation(
+    redis_server: RedisHandle, prefix: str, services: list[procs.Service]
+) -> None:
+    """Redis answers the gateway's other calls, but every read of its reply stream fails (here the key holds a
+    string; in production an access-list change can do it): no result would reach a client, so readiness fails,
+    and comes back once the reader reads again."""
+    env = procs.redis_env_for_url(redis_server.url)
+    g = start(services, procs.gateway(env, prefix, UNREADY_AFTER_REDIS_DOWN_S="2", SESSIONS__REPLY_BLOCK_MS="200"))
+    assert httpx.get(f"{g.base}/readyz").status_code == 200
+    stream = f"{prefix}:v1:replies:{httpx.get(f'{g.base}/readyz').json()['gateway']}"
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    admin.delete(stream)
+    admin.set(stream, b"not a stream")  # every XREAD now answers WRONGTYPE
+    wait_status(f"{g.base}/readyz", 503, 10)
+    problems = httpx.get(f"{g.base}/readyz").json()["problems"]
+    assert [p for p in problems if p.startswith("reply reader has not read its stream")], problems
+    assert not [p for p in problems if p.startswith("redis")], problems  # the rest of Redis still answers
+    admin.delete(stream)
+    wait_status(f"{g.base}/readyz", 200, 10)

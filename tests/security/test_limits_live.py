@@ -8,6 +8,7 @@ import json
 import socket
 import time
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -103,6 +104,17 @@ async def test_origin_allowlist(gateway: procs.Service) -> None:
         assert (await c.call("sentiment", "good"))["type"] == "result"
         await c.close()
     assert 'rtai_gateway_policy_closes_total{reason="origin"} 1.0' in await metrics_text(gateway)
+
+
+def test_the_task_list_is_shared_with_the_origins_the_sockets_accept(gateway: procs.Service) -> None:
+    """The browser module's `tasks()` is a cross-origin fetch from a front end in `allowed_origins`: such a page may
+    read the answer (CORS), a page elsewhere may not."""
+    for origin, allowed in (("https://app.example", True), ("https://evil.example", False)):
+        r = httpx.get(f"{gateway.base}/v1/tasks", headers={"Origin": origin}, timeout=5)
+        assert r.status_code == 200
+        assert r.headers.get("access-control-allow-origin") == (origin if allowed else None), origin
+        assert "Origin" in r.headers["vary"]
+    assert "access-control-allow-origin" not in httpx.get(f"{gateway.base}/v1/tasks", timeout=5).headers
 
 
 async def _wait_no_connections(g: procs.Service) -> None:

@@ -53,9 +53,9 @@ async def running_hub(
     hub = Hub(gw, client, Keys(prefix), GatewayMetrics())
     tasks = [asyncio.create_task(hub.framelog.run())]
     if read_replies:
-        ready = asyncio.Event()
-        tasks.append(asyncio.create_task(loops.read_replies(hub, ready)))
-        await asyncio.wait_for(ready.wait(), 5)
+        pulse = loops.ReaderPulse()
+        tasks.append(asyncio.create_task(loops.read_replies(hub, pulse)))
+        await asyncio.wait_for(pulse.started.wait(), 5)
     try:
         yield hub
     finally:

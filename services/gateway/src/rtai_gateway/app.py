@@ -62,16 +62,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         rt = Runtime(settings=settings, redis=redis, metrics=metrics, hub=hub, catalog=catalog)
         guard = build_guard(settings, hub)
         app.state.rt = rt  # for the shutdown path in __main__, which has no request to read state from
-        reader_started = asyncio.Event()
         await catalog.refresh()  # best effort: a gateway starts (not ready) while Redis is down
         tasks = [
             asyncio.create_task(hub.framelog.run(), name="framelog"),
             asyncio.create_task(catalog.run(), name="catalog"),
-            asyncio.create_task(loops.read_replies(hub, reader_started), name="replies"),
+            asyncio.create_task(loops.read_replies(hub, rt.reader), name="replies"),
             asyncio.create_task(loops.reap(hub), name="reap"),
             asyncio.create_task(loops.heartbeat(hub), name="heartbeat"),
         ]
-        await reader_started.wait()
+        await rt.reader.started.wait()
         frozen = prepare_heap_for_serving()  # before ready: the collection it runs first pauses the loop once, here
         rt.reader_ready = True
         log.info(

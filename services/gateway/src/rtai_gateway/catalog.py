@@ -72,6 +72,11 @@ class Catalog:
         """Redis answered a round trip recently. A refresh that hangs (a frozen node) turns this false too."""
         return self._last_ok is not None and time.monotonic() - self._last_ok < STALE_AFTER_S
 
+    @property
+    def last_good_refresh(self) -> float | None:
+        """When (time.monotonic) Redis last answered a refresh; None if it never did."""
+        return self._last_good
+
     def unreachable_for_s(self) -> float | None:
         """How long Redis has gone without a good refresh: 0 while it answers, None if it never did."""
         if self._last_good is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rtai_gateway.origin import origin_allowed
 from rtai_gateway.runtime import Runtime
 from rtai_telemetry.metrics import CONTENT_TYPE_LATEST, render
 
@@ -22,12 +23,19 @@ async def readyz(request: Request) -> Response:
         problems.append("draining")
     if not rt.reader_ready:
         problems.append("reply reader not running")
+    # A reader that fails while Redis answers everything else (its reads refused): Redis answered a refresh after the
+    # reader had been silent as long as an outage is ridden out (and two of its blocking reads). In an outage the
+    # refreshes stop too, and the rule below decides alone, so a failover takes no gateway out early.
+    limit_s = max(rt.settings.unready_after_redis_down_s, 2 * rt.settings.sessions.reply_block_ms / 1000)
+    answered = rt.catalog.last_good_refresh
+    if answered is not None and answered - rt.reader.last_read >= limit_s:
+        problems.append(f"reply reader has not read its stream for {rt.reader.silent_for_s():.0f} s")
+    down_s = rt.catalog.unreachable_for_s()
     # The catalog proves the data path (a Redis write and read) every refresh interval; reading its verdict keeps
     # this probe instant even while Redis hangs. Every gateway shares the one Redis, so a short outage (a failover)
     # would take them all out of rotation at once and the ingress would answer new sockets with a bare 503; a
     # gateway in rotation answers them `unavailable`, which clients retry. A longer outage (this gateway cut off from
     # Redis, say) takes it out; one that never reached Redis is never ready.
-    down_s = rt.catalog.unreachable_for_s()
     if down_s is None:
         problems.append("redis never reached")
     elif down_s >= rt.settings.unready_after_redis_down_s:
@@ -45,6 +53,12 @@ async def metrics(request: Request) -> Response:
 async def tasks(request: Request) -> Response:
     rt: Runtime = request.state.rt
     cat = rt.catalog
+    headers = {"Vary": "Origin"}
+    origin = request.headers.get("origin")
+    if origin is not None and origin_allowed(origin, request.headers.get("host"), rt.settings.allowed_origins):
+        # A front end the sockets accept (`allowed_origins`) may list the tasks too: the browser module's `tasks()`
+        # is a cross-origin fetch from such a page. A simple GET, so no preflight to answer.
+        headers["Access-Control-Allow-Origin"] = origin
     return JSONResponse(
         {
             "tasks": [
@@ -58,5 +72,6 @@ async def tasks(request: Request) -> Response:
                 for t, info in sorted(cat.registered.items())
                 if cat.accepting(t) is not None
             ]
-        }
+        },
+        headers=headers,
     )

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rtai_gateway import lifecycle
@@ -45,7 +46,20 @@ async def _forever(name: str, step: Callable[[], Awaitable[None]], pause_s: floa
         stop_if_cancelled()  # the lifespan's clean-up waits for this loop: a swallowed cancel held it until killed
 
 
-async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
+@dataclass(eq=False)
+class ReaderPulse:
+    """What readiness knows of the reply reader: that it started, and when a read of the reply stream last succeeded
+    (an empty one too: it blocks `reply_block_ms` at most). A reader that keeps failing while Redis answers the
+    gateway's other calls (its commands refused by an access-list change, say) delivers no result at all."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    last_read: float = field(default_factory=time.monotonic)
+
+    def silent_for_s(self) -> float:
+        return time.monotonic() - self.last_read
+
+
+async def read_replies(hub: Hub, pulse: ReaderPulse) -> None:
     """The one reader of this gateway's reply stream. Reads from a cursor, so a Redis reconnect loses nothing."""
     cursor = "0-0"  # the stream is new with this process: everything in it is ours
     block = hub.settings.sessions.reply_block_ms
@@ -59,8 +73,9 @@ async def read_replies(hub: Hub, ready: asyncio.Event) -> None:
 
     async def step() -> None:
         nonlocal cursor, trimmed_at, rejections
-        ready.set()
+        pulse.started.set()
         resp: Any = await redis.xread({hub.reply_stream: cursor}, count=READ_COUNT, block=block)
+        pulse.last_read = time.monotonic()
         if not resp:
             return
         entries = resp[0][1]

@@ -50,10 +50,12 @@ GATEWAY_COMMANDS = sorted(
         "publish",
         # the task registry (rtai_transport.registry.registered_tasks: every registered task and its live workers)
         "zcount",
-        # inside the gateway's Lua scripts (LOG_FRAME, SUBMIT)
+        # inside the gateway's Lua scripts (LOG_FRAME, SUBMIT, CLAIM_SESSION); SUBMIT reads a request resent in the
+        # same session (a resend, a resume on another gateway) with HMGET
         "incr",
         "xrevrange",
         "hget",
+        "hmget",
         "hexists",
         "hdel",
     }

@@ -86,7 +86,8 @@ def acl_redis() -> Iterator[AclRedis]:
     port = free_port()
     cmd = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     cmd += ["--dir", str(workdir), "--aclfile", str(workdir / "users.acl")]
-    proc = subprocess.Popen(cmd, stdout=(workdir / "log.txt").open("ab"), stderr=subprocess.STDOUT)
+    with (workdir / "log.txt").open("ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     server = AclRedis(port, passwords, proc, workdir)
     deadline = time.monotonic() + 10
     while True:
@@ -131,6 +132,13 @@ async def drive_every_path(g: procs.Service) -> list[dict[str, Any]]:
     await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == "s2")
     await c.send({"type": "cancel", "id": "s2"})
     assert (await c.final("s2"))["code"] == "cancelled"
+    # A request resent while in flight, in the same session (a client that retries, or resumes on another gateway):
+    # SUBMIT finds it admitted in this session and reads its stored state (HMGET) instead of enqueueing it again.
+    await c.infer("stream", " ".join(["word"] * 20), rid="s4", stream=True)
+    await c.wait_for(lambda f: f["type"] == "chunk" and f["id"] == "s4")
+    await c.infer("stream", " ".join(["word"] * 20), rid="s4", stream=True)
+    resent = await c.final("s4", timeout=15)
+    assert resent["type"] == "result", f"the resent request failed (the gateway user lacks a command?): {resent}"
     await c.infer("sentiment", "I love this", rid="s3")
     await c.final("s3")
     await c.infer("sentiment", "I love this", rid="s3")  # answered again from the stored result

@@ -26,7 +26,7 @@ def _extra(chart: str) -> list[Scenario]:
     v = VALUES_DIR
     if chart == "gateway":
         return [
-            Scenario(chart, "skaffold-kind", (v / "kind.yaml",)),
+            Scenario(chart, "skaffold-kind", (v / "kind.yaml", v / "kind-gateway.yaml")),
             Scenario(chart, "hpa+ingress", set_values={"autoscaling.mode": "hpa", "ingress.enabled": True}),
             Scenario(
                 chart,

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,39 @@ def test_worker_gpu_variant_by_build_arg() -> None:
     assert "cuda" in args["BASE_IMAGE"]
     declared = set(re.findall(r"^ARG (\w+)", text, re.M))
     assert set(args) <= declared, f"skaffold passes undeclared build args: {set(args) - declared}"
+
+
+def _synced_extras(text: str, variant: str) -> list[str]:
+    """The `--extra` flags each `uv sync` of the worker Dockerfile gets for a VARIANT, from its own shell lines."""
+    defaults = dict(re.findall(r'^ARG (\w+)="?([^"\n]*)"?$', text, re.M))
+    env = {"PATH": "/usr/bin:/bin", "VARIANT": variant, "EXTRAS": defaults["EXTRAS"]}
+    env["GPU_EXTRAS"] = defaults.get("GPU_EXTRAS", "")
+    out = []
+    for run in re.findall(r"^RUN (?:.*\\\n)*.*$", text, re.M):
+        if "uv sync" not in run:
+            continue
+        script = re.sub(r"\\\n", "\n", run).removeprefix("RUN ")
+        head = script.split("uv sync", 1)[0].splitlines()[1:]  # the lines that build ${extras}; drop the mount line
+        done = subprocess.run(
+            ["sh", "-euc", "\n".join(head) + '\necho "$extras"'], env=env, capture_output=True, text=True, check=True
+        )
+        out.append(done.stdout.split())
+    return out
+
+
+def test_the_gpu_worker_image_installs_what_the_torch_backend_imports() -> None:
+    """MiniLM on cuda runs on torch + transformers (rtai_worker.models.minilm): the gpu variant must sync an extra that
+    brings transformers, in both uv syncs, and the cpu variant must stay without it."""
+    text = DOCKERFILES["inference-worker"][0].read_text()
+    pyproject = (REPO_ROOT / "services/inference-worker/pyproject.toml").read_text()
+    extras = tomllib.loads(pyproject)["project"]["optional-dependencies"]
+    with_transformers = {name for name, deps in extras.items() if any(d.startswith("transformers") for d in deps)}
+    for variant, wants in (("gpu", True), ("cpu", False)):
+        syncs = _synced_extras(text, variant)
+        assert len(syncs) == 2, "expected the two-phase uv sync"
+        for flags in syncs:
+            names = set(flags) - {"--extra"}
+            assert bool(names & with_transformers) is wants, (variant, flags)
 
 
 def test_dockerignore_keeps_the_build_inputs() -> None:

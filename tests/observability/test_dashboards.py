@@ -112,3 +112,21 @@ def test_each_autoscaling_signal_has_a_panel() -> None:
     assert "rtai_queue_workers" in worker[0]
     assert len(gateway) == 1
     assert "rtai_gateway_connections" in gateway[0]
+
+
+def test_refusals_panel_lists_the_reasons_the_gateway_counts() -> None:
+    """The admission-refusals panel names, after "by reason:", exactly the `reason` values the gateway exports."""
+    from rtai_gateway.metrics import REFUSAL_REASONS
+
+    panels = [
+        p
+        for path in DASHBOARDS
+        for p in iter_panels(load_dashboard(path))
+        if "rtai_gateway_admission_refusals" in json.dumps(p.get("targets", []))
+    ]
+    assert panels, "no panel shows rtai_gateway_admission_refusals_total"
+    for panel in panels:
+        _, found, listed = panel["description"].partition("by reason:")
+        assert found, f"{panel['title']}: the description does not list the reasons ('by reason: ...')"
+        words = {w for w in re.split(r"[\s,;.]+", re.sub(r"\([^)]*\)", " ", listed)) if w}
+        assert words == set(REFUSAL_REASONS), panel["title"]

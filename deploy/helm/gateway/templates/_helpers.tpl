@@ -97,13 +97,79 @@ topologySpreadConstraints:
 
 {{/* Checks that make a bad combination fail at render time instead of in the cluster. */}}
 {{- define "rtai.validate" -}}
-{{- $drain := int .drain -}}
+{{- /* SIGTERM comes after the preStop sleep; the gateway then drains (drainSeconds), closes its sockets with 1012
+  and waits up to 2 s for the close frames to flush; a socket whose client does not answer is aborted only
+  limits.close_timeout_s after its closing began. All of it must fit before the kubelet's SIGKILL. */ -}}
+{{- $drain := int (ceil .drain) -}}
+{{- $close := add (int (ceil .Values.gateway.closeTimeoutSeconds)) 2 -}}
 {{- $grace := int .Values.terminationGracePeriodSeconds -}}
 {{- $pre := int (default 0 .Values.preStopSleepSeconds) -}}
-{{- if le $grace (add $drain $pre) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the drain time (%d s) plus preStopSleepSeconds (%d s)" $grace $drain $pre) -}}
+{{- if le $grace (add $drain $pre $close) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d s) plus the drain (%d s) plus gateway.closeTimeoutSeconds and 2 s of flush (%d s)" $grace $pre $drain $close) -}}
 {{- end -}}
 {{- if and .Values.redis.sentinels (not .Values.redis.master) -}}
 {{- fail "redis.master is required with redis.sentinels" -}}
 {{- end -}}
+{{- if .Values.ingress.enabled -}}
+{{- range .Values.ingress.hosts -}}
+{{- range .paths -}}
+{{- $path := trimSuffix "/" .path -}}
+{{- if or (and (not $path) (ne .pathType "Exact")) (has $path (list "/metrics" "/healthz" "/readyz")) -}}
+{{- fail (printf "ingress path %s (%s) would expose /metrics, /healthz or /readyz publicly: route only /v1/ws, /v1/tasks, / (Exact) and /static" .path .pathType) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $auth := .Values.auth -}}
+{{- if and (ne $auth.mode "none") (not $auth.existingSecret) -}}
+{{- fail (printf "auth.mode %s needs auth.existingSecret (the Secret holding its keys file, JWKS or secret)" $auth.mode) -}}
+{{- end -}}
+{{- if and (eq $auth.mode "api_key") (not $auth.apiKeysKey) -}}
+{{- fail "auth.mode api_key needs auth.apiKeysKey" -}}
+{{- end -}}
+{{- if and (eq $auth.mode "jwt") (eq (empty $auth.jwt.secretKey) (empty $auth.jwt.jwksKey)) -}}
+{{- fail "auth.mode jwt needs exactly one of auth.jwt.secretKey and auth.jwt.jwksKey" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Client authentication env vars (RTAI_GW_AUTH__*); files come from the Secret mounted at auth.mountPath. */}}
+{{- define "rtai.authEnv" -}}
+{{- $a := .Values.auth -}}
+- name: RTAI_GW_AUTH__MODE
+  value: {{ $a.mode | quote }}
+- name: RTAI_GW_AUTH__TIMEOUT_S
+  value: {{ $a.timeoutSeconds | quote }}
+- name: RTAI_GW_AUTH__ALLOW_QUERY_TOKEN
+  value: {{ $a.allowQueryToken | quote }}
+{{- if eq $a.mode "api_key" }}
+- name: RTAI_GW_AUTH__API_KEYS_FILE
+  value: {{ printf "%s/%s" $a.mountPath $a.apiKeysKey | quote }}
+{{- else if eq $a.mode "jwt" }}
+{{- if $a.jwt.secretKey }}
+- name: RTAI_GW_AUTH__JWT__SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.existingSecret }}
+      key: {{ $a.jwt.secretKey }}
+{{- else }}
+- name: RTAI_GW_AUTH__JWT__JWKS_FILE
+  value: {{ printf "%s/%s" $a.mountPath $a.jwt.jwksKey | quote }}
+{{- end }}
+{{- with $a.jwt.audience }}
+- name: RTAI_GW_AUTH__JWT__AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $a.jwt.issuer }}
+- name: RTAI_GW_AUTH__JWT__ISSUER
+  value: {{ . | quote }}
+{{- end }}
+- name: RTAI_GW_AUTH__JWT__LEEWAY_S
+  value: {{ $a.jwt.leewaySeconds | quote }}
+- name: RTAI_GW_AUTH__JWT__SUBJECT_CLAIM
+  value: {{ $a.jwt.subjectClaim | quote }}
+{{- with $a.jwt.tenantClaim }}
+- name: RTAI_GW_AUTH__JWT__TENANT_CLAIM
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}

@@ -106,6 +106,15 @@ topologySpreadConstraints:
 {{- if and .Values.redis.sentinels (not .Values.redis.master) -}}
 {{- fail "redis.master is required with redis.sentinels" -}}
 {{- end -}}
+{{- $served := list -}}
+{{- range splitList "," .Values.worker.tasks -}}
+{{- $served = append $served (trim (first (splitList "=" .))) -}}
+{{- end -}}
+{{- range splitList "," .Values.worker.retiredTasks -}}
+{{- if has (trim .) $served -}}
+{{- fail (printf "worker.retiredTasks names %s, which worker.tasks still serves: the hook Job would remove a live task from the registry (drop it from one of the two)" (trim .)) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.autoscaling.mode "hpa") (lt (int .Values.autoscaling.minReplicas) 1) -}}
 {{- fail "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.mode keda: an HPA on CPU cannot start the first worker" -}}
 {{- end -}}

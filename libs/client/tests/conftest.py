@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from scripted_gateway import Script, Scripted
+from websockets.asyncio.server import serve
 
 
 @pytest.fixture
@@ -34,3 +36,23 @@ def live(redis_server: Any, prefix: str) -> Iterator[Callable[..., Any]]:
 
 def ws_url(gateway: Any) -> str:
     return f"ws://127.0.0.1:{gateway.port}/v1/ws"
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[Scripted]]]:
+    """Start scripted gateways (`await scripted(script)`), closed afterwards; what a script raised fails the test."""
+    servers: list[Scripted] = []
+
+    async def start(script: Script) -> Scripted:
+        s = Scripted(script)
+        s.server = await serve(s._handle, "127.0.0.1", 0)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        assert s.server is not None
+        s.server.close()
+        await s.server.wait_closed()
+    for s in servers:
+        s.check()

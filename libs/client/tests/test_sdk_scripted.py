@@ -1,114 +1,20 @@
 """The SDK against a scripted server: interleavings a real gateway produces only under faults (a refused copy of a
 request in flight, frames arriving while a refusal waits to be retried, a server that closes after every welcome),
 played exactly. The server is a real WebSocket server on loopback speaking the protocol's frames; the tests against
-a real gateway are in test_sdk_live.py."""
+a real gateway are in test_sdk_live.py, the server in scripted_gateway.py."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import Server, ServerConnection, serve
+from scripted_gateway import Peer, refusal, welcome_then_listen
 
 from rtai_client import Backoff, Client, RequestError, RequestTimeout
 from rtai_client.errors import ConnectionLost
-
-Script = Callable[["Peer"], Awaitable[None]]
-
-
-class Peer:
-    """One connection as the script sees it: frames received are recorded on the server for the test to inspect."""
-
-    def __init__(self, ws: ServerConnection, server: Scripted, n: int) -> None:
-        self.ws = ws
-        self.server = server
-        self.n = n
-        """0 for the first connection, 1 for the first reconnect, ..."""
-
-    async def recv(self) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await self.ws.recv())
-        self.server.received.append((self.n, frame))
-        return frame
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(frame))
-
-    async def welcome(self, resumed: bool = False) -> dict[str, Any]:
-        hello = await self.recv()
-        assert hello["type"] == "hello"
-        await self.send({"type": "welcome", "session": "s1", "resumed": resumed, "gateway": "g1", "protocol": "1"})
-        return hello
-
-    async def accept(self, infer: dict[str, Any], seq: int = 1) -> None:
-        await self.send({"type": "accepted", "id": infer["id"], "seq": seq, "task": "t", "deadline_ms": 0})
-
-    async def accept_then_restart(self) -> None:
-        """Welcome, accept the first request, then close as a restarting gateway does (1012)."""
-        await self.welcome()
-        await self.accept(await self.recv())
-        await self.ws.close(1012, "restart")
-
-    async def drain(self) -> None:
-        """Record what the client sends until it goes away."""
-        try:
-            while True:
-                await self.recv()
-        except Exception:
-            return
-
-
-class Scripted:
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.received: list[tuple[int, dict[str, Any]]] = []
-        self.connections = 0
-        self.server: Server | None = None
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        n = self.connections
-        self.connections += 1
-        await self.script(Peer(ws, self, n))
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = next(iter(self.server.sockets)).getsockname()[1]
-        return f"ws://127.0.0.1:{port}/v1/ws"
-
-    def sent(self, kind: str) -> list[dict[str, Any]]:
-        return [f for _, f in self.received if f["type"] == kind]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[Scripted]]]:
-    servers: list[Scripted] = []
-
-    async def start(script: Script) -> Scripted:
-        s = Scripted(script)
-        s.server = await serve(s._handle, "127.0.0.1", 0)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        assert s.server is not None
-        s.server.close()
-        await s.server.wait_closed()
-
-
-async def welcome_then_listen(peer: Peer) -> None:
-    """A gateway that welcomes the client and only records what it sends."""
-    await peer.welcome()
-    await peer.drain()
-
-
-def refusal(rid: str, code: str, retry_after_ms: int) -> dict[str, Any]:
-    return {"type": "error", "id": rid, "seq": None, "code": code, "message": code, "retry_after_ms": retry_after_ms}
 
 
 async def test_a_refused_copy_of_an_accepted_request_does_not_end_it(scripted: Any) -> None:

@@ -37,6 +37,10 @@ class Call:
     """The connection generation this request was last sent on (sent once per connection, never twice)."""
     cancel_requested: bool = False
     result: Result | None = None
+    budget_ms: int | None = None
+    """The request's own deadline budget, if it set one: a copy sent again asks for what is left of it."""
+    started_at: float = 0.0
+    """Loop time its caller started it: the server counts a budget from its receipt, a copy's from here."""
 
     def size(self) -> int:
         """Bytes of its `infer` frame."""
@@ -75,6 +79,15 @@ class Call:
     def retryable(self, err: Error) -> bool:
         return is_refusal(err) and not self.admitted and not self.cancel_requested
 
+    def trim_budget(self, now: float) -> bool:
+        """Ask for what is left of the budget (a copy sent again must not ask for the whole of it); False if nothing
+        is left."""
+        if self.budget_ms is None:
+            return True
+        left = int(self.budget_ms - (now - self.started_at) * 1000)
+        self.options["deadline_ms"] = max(1, left)
+        return left > 0
+
     def rearm(self) -> None:
         """Prepare to send again after a refusal."""
         self.waiting = False
@@ -96,9 +109,6 @@ class Retry:
     call: Call
     retries: int
     fallback_s: float
-    started: float
-    budget_ms: int | None = None
-    """The request's own deadline budget, if it set one: a request sent again asks for what is left of it."""
     attempts: int = 0
     at: float | None = None
     """When to send the request again (None: no retry pending)."""
@@ -138,8 +148,7 @@ class Retry:
         if not (call.waiting or self.copy):
             return False  # admitted after all (its `accepted` or a chunk came meanwhile), or sent on a reconnect
         self.copy = False
-        if self.budget_ms is not None:  # the server counts the budget from its receipt
-            call.options["deadline_ms"] = max(1, int(self.budget_ms - (now - self.started) * 1000))
+        call.trim_budget(now)  # none left: sent with 1 ms, and the server answers `deadline_exceeded`
         call.rearm()
         return True
 

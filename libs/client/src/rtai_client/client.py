@@ -22,15 +22,16 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, WebSocketException
 
-from rtai_client._calls import Call, Retry
+from rtai_client._calls import Call, Retry, is_refusal
+from rtai_client._cancels import NOT_IN_FLIGHT, Cancels
 from rtai_client._http import TaskInfo, get_json, http_url, parse_tasks
 from rtai_client.backoff import Backoff
 from rtai_client.errors import ConnectionLost, RequestError, RequestTimeout, RtaiError, SessionLost
@@ -98,6 +99,7 @@ class Client:
         self._background: set[asyncio.Task[Any]] = set()
         self._cancel_later: set[str] = set()
         """Requests given up on while disconnected, cancelled on the server once the session resumes."""
+        self._cancels = Cancels(self._resend_cancel, self.backoff.base_s)
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -113,7 +115,11 @@ class Client:
     async def connect(self) -> Welcome:
         """Open the socket and start (or, if `session` is set, resume) a session."""
         self._set_state("connecting")
-        welcome = await self._open()
+        try:
+            welcome = await self._open()
+        except BaseException:
+            self._set_state("idle")  # nothing is connected: requests are refused at once, and connect() may be retried
+            raise
         self._set_state("open")
         self._runner = asyncio.create_task(self._run(), name="rtai-client")
         self._runner.add_done_callback(self._runner_ended)
@@ -125,9 +131,13 @@ class Client:
             log.error("rtai.reader_failed", exc_info=exc)
             self._lose(ConnectionLost(f"the client's reader failed: {exc!r}"))
             if self._ws is not None:  # nobody reads it any more
-                closing = asyncio.get_running_loop().create_task(self._ws.close())
-                self._background.add(closing)
-                closing.add_done_callback(self._background.discard)
+                self._spawn(self._ws.close())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in the background, kept by reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Close normally (code 1000): the server cancels this session's unfinished requests."""
@@ -138,6 +148,7 @@ class Client:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a reader failure was reported already
                 await self._runner
+        self._cancels.clear()
         self._fail_all(ConnectionLost("the client was closed", 1000))
         self._set_state("closed")
 
@@ -152,9 +163,14 @@ class Client:
 
     async def _open(self) -> Welcome:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        ws = await connect(
-            self.url, additional_headers=headers, open_timeout=self.open_timeout, max_size=2**24, close_timeout=2
-        )
+        try:
+            ws = await connect(
+                self.url, additional_headers=headers, open_timeout=self.open_timeout, max_size=2**24, close_timeout=2
+            )
+        except InvalidURI as e:  # the SDK's own errors, so a caller handles one family (the CLI prints one line)
+            raise ConnectionLost(f"not a gateway URL: {e}") from e
+        except InvalidHandshake as e:  # e.g. HTTP 403 (a refused origin) or 503 from a proxy
+            raise ConnectionLost(f"the WebSocket handshake with {self.url} failed: {e}") from e
         try:
             hello: dict[str, Any] = {"type": "hello"}
             if self.session:
@@ -212,22 +228,30 @@ class Client:
                 return
             code = ws.close_code
             log.info("rtai.disconnected code=%s reason=%s", code, ws.close_reason)
+            for rid in self._cancels.clear():  # the next connection sends again what is still needed
+                if rid not in self._calls:  # a live request's cancel goes out with the request (_resend_unfinished)
+                    self._cancel_later.add(rid)
             if not self.reconnect or code in FATAL_CLOSE_CODES:
                 self._lose(ConnectionLost(f"connection closed ({code} {ws.close_reason})", code))
                 return
             if loop.time() - opened_at >= self.backoff.stable_s:
                 self._attempt = 0
-            if not await self._reconnect():
-                self._lose(ConnectionLost(f"could not reconnect after close {code}", code))
+            if (lost := await self._reconnect(code)) is not None:
+                self._lose(lost)
                 return
 
     def _lose(self, exc: ConnectionLost) -> None:
         self._lost = exc
+        self._cancels.clear()
         self._fail_all(exc)
         self._set_state("closed")
 
-    async def _reconnect(self) -> bool:
+    async def _reconnect(self, code: int | None) -> ConnectionLost | None:
+        """Reconnect with backoff and resume the session. None once reconnected, else why not: the last refusal the
+        gateway gave keeps its close code and error code (a reconnect refused `unauthenticated` with 1008 says so, not
+        merely that the old connection closed with 1012); a refusal with a fatal close code ends the attempts."""
         self._set_state("reconnecting")
+        refusal: ConnectionLost | None = None
         while not self.backoff.exhausted(self._attempt):
             await asyncio.sleep(self.backoff.delay(self._attempt))
             self._attempt += 1
@@ -235,8 +259,9 @@ class Client:
             try:
                 welcome = await self._open()
             except ConnectionLost as e:
+                refusal = e
                 if e.close_code in FATAL_CLOSE_CODES:
-                    return False
+                    break
                 continue
             except (OSError, TimeoutError, WebSocketException) as e:
                 log.info("rtai.reconnect_failed attempt=%d error=%s", attempt, type(e).__name__)
@@ -245,26 +270,38 @@ class Client:
             self._set_state("open")
             log.info("rtai.reconnected resumed=%s last_seq=%d", welcome.resumed, self.last_seq)
             await self._resend_unfinished(welcome.resumed)
-            return True
-        return False
+            return None
+        if refusal is None:
+            return ConnectionLost(f"could not reconnect after close {code}", code)
+        close_code = code if refusal.close_code is None else refusal.close_code  # a refused handshake has none
+        lost = ConnectionLost(f"could not reconnect after close {code}: {refusal}", close_code, refusal.code)
+        lost.__cause__ = refusal
+        return lost
 
     async def _resend_unfinished(self, resumed: bool) -> None:
         """Send again every request without a final frame: the server answers each id once (idempotency). Requests
         given up on while disconnected are cancelled now (in a new session nothing of them is left to cancel)."""
+        loop = asyncio.get_running_loop()
         cancels, self._cancel_later = self._cancel_later, set()
         for rid in cancels if resumed else ():
-            await self._send_raw({"type": "cancel", "id": rid})
+            await self._send_cancel(rid)
         for call in list(self._calls.values()):
+            if self._calls.get(call.id) is not call:
+                continue  # its caller gave up while an earlier one was sent: `_abandon` sent its cancel already
             if call.done or not call.started or call.waiting:
                 continue  # a waiting request is sent again when its retry is due
             if not resumed:
                 if call.next_index > 0:
                     call.fail(SessionLost(f"session lost while request {call.id!r} was streaming"))
                     continue
+                if not call.trim_budget(loop.time()):  # a new session runs it afresh: only what is left of it
+                    msg = "the request's deadline passed while the client reconnected"
+                    call.fail(RequestError(Error(id=call.id, code="deadline_exceeded", message=msg)))
+                    continue
                 call.accepted = False
             await self._send_call(call)
             if call.cancel_requested:
-                await self._send_raw({"type": "cancel", "id": call.id})
+                await self._send_cancel(call.id)
 
     def _dispatch(self, raw: str | bytes) -> None:
         try:
@@ -283,6 +320,8 @@ class Client:
             if isinstance(frame, Error):
                 log.warning("rtai.error %s: %s", frame.code, frame.message)
             return
+        if frame.id in self._cancels and self._answers_cancel(frame):
+            return
         call = self._calls.get(frame.id)
         if call is None:
             return
@@ -292,9 +331,27 @@ class Client:
         else:
             call.offer(frame)
 
-    def _fail_all(self, exc: RtaiError) -> None:
+    def _answers_cancel(self, frame: Accepted | Chunk | Result | Error) -> bool:
+        """Whether `frame` answers the pending cancel of its id rather than the request itself (`Cancels`)."""
+        rid = frame.id
+        assert rid is not None
+        if isinstance(frame, Error) and frame.seq is None and frame.code == "rate_limited":
+            self._cancels.refused(frame)  # over the rate limit: the cancel is sent again, the request runs on
+            return True
+        if isinstance(frame, Error) and frame.seq is None and frame.code == NOT_IN_FLIGHT:
+            # Nothing of the request is on the server (its final frame, if any, came before and ended it): it ends
+            # as its caller asked. (Were this the infer's own refusal, the caller still asked for its end.)
+            self._cancels.answered(rid)
+            if (call := self._calls.get(rid)) is not None:
+                call.fail(RequestError(Error(id=rid, code="cancelled", message="cancelled by the client")))
+            return True
+        if isinstance(frame, Result) or (isinstance(frame, Error) and not is_refusal(frame)):
+            self._cancels.answered(rid)  # the request ended: its cancel has nothing left to do
+        return False
+
+    def _fail_all(self, exc: ConnectionLost) -> None:
         for call in self._calls.values():
-            call.fail(exc)
+            call.fail(exc.again())  # one instance each: re-raising a shared one grows its traceback every time
 
     # ---- sending ------------------------------------------------------------------------------------------------
 
@@ -318,17 +375,31 @@ class Client:
         if not await self._send_raw(call.frame()):
             call.sent_gen = -1
 
+    async def _send_cancel(self, rid: str) -> None:
+        """Send a cancel, pending until answered (one the rate limit refuses is sent again). One that cannot be sent
+        now goes out once the session resumes."""
+        self._cancels.sent(rid)
+        if not await self._send_raw({"type": "cancel", "id": rid}):
+            self._cancels.answered(rid)
+            if rid not in self._calls:  # a live request's cancel goes out with the request (_resend_unfinished)
+                self._cancel_later.add(rid)
+
+    def _resend_cancel(self, rid: str) -> None:
+        self._spawn(self._send_cancel(rid))
+
     # ---- requests -----------------------------------------------------------------------------------------------
 
     def _new_call(
         self, task: str, text: str, request_id: str | None, stream: bool, deadline_ms: int | None, **opts: Any
     ) -> Call:
         if self._lost is not None:
-            raise self._lost
+            raise self._lost.again() from self._lost
         if self._closing:
             raise ConnectionLost("the client was closed", 1000)
-        if self.state == "idle":
-            raise RuntimeError("call `await client.connect()` (or use `async with Client(...)`) first")
+        if self.state in ("idle", "connecting"):  # nothing would send it: it would wait for its whole timeout
+            raise RuntimeError(
+                "call `await client.connect()` (or use `async with Client(...)`) and let it succeed first"
+            )
         rid = request_id or f"py-{os.getpid()}-{next(_ids)}"
         if rid in self._calls:
             raise ValueError(f"request id {rid!r} is already in use by this client")
@@ -337,7 +408,7 @@ class Client:
             options["stream"] = True
         if deadline_ms is not None:
             options["deadline_ms"] = deadline_ms
-        call = Call(id=rid, task=task, input=text, options=options)
+        call = Call(id=rid, task=task, input=text, options=options, budget_ms=deadline_ms)
         if (too_big := self._too_big(call)) is not None:
             raise too_big
         self._calls[rid] = call
@@ -363,8 +434,8 @@ class Client:
         retried after `retry_after_ms` (`Retry`)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
-        retry = Retry(call, retries, self.backoff.base_s, loop.time(), call.options.get("deadline_ms"))
-        call.started = True
+        retry = Retry(call, retries, self.backoff.base_s)
+        call.started, call.started_at = True, loop.time()
         await self._send_call(call)
         while True:
             try:
@@ -437,7 +508,7 @@ class Client:
             if call.waiting or not call.started:  # nothing of it is on the server: end it here
                 call.fail(RequestError(Error(id=call.id, code="cancelled", message="cancelled by the client")))
                 return
-        await self._send_raw({"type": "cancel", "id": request_id})
+        await self._send_cancel(request_id)
 
     def _forget_unstarted(self, call: Call) -> None:
         """Free the id of a request its caller dropped before starting it (a Stream never iterated)."""
@@ -448,18 +519,16 @@ class Client:
         """Forget a request whose caller stopped waiting (a timeout, a cancelled task, a stream left early). One that
         may still run on the server is cancelled there, so it does not hold a worker for nothing."""
         self._calls.pop(call.id, None)
-        if call.done or call.waiting or call.sent_gen < 0:
-            return
+        if call.done or call.waiting or call.sent_gen < 0 or call.id in self._cancels:
+            return  # (a cancel pending already is sent again if refused)
         if self.state != "open":
             self._cancel_later.add(call.id)
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # a stream left un-finished and collected outside any loop: nothing to send it with
-        task = loop.create_task(self._send_raw({"type": "cancel", "id": call.id}))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._send_cancel(call.id))
 
     async def tasks(self) -> list[TaskInfo]:
         """The tasks live workers serve now (`GET /v1/tasks` on the same host)."""

@@ -35,6 +35,13 @@ class ConnectionLost(RtaiError):
         self.code = code
         """The error code the server sent before closing (e.g. `unauthenticated`), if any."""
 
+    def again(self) -> ConnectionLost:
+        """A new instance for one more caller, caused by this one: raising one instance again and again would grow
+        its traceback with every raise (and keep every caller's frames alive)."""
+        fresh = ConnectionLost(str(self), self.close_code, self.code)
+        fresh.__cause__ = self
+        return fresh
+
 
 class SessionLost(RtaiError):
     """The server could not resume the session (expired, or another gateway's lost state) while a stream was half

@@ -1,0 +1,306 @@
+"""The SDK against a scripted gateway (scripted_gateway.py): cancels the rate limit refuses, requests given up on or out
+of budget while the client reconnects, why a reconnect was refused, and a client whose connect failed or whose
+connection is gone for good."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from scripted_gateway import Peer, Scripted, refusal
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from rtai_client import Backoff, Client, RequestError, RequestTimeout
+from rtai_client.errors import ConnectionLost
+
+
+async def _until(check: Any, what: str, timeout: float = 5) -> None:
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, what
+        await asyncio.sleep(0.005)
+
+
+# ---- cancels refused by the rate limit ---------------------------------------------------------------------------
+
+
+async def test_a_cancel_refused_by_the_rate_limit_is_sent_again(scripted: Any) -> None:
+    """The gateway refuses a frame over its rate limit with `rate_limited` and the frame's id, a cancel's included.
+    That is no refusal of the request (it runs): the cancel is sent again after `retry_after_ms`, and the stream ends
+    `cancelled`, not with the whole output."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        await peer.accept(infer)
+        await peer.send({"type": "chunk", "id": infer["id"], "seq": 2, "index": 0, "data": "a"})
+        first = await peer.recv()
+        assert first["type"] == "cancel"
+        await peer.send(refusal(first["id"], "rate_limited", 50))
+        again = await asyncio.wait_for(peer.recv(), 2)  # before the fix: never sent, the job ran to its end
+        assert again == first
+        await peer.send({"type": "error", "id": infer["id"], "seq": 3, "code": "cancelled", "message": ""})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        s = c.stream("t", "x", request_id="g1")
+
+        async def cancel_at_the_first_chunk() -> None:
+            async for _ in s:
+                await s.cancel()
+
+        with pytest.raises(RequestError) as e:
+            await cancel_at_the_first_chunk()
+        assert e.value.code == "cancelled"
+    assert server.sent("cancel") == [{"type": "cancel", "id": "g1"}] * 2
+
+
+async def test_a_cancel_refused_before_the_request_was_accepted_does_not_end_it_at_once(scripted: Any) -> None:
+    """The cancel's refusal can come before the infer's `accepted` (admission takes a Redis round trip): the request
+    may be admitted, so the client must not end it locally and forget it; it sends the cancel again and waits for the
+    server's answer."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        cancel = await peer.recv()
+        await peer.send(refusal(cancel["id"], "rate_limited", 50))
+        await asyncio.sleep(0.1)
+        await peer.accept(infer)  # the infer itself was admitted
+        assert (await asyncio.wait_for(peer.recv(), 2))["type"] == "cancel"
+        await peer.send({"type": "error", "id": infer["id"], "seq": 2, "code": "cancelled", "message": ""})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        task = asyncio.create_task(c.infer("t", "x", request_id="r1"))
+        await _until(lambda: "r1" in c._calls and c._calls["r1"].sent_gen > 0, "the request was not sent")
+        await c.cancel("r1")
+        await asyncio.sleep(0.03)
+        assert not task.done(), "ended on the client while it may run on the server"
+        with pytest.raises(RequestError) as e:
+            await asyncio.wait_for(task, 2)
+        assert e.value.code == "cancelled"
+    assert len(server.sent("cancel")) == 2
+
+
+async def test_the_cancel_of_a_request_given_up_on_is_sent_again_when_refused(scripted: Any) -> None:
+    """A timeout's cancel (`_abandon`) refused by the rate limit is sent again too: the job would hold a worker for
+    nothing."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.accept(await peer.recv())
+        cancel = await peer.recv()
+        await peer.send(refusal(cancel["id"], "rate_limited", 50))
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        with pytest.raises(RequestTimeout):
+            await c.infer("t", "x", request_id="slow", timeout_s=0.3)
+        await _until(lambda: len(server.sent("cancel")) == 2, "the refused cancel was not sent again", 2)
+    assert server.sent("cancel") == [{"type": "cancel", "id": "slow"}] * 2
+
+
+async def test_a_cancel_sent_again_and_answered_not_in_flight_ends_the_request_cancelled(scripted: Any) -> None:
+    """Both the infer and its cancel were over the limit: the client takes the first `rate_limited` for the cancel's
+    and sends it again; the answer `invalid_request` (nothing in flight) says nothing of the request is on the server:
+    it ends `cancelled`, and the infer is not sent again."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        infer = await peer.recv()
+        await peer.recv()  # its cancel
+        await peer.send(refusal(infer["id"], "rate_limited", 50))
+        await peer.send(refusal(infer["id"], "rate_limited", 50))
+        await asyncio.wait_for(peer.recv(), 2)  # the cancel, again
+        not_in_flight = refusal(infer["id"], "invalid_request", None)
+        await peer.send(not_in_flight | {"message": "no request with that id is in flight"})
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        task = asyncio.create_task(c.infer("t", "x", request_id="r1"))
+        await _until(lambda: "r1" in c._calls and c._calls["r1"].sent_gen > 0, "the request was not sent")
+        await c.cancel("r1")
+        with pytest.raises(RequestError) as e:
+            await asyncio.wait_for(task, 2)
+        assert e.value.code == "cancelled"
+        await asyncio.sleep(0.2)
+    assert len(server.sent("infer")) == 1
+
+
+# ---- reconnects --------------------------------------------------------------------------------------------------
+
+
+async def test_a_request_given_up_on_while_others_are_sent_again_is_not_sent_after_its_cancel(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reconnect each unfinished request is sent again, one send at a time. A caller that gives up meanwhile
+    gets its cancel sent at once; its infer must not follow it (a job nobody waits for, and nobody cancels)."""
+    from rtai_client import client as client_module
+
+    send_raw = client_module.Client._send_raw
+
+    async def congested(self: Client, frame: dict[str, Any]) -> bool:  # each infer on the 2nd connection is slow
+        if frame["type"] == "infer" and self._gen == 2:
+            await asyncio.sleep(0.3)
+        return await send_raw(self, frame)
+
+    monkeypatch.setattr(client_module.Client, "_send_raw", congested)
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=peer.n > 0)
+        if peer.n == 0:
+            for seq in (1, 2, 3):
+                await peer.accept(await peer.recv(), seq=seq)
+            await asyncio.sleep(0.1)
+            await peer.ws.close(1012, "restart")
+            return
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
+        others = [asyncio.create_task(c.infer("t", "b", request_id=f"b{i}", timeout_s=10)) for i in (1, 2)]
+        a = asyncio.create_task(c.infer("t", "a", request_id="A", timeout_s=10))
+        await _until(lambda: all(rid in c._calls for rid in ("b1", "b2", "A")), "not all sent")
+        await _until(lambda: c.reconnects == 1, "no reconnect")
+        a.cancel()  # while b1, b2 are sent again
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        await asyncio.sleep(1.0)
+        for t in others:
+            t.cancel()
+    about_a = [f["type"] for n, f in server.received if n == 1 and f.get("id") == "A"]
+    assert about_a == ["cancel"]
+
+
+async def test_a_refused_reconnect_reports_its_own_reason(scripted: Any) -> None:
+    """The token expired while the gateway restarted: the reconnect is refused `unauthenticated`, then 1008. The
+    requests in flight say so (close code 1008, code `unauthenticated`), not merely that the old socket closed."""
+
+    async def script(peer: Peer) -> None:
+        if peer.n == 0:
+            await peer.accept_then_restart()
+            return
+        await peer.recv()  # hello
+        await peer.send(refusal(None, "unauthenticated", None) | {"message": "token expired"})
+        await peer.ws.close(1008, "unauthenticated")
+
+    server = await scripted(script)
+    async with Client(server.url, token="expired", backoff=Backoff(base_s=0.05)) as c:
+        with pytest.raises(ConnectionLost) as e:
+            await asyncio.wait_for(c.infer("t", "x"), 5)
+        assert c.state == "closed"
+        assert server.connections == 2, "a 1008 refusal is not retried"
+    assert (e.value.close_code, e.value.code) == (1008, "unauthenticated")
+    assert "token expired" in str(e.value)
+
+
+async def _restart_then_new_session(peer: Peer) -> None:
+    """Accept the request and restart; the reconnect gets a new session (the old one was lost), which never answers."""
+    await peer.welcome(resumed=False)
+    if peer.n == 0:
+        await peer.accept(await peer.recv())
+        await peer.ws.close(1012, "restart")
+        return
+    await peer.drain()
+
+
+async def test_a_request_sent_again_on_a_new_session_asks_for_what_is_left_of_its_budget(scripted: Any) -> None:
+    server = await scripted(_restart_then_new_session)
+    async with Client(server.url, backoff=Backoff(base_s=0.4, max_s=0.4), timeout_grace_s=0.2) as c:
+        with pytest.raises(RequestTimeout):  # the scripted gateway never answers
+            await c.infer("t", "x", deadline_ms=1000)
+    first, again = server.sent("infer")
+    assert first["options"]["deadline_ms"] == 1000
+    assert 0 < again["options"]["deadline_ms"] <= 1000 - 200  # the reconnect took 200-400 ms
+
+
+async def test_a_request_out_of_budget_when_a_new_session_starts_ends_deadline_exceeded(scripted: Any) -> None:
+    server = await scripted(_restart_then_new_session)
+    async with Client(server.url, backoff=Backoff(base_s=0.4, max_s=0.4), timeout_grace_s=2) as c:
+        t0 = time.monotonic()
+        with pytest.raises(RequestError) as e:
+            await c.infer("t", "x", deadline_ms=100)  # the reconnect takes 200-400 ms
+        assert time.monotonic() - t0 < 1.5, "it waited for its client-side timeout"
+    assert e.value.code == "deadline_exceeded"
+    assert len(server.sent("infer")) == 1, "sent again with nothing left of its budget"
+
+
+# ---- a client that is not connected ------------------------------------------------------------------------------
+
+
+async def test_a_request_after_a_failed_connect_is_refused_at_once() -> None:
+    c = Client("ws://127.0.0.1:9/v1/ws", open_timeout=1)
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on port 9
+        await c.connect()
+    assert c.state == "idle"
+    with pytest.raises(RuntimeError, match="connect"):
+        await asyncio.wait_for(c.infer("t", "x"), 2)  # before the fix: a wait of default_timeout_s (60 s)
+
+
+async def test_a_refused_websocket_handshake_is_a_connection_lost() -> None:
+    def forbid(connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("the handshake was refused")
+
+    async with serve(never, "127.0.0.1", 0, process_request=forbid) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        c = Client(f"ws://127.0.0.1:{port}/v1/ws")
+        with pytest.raises(ConnectionLost, match="HTTP 403"):
+            await c.connect()
+    assert c.state == "idle"
+    with pytest.raises(ConnectionLost, match="not a gateway URL"):
+        await Client("http://127.0.0.1:9/v1/ws").connect()
+
+
+async def test_each_caller_gets_its_own_connection_lost(scripted: Any) -> None:
+    """One instance raised again and again grew its traceback by every raise (and kept every caller's frames)."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.ws.close(1008, "policy")
+
+    server = await scripted(script)
+    c = Client(server.url)
+    await c.connect()
+    await _until(lambda: c.state == "closed", "not closed")
+    raised: list[ConnectionLost] = []
+    for _ in range(50):
+        with pytest.raises(ConnectionLost) as e:
+            await c.infer("t", "x")
+        raised.append(e.value)
+    await c.close()
+    depths = {len(traceback.extract_tb(e.__traceback__)) for e in raised}
+    assert len(depths) == 1, depths
+    assert len({id(e) for e in raised}) == len(raised)
+    assert all(e.close_code == 1008 for e in raised)
+
+
+# ---- the scripted gateway itself ---------------------------------------------------------------------------------
+
+
+async def test_a_failing_script_fails_its_test() -> None:
+    """An assert in a script runs in the server's connection handler, where websockets only logs what it raises: the
+    `scripted` fixture raises it at teardown (`Scripted.check`)."""
+
+    async def script(peer: Peer) -> None:
+        hello = await peer.recv()
+        assert hello["type"] == "not what the client sends"
+
+    s = Scripted(script)
+    async with serve(s._handle, "127.0.0.1", 0) as s.server:
+        with pytest.raises(ConnectionLost):
+            await Client(s.url, open_timeout=2).connect()
+    with pytest.raises(AssertionError, match="not what the client sends"):
+        s.check()

@@ -15,11 +15,13 @@ from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rtai_client import cli_ops
 from rtai_client.client import Client
 from rtai_client.errors import RtaiError
+from rtai_client.stream import Stream
 
 app = typer.Typer(help="rtai: real-time inference over WebSockets.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -31,7 +33,7 @@ Token = Annotated[str | None, typer.Option("--token", envvar="RTAI_TOKEN", help=
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # a server's message is not markup
     return typer.Exit(code)
 
 
@@ -73,6 +75,38 @@ def _render(output: Any, task: str) -> None:
         console.print_json(json.dumps(output))
 
 
+def _final_text(output: Any) -> str | None:
+    """The whole text of a streamed answer as its result carries it (`{"text": ...}`, or the list of chunks)."""
+    if isinstance(output, dict) and isinstance(output.get("text"), str):
+        return str(output["text"])
+    if isinstance(output, list) and all(isinstance(x, str) for x in output):
+        return "".join(output)
+    return None
+
+
+async def _print_stream(s: Stream, show: bool = True) -> None:
+    """Print chunks as they come, then check them against the result, which carries the whole output: a Redis failover
+    can lose a chunk for good (its index is skipped), and the printed answer would miss a piece without a word."""
+    shown: list[str] = []
+    async for chunk in s:
+        text = chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data)
+        shown.append(text)
+        if show:
+            console.print(text, end="", markup=False, highlight=False)
+    if not show:
+        return
+    console.print()
+    final = _final_text(s.result.output) if s.result is not None else None
+    if final is not None and final != "".join(shown):
+        err.print("[yellow]part of the stream was lost on the way (a server failover); the whole answer:[/yellow]")
+        console.print(final, markup=False, highlight=False)
+
+
+def _gateway_error(e: Exception) -> str:
+    """One line for a failure to reach or keep the gateway (a TimeoutError has no message of its own)."""
+    return str(e) or f"{type(e).__name__} talking to the gateway"
+
+
 async def _streaming(c: Client, task: str) -> bool:
     try:
         return any(t.task == task and t.streaming for t in await c.tasks())
@@ -98,11 +132,7 @@ def send(
             streamed = await _streaming(c, task)
             if streamed:
                 s = c.stream(task, text, **opts)
-                async for chunk in s:
-                    if not raw:
-                        console.print(chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data), end="")
-                if not raw:
-                    console.print()
+                await _print_stream(s, show=not raw)
                 result = s.result
             else:
                 result = await c.infer(task, text, **opts)
@@ -115,7 +145,7 @@ def send(
     try:
         asyncio.run(go())
     except (RtaiError, OSError) as e:
-        raise fail(str(e)) from None
+        raise fail(_gateway_error(e)) from None
 
 
 @app.command()
@@ -201,13 +231,16 @@ class _Lines:
 
 
 async def _answer(client: Client, task: str, line: str, max_new_tokens: int | None) -> None:
-    if await _streaming(client, task):
-        s = client.stream(task, line, max_new_tokens=max_new_tokens)
-        async for chunk in s:
-            console.print(chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data), end="")
-        console.print()
-    else:
-        _render((await client.infer(task, line)).output, task)
+    """Answer one typed line; a failure is printed and the chat goes on, unless the client is closed for good."""
+    try:
+        if await _streaming(client, task):
+            await _print_stream(client.stream(task, line, max_new_tokens=max_new_tokens))
+        else:
+            _render((await client.infer(task, line)).output, task)
+    except RtaiError as e:
+        if client.state == "closed":  # for good (reconnects exhausted, or refused): every later line would fail too
+            raise fail(f"the connection to the gateway is closed: {e}") from None
+        err.print(str(e), style="red", markup=False, highlight=False)
 
 
 @app.command()
@@ -247,10 +280,7 @@ def chat(
                 if line.startswith("/task "):
                     task = line.split(None, 1)[1].strip()
                     continue
-                try:
-                    await _answer(client, task, line, max_new_tokens)
-                except RtaiError as e:
-                    err.print(f"[red]{e}[/red]")
+                await _answer(client, task, line, max_new_tokens)
         finally:
             await client.close()
 
@@ -259,7 +289,7 @@ def chat(
     except KeyboardInterrupt:
         console.print()
     except (RtaiError, OSError) as e:
-        raise fail(str(e)) from None
+        raise fail(_gateway_error(e)) from None
 
 
 def main() -> None:

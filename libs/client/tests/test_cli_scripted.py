@@ -1,0 +1,125 @@
+"""`rtai send` and `rtai chat` against a scripted gateway in a thread (the commands run their own event loop): a refused
+handshake, a stream that lost a chunk in a failover, a connection closed for good."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.sync.server import ServerConnection, serve
+
+from rtai_client.cli import app
+
+TASKS = {
+    "tasks": [
+        {"task": "sentiment", "model": "vader", "streaming": False, "max_input_chars": 100, "workers": 1},
+        {"task": "generate", "model": "smollm2", "streaming": True, "max_input_chars": 100, "workers": 1},
+    ]
+}
+Handler = Callable[[ServerConnection], None]
+
+
+def _tasks_or_upgrade(connection: ServerConnection, request: Request) -> Response | None:
+    """`GET /v1/tasks` answered over HTTP (the CLI asks whether a task streams), anything else upgraded."""
+    if request.path == "/v1/tasks":
+        body = json.dumps(TASKS).encode()
+        headers = Headers({"Content-Type": "application/json", "Content-Length": str(len(body))})
+        return Response(200, "OK", headers, body)
+    return None
+
+
+def _forbid(connection: ServerConnection, request: Request) -> Response:
+    return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+
+
+@pytest.fixture
+def gateway() -> Iterator[Callable[..., str]]:
+    """Start a scripted gateway: `gateway(handler, process_request=...)` -> its WebSocket URL."""
+    servers: list[Any] = []
+
+    def start(handler: Handler, process_request: Any = _tasks_or_upgrade) -> str:
+        server = serve(handler, "127.0.0.1", 0, process_request=process_request)
+        threading.Thread(target=server.serve_forever, name="scripted-gateway", daemon=True).start()
+        servers.append(server)
+        return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/ws"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
+def _welcome(ws: ServerConnection) -> dict[str, Any]:
+    assert json.loads(ws.recv())["type"] == "hello"
+    ws.send(json.dumps({"type": "welcome", "session": "s1", "resumed": False, "gateway": "g1"}))
+    infer: dict[str, Any] = json.loads(ws.recv())
+    return infer
+
+
+def _never(ws: ServerConnection) -> None:
+    raise AssertionError("the handshake was refused: no connection")
+
+
+@pytest.mark.parametrize("command", [["send", "hello"], ["chat", "--task", "sentiment"]])
+def test_a_refused_handshake_is_one_line_and_a_failed_exit(gateway: Callable[..., str], command: list[str]) -> None:
+    url = gateway(_never, process_request=_forbid)
+    out = CliRunner().invoke(app, [*command, "--url", url], input="hi\n")
+    assert isinstance(out.exception, SystemExit), out.exception  # before: websockets' InvalidStatus, a traceback
+    assert out.exit_code == 1
+    assert "Traceback" not in out.output
+    assert out.output.startswith("error:") and "HTTP 403" in out.output
+
+
+def test_a_stream_that_lost_a_chunk_prints_the_whole_result(gateway: Callable[..., str]) -> None:
+    """A Redis failover can lose a chunk for good (its index is skipped); the result carries the whole output."""
+
+    def handler(ws: ServerConnection) -> None:
+        infer = _welcome(ws)
+        rid = infer["id"]
+        ws.send(json.dumps({"type": "accepted", "id": rid, "seq": 1, "task": "generate", "deadline_ms": 0}))
+        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 2, "index": 0, "data": "Hello"}))
+        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 3, "index": 2, "data": " world"}))  # index 1 lost
+        ws.send(json.dumps({"type": "result", "id": rid, "seq": 4, "output": {"text": "Hello there world"}}))
+        for _ in ws:
+            pass
+
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "Hello world"  # as it streamed
+    assert "lost" in lines[1]
+    assert lines[2] == "Hello there world"
+
+
+def test_a_stream_printed_whole_gets_no_notice(gateway: Callable[..., str]) -> None:
+    def handler(ws: ServerConnection) -> None:
+        rid = _welcome(ws)["id"]
+        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 1, "index": 0, "data": "[b]Hi"}))
+        ws.send(json.dumps({"type": "result", "id": rid, "seq": 2, "output": {"text": "[b]Hi"}}))
+        for _ in ws:
+            pass
+
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
+    assert out.exit_code == 0, out.output
+    assert out.output == "[b]Hi\n"  # printed as text, not as markup
+
+
+def test_chat_ends_once_the_connection_is_closed_for_good(gateway: Callable[..., str]) -> None:
+    """Every later line would fail the same way: the chat says so once and exits non-zero."""
+
+    def handler(ws: ServerConnection) -> None:
+        _welcome(ws)
+        ws.send(json.dumps({"type": "error", "id": None, "code": "unauthenticated", "message": "token expired"}))
+        ws.close(1008, "unauthenticated")
+
+    url = gateway(handler)
+    out = CliRunner().invoke(app, ["chat", "--task", "sentiment", "--url", url], input="one\ntwo\nthree\n")
+    assert out.exit_code == 1, out.output
+    assert out.output.count("1008") == 1, out.output
+    assert "error: the connection to the gateway is closed" in out.output

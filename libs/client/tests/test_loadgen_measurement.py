@@ -1,4 +1,5 @@
-"""What `run_bench` reports and when it calls the measure hooks, with scripted generator processes (no network)."""
+"""What `run_bench` reports and when it calls the measure hooks, with scripted generator processes (no network), and
+how a request count is shared out, down to one run of real processes against a loopback server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from rtai_client import _loadgen_process as lg
@@ -39,7 +41,7 @@ FAKE_CHILD = textwrap.dedent(
         say(f"ready {spec['connections']} 0 0")
         start = float(sys.stdin.readline().split()[1])
         time.sleep(max(start - time.time(), 0))
-        if spec["requests"]:
+        if spec["counted"]:
             time.sleep(0.4)  # the warm-up requests
             say("warm", "warm")
             time.sleep(0.4)  # the measured ones
@@ -121,6 +123,7 @@ def _spec(**kw: object) -> lg.ProcessSpec:
         "connections": 1,
         "idle": 0,
         "mode": "closed",
+        "counted": False,
         "rate": 0.0,
         "requests": 0,
         "warmup_requests": 0,
@@ -150,7 +153,7 @@ async def test_a_holder_counts_sockets_the_server_closes_before_the_run(monkeypa
 
 async def test_a_request_count_process_says_warm_after_its_warm_up_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     said: list[tuple[str, int]] = []
-    w = lg._Worker(_spec(requests=3, warmup_requests=1))
+    w = lg._Worker(_spec(counted=True, requests=3, warmup_requests=1))
     monkeypatch.setattr(lg, "_say", lambda line: said.append((line, w.ok)))
     ws = _Ws()
     w.active.append(ws)  # type: ignore[arg-type]
@@ -163,3 +166,34 @@ async def test_a_request_count_process_says_warm_after_its_warm_up_answers(monke
     assert w.all_done.done()  # the last answer ends the run, not the next 50 ms poll
     await asyncio.wait_for(run, 2)
     assert (w.ok, said) == (2, [("warm", 0)])
+
+
+async def test_a_process_with_no_share_of_a_request_count_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer requests than processes: a share of 0 must not make a process run by the clock instead."""
+    said: list[str] = []
+    monkeypatch.setattr(lg, "_say", said.append)
+    w = lg._Worker(_spec(counted=True, requests=0, duration_s=30.0))
+    ws = _Ws()
+    w.active.append(ws)  # type: ignore[arg-type]
+    await asyncio.wait_for(w.run(time.time()), 2)
+    assert ws.sent == []
+    assert said == ["warm"]  # and `done` from _child_main: the parent waits for both from every counting process
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_count_over_more_processes_than_requests_runs_just_those() -> None:
+    """Real generator processes against a WebSocket server that answers every request."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def answer(ws: ServerConnection) -> None:
+        async for m in ws:
+            f = orjson.loads(m)
+            if f["type"] == "hello":
+                await ws.send(orjson.dumps({"type": "welcome", "session": "s", "resumed": False}).decode())
+            elif f["type"] == "infer":
+                await ws.send(orjson.dumps({"type": "result", "id": f["id"], "seq": 1, "output": 1}).decode())
+
+    async with serve(answer, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}/v1/ws"
+        r = await asyncio.to_thread(loadgen.run_bench, url, connections=2, processes=2, requests=1, duration_s=10.0)
+    assert (r.sent, r.ok, r.errors) == (1, 1, {})  # before: the second process ran 10 s by the clock

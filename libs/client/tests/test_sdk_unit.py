@@ -129,8 +129,8 @@ def test_open_loop_schedule_never_sleeps_below_the_timer_granularity(monkeypatch
 
     monkeypatch.setattr(lg.asyncio, "sleep", sleep)
     spec = lg.ProcessSpec(
-        urls=["ws://127.0.0.1:1/v1/ws"], index=0, connections=4, idle=0, mode="open", rate=5000.0, requests=0,
-        warmup_requests=0, warmup_s=0.0, duration_s=0.3, inflight=1_000_000, timeout_s=1.0,
+        urls=["ws://127.0.0.1:1/v1/ws"], index=0, connections=4, idle=0, mode="open", counted=False, rate=5000.0,
+        requests=0, warmup_requests=0, warmup_s=0.0, duration_s=0.3, inflight=1_000_000, timeout_s=1.0,
         frames=[("sentiment", b'{"id":"', b'"}')],
     )  # fmt: skip
 

@@ -42,6 +42,10 @@ class ProcessSpec:
     connections: int
     idle: int
     mode: str
+    counted: bool
+    """True: run `requests` requests (a share of 0 sends nothing); False: run by the clock (`warmup_s`, `duration_s`).
+    Explicit, not read from `requests` being above 0: a count run's process whose share rounded to 0 would run by the
+    clock, sending traffic for `duration_s` that nobody asked for."""
     rate: float
     requests: int
     warmup_requests: int
@@ -171,19 +175,19 @@ class _Worker:
         self.last_completion = now
         if self.s.mode == "closed":
             self._next_closed(ws, now)
-        if self.s.requests and self.issued >= self.s.requests:
+        if self.s.counted and self.issued >= self.s.requests:
             self._check_done()  # the last answers: `done` goes out now, not at the next poll
 
     def _next_closed(self, ws: RawWebSocket, now: float) -> None:
         if not self.running or now >= self.stop_at:
             return
-        if self.s.requests and self.issued >= self.s.requests:
+        if self.s.counted and self.issued >= self.s.requests:
             return
         self.send(ws, now)
 
     def _say_warm(self) -> None:
         """Tell the parent that the measured requests start now (request-count runs only; once)."""
-        if self.s.requests and not self.warm:
+        if self.s.counted and not self.warm:
             self.warm = True
             _say("warm")
 
@@ -192,7 +196,7 @@ class _Worker:
             return
         if any(ws.outstanding for ws in self.active):
             return
-        if (self.s.requests and self.issued >= self.s.requests) or _now() >= self.stop_at:
+        if (self.s.counted and self.issued >= self.s.requests) or _now() >= self.stop_at:
             self.all_done.set_result(None)
 
     # ---- the run -----------------------------------------------------------------------------------------------
@@ -202,7 +206,7 @@ class _Worker:
         await asyncio.sleep(max(start - _now(), 0.0))
         self.started_at = start
         s = self.s
-        if s.requests:
+        if s.counted:
             self.measure_from, self.measure_to, self.stop_at = start, float("inf"), float("inf")
         else:
             self.measure_from = start + s.warmup_s
@@ -218,7 +222,7 @@ class _Worker:
                     self._next_closed(ws, _now())
         else:
             self._schedule = self.loop.create_task(self._open_schedule(start))
-        deadline = (self.stop_at if not s.requests else _now() + 3600) + s.timeout_s
+        deadline = (self.stop_at if not s.counted else _now() + 3600) + s.timeout_s
         while not self.all_done.done() and _now() < deadline:
             await asyncio.wait([self.all_done], timeout=0.05)
             self._check_done()
@@ -234,7 +238,7 @@ class _Worker:
         k = 0
         while self.running:
             now = _now()
-            if now >= self.stop_at:
+            if now >= self.stop_at or (self.s.counted and self.issued >= self.s.requests):
                 return
             due = int((now - start) * rate)
             while k < due:
@@ -289,7 +293,7 @@ def _child_main() -> None:
             return {}
         cpu0 = time.process_time()
         await w.run(float(line.split()[1]))
-        if spec.requests and spec.connections:
+        if spec.counted and spec.connections:
             _say("done")
         if not spec.connections:  # an idle-socket holder: keep them open until the measuring processes are done
             await asyncio.to_thread(sys.stdin.readline)
@@ -297,7 +301,8 @@ def _child_main() -> None:
             w.running = False
         cpu = time.process_time() - cpu0
         await w.close_all()
-        window = (w.last_completion - w.started_at) if spec.requests else spec.duration_s
+        # A process that completed nothing (a share of 0 requests) measured no window.
+        window = max(w.last_completion - w.started_at, 0.0) if spec.counted else spec.duration_s
         return {
             "ok": w.ok,
             "sent": w.sent,

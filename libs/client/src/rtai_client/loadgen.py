@@ -121,6 +121,7 @@ def run_bench(
                 connections=share,
                 idle=0,
                 mode=mode,
+                counted=bool(requests),
                 rate=(rate or 0.0) * share / connections,
                 requests=(requests or 0) * share // connections,
                 warmup_requests=warmup_requests * share // connections,
@@ -154,6 +155,7 @@ def _idle_holders(
             connections=0,
             idle=idle // n + (1 if j < idle % n else 0),
             mode=mode,
+            counted=False,  # a holder sends nothing and says neither `warm` nor `done`
             rate=0.0,
             requests=0,
             warmup_requests=0,
@@ -213,7 +215,7 @@ def _window(
     on_end: Callable[[], None] | None,
 ) -> None:
     """Call `on_start` and `on_end` around the measured window."""
-    if not s0.requests:
+    if not s0.counted:
         if on_start is not None:
             time.sleep(max(start_wall + s0.warmup_s - time.time(), 0.0))
             on_start()
@@ -223,12 +225,11 @@ def _window(
         return
     # A request-count run has no clock to go by: the processes say when their warm-up requests are answered and when
     # their last request is, so the meter leaves out the warm-up and the sockets' teardown.
-    counting = [c for c in measuring if c.spec.requests]  # a share of 0 requests runs by the clock and says neither
-    for c in counting:
+    for c in measuring:  # a share of 0 requests says both at once
         c.expect("warm", 3600)
     if on_start is not None:
         on_start()
-    for c in counting:
+    for c in measuring:
         c.expect("done", 3600)
     if on_end is not None:
         on_end()
@@ -257,7 +258,7 @@ def _merge(
             errors[k] = errors.get(k, 0) + v
     ok = sum(o["ok"] for o in outs)
     cpu = sum(o["cpu_s"] for o in outs)
-    total_time = wall + (specs[0].warmup_s if not specs[0].requests else 0.0)
+    total_time = wall + (specs[0].warmup_s if not specs[0].counted else 0.0)
     return BenchResult(
         label=label,
         urls=urls,

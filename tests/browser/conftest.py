@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: one Playwright driver and one Chromium per session, axe-core from npm."""
+"""Fixtures of the browser tests: one Playwright driver and one Chromium per package, axe-core from npm, a page for
+the module against the scripted socket."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser.pages import AXE_DIR, AXE_JS, AXE_VERSION, CHROMIUM, CHROMIUM_ARGS
+from tests.browser.scripted import module_page
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running in the main thread while it is open,
@@ -28,6 +30,14 @@ def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     b = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     yield b
     b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page for the module against the scripted socket (tests/browser/scripted.py)."""
+    p = module_page(browser)
+    yield p
+    p.context.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,81 +4,9 @@ server side each test scripts in JavaScript. The page and the socket against a r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from playwright.sync_api import Page
 
-import pytest
-from playwright.sync_api import Browser, Page, Route
-
-from tests.browser.pages import ROOT, new_page
-
-MODULE = ROOT / "services" / "gateway" / "src" / "rtai_gateway" / "static" / "rtai.js"
-ORIGIN = "http://rtai.test"
-
-# A WebSocket whose server side is `window.serverScript(sock, frame)`, called for each frame the client sends, and
-# `window.serverOpen(sock)` when a connection opens. `sock.n` numbers the connections from 0.
-FAKE_SOCKET = """
-window.sockets = [];
-window.sent = [];
-window.FakeSocket = class {
-  constructor(url, protocols) {
-    this.url = url;
-    this.readyState = 0;
-    this.n = window.sockets.length;
-    window.sockets.push(this);
-    setTimeout(() => {
-      if (this.readyState !== 0) return;
-      this.readyState = 1;
-      this.onopen && this.onopen();
-      window.serverOpen && window.serverOpen(this);
-    }, window.openDelayMs || 0);
-  }
-  send(data) {
-    const frame = JSON.parse(data);
-    window.sent.push([this.n, frame]);
-    setTimeout(() => window.serverScript(this, frame), 0);
-  }
-  close(code, reason) { this.serverClose(code || 1000, reason || ""); }
-  serverSend(frame) {
-    if (this.readyState === 1) this.onmessage && this.onmessage({ data: JSON.stringify(frame) });
-  }
-  serverClose(code, reason = "") {
-    if (this.readyState === 3) return;
-    this.readyState = 3;
-    setTimeout(() => this.onclose && this.onclose({ code, reason }), 0);
-  }
-};
-window.welcome = (sock, resumed) =>
-  sock.serverSend({ type: "welcome", session: "s1", resumed, gateway: "g1", protocol: "1" });
-window.sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-"""
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    p, _ = new_page(browser)
-
-    def serve(route: Route) -> None:
-        if route.request.url.endswith("/rtai.js"):
-            route.fulfill(body=MODULE.read_text(), content_type="text/javascript")
-        else:
-            route.fulfill(body="<!doctype html><title>rtai.js</title>", content_type="text/html")
-
-    p.route(f"{ORIGIN}/**", serve)
-    p.goto(f"{ORIGIN}/")
-    p.evaluate(FAKE_SOCKET)
-    yield p
-    p.context.close()
-
-
-def run(page: Page, body: str) -> Any:
-    """Run `body` (an async function body with `RtaiClient` in scope) in the page; returns what it returns."""
-    return page.evaluate(
-        f"""async () => {{
-            const {{ RtaiClient }} = await import("{ORIGIN}/rtai.js");
-            {body}
-        }}"""
-    )
+from tests.browser.scripted import run
 
 
 def test_a_refused_copy_of_an_accepted_request_does_not_end_it(page: Page) -> None:

@@ -1,6 +1,6 @@
 // The rtai web page. Every piece of text from the user or the server goes into the DOM as text (textContent),
 // never as HTML: a message such as `<img src=x onerror=alert(1)>` is shown, not run.
-import { RtaiClient, wsUrlFor } from "./rtai.js";
+import { RtaiClient, normalizeToken, tokenProblem, wsUrlFor } from "./rtai.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("composer");
@@ -67,6 +67,8 @@ function showState({ state, delayMs, attempt, resumed, reason, closeCode }) {
     reconnectTimer = setInterval(tick, 200);
   } else if (state === "reconnecting") {
     connText.textContent = "Reconnecting…";
+  } else if (state === "idle") {
+    connText.textContent = "Idle: connects again when you send";
   } else if (state === "closed") {
     connText.textContent = `Disconnected${reason ? `: ${reason}` : closeCode ? ` (${closeCode})` : ""}`;
   }
@@ -86,7 +88,13 @@ client.addEventListener("refused", (e) => {
 
 $("creds-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  const token = $("token").value.trim();
+  const token = normalizeToken($("token").value); // "Bearer abc" as pasted from an API client: the key is "abc"
+  const problem = tokenProblem(token);
+  $("token-error").textContent = problem ? `This key cannot be used: ${problem}.` : "";
+  if (problem) {
+    $("token").focus();
+    return;
+  }
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   else sessionStorage.removeItem(TOKEN_KEY);
   $("token").value = "";
@@ -97,7 +105,8 @@ $("creds-form").addEventListener("submit", (e) => {
 });
 
 client.addEventListener("state", (e) => showState(e.detail));
-window.addEventListener("online", () => client.reconnectNow());
+// Back online: skip the backoff wait. An idle client (the server ended its idle session) stays idle until a send.
+window.addEventListener("online", () => client.state === "reconnecting" && client.reconnectNow());
 
 async function loadTasks() {
   let live;

@@ -9,13 +9,16 @@
 //
 // Reconnects with jittered exponential backoff, resumes the session from the last seq seen (missed chunks and results
 // are replayed by the server), sends unfinished requests again under the same id (the server never runs an id twice),
-// and retries `overloaded` / `rate_limited` / `unavailable` refusals after the server's retry_after_ms.
+// and retries `overloaded` / `rate_limited` / `unavailable` refusals after the server's retry_after_ms. After the
+// server ends an idle session (close 1000 with nothing pending) it stays idle and connects again on the next request.
 
 export const FATAL_CLOSE_CODES = new Set([1008, 1009]);
 const RETRY_CODES = new Set(["overloaded", "rate_limited", "unavailable"]);
 // A connection that stayed up this long starts the reconnect attempt count again at its next drop; a server that
 // welcomes and then closes every time gets growing delays instead of a reconnect every few hundred milliseconds.
 const STABLE_MS = 5000;
+// A subprotocol is an RFC 7230 token: the WebSocket constructor throws (SyntaxError) on anything else (a space...).
+const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /** An `error` frame that ended a request, or a client-side failure (code "timeout", "connection_lost"). */
 export class RtaiError extends Error {
@@ -39,11 +42,32 @@ export function wsUrlFor(loc, path = "/v1/ws") {
   return (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + path;
 }
 
+/** A key as users paste it: trimmed, without a leading "Bearer " (null when empty). */
+export function normalizeToken(token) {
+  const t = token == null ? "" : String(token).trim().replace(/^bearer\s+/i, "");
+  return t || null;
+}
+
+/** Why `token` cannot be offered as the `bearer.<token>` subprotocol (null when it can). */
+export function tokenProblem(token) {
+  if (token == null || TOKEN_CHARS.test(token)) return null;
+  return "the key has a character a browser cannot send (a space, quote, comma, slash, = or a non-ASCII letter)";
+}
+
 let counter = 0;
 function newId() {
   counter += 1;
   const rand = Math.floor(Math.random() * 0xffffffff).toString(36);
   return `web-${Date.now().toString(36)}-${rand}-${counter}`;
+}
+
+function urlOk(url) {
+  try {
+    const u = new URL(url);
+    return /^(wss?|https?):$/.test(u.protocol) && !u.hash;
+  } catch {
+    return false;
+  }
 }
 
 export class RtaiClient extends EventTarget {
@@ -53,7 +77,8 @@ export class RtaiClient extends EventTarget {
    * @param {object} [opts.backoff]  {baseMs, factor, maxMs, maxAttempts}; maxAttempts defaults to Infinity
    * @param {number} [opts.retries]  how often a refused (never accepted) request is sent again (default 5)
    * @param {number} [opts.defaultTimeoutMs]  client-side limit of a request without a deadline (default 60000)
-   * @param {string} [opts.token]  API key or JWT, offered as the `bearer.<token>` subprotocol next to `rtai.v1`
+   * @param {string} [opts.token]  API key or JWT, offered as the `bearer.<token>` subprotocol next to `rtai.v1` (a
+   *   leading "Bearer " is dropped)
    * @param {Function} [opts.WebSocket]  a WebSocket implementation (default: the global one)
    */
   constructor(url, opts = {}) {
@@ -63,7 +88,7 @@ export class RtaiClient extends EventTarget {
     this.retries = opts.retries ?? 5;
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 60000;
     this.graceMs = opts.graceMs ?? 5000;
-    this.token = opts.token || null;
+    this.token = normalizeToken(opts.token);
     this.WebSocketImpl = opts.WebSocket || globalThis.WebSocket;
     this.session = null;
     this.lastSeq = 0;
@@ -71,7 +96,10 @@ export class RtaiClient extends EventTarget {
     this.maxFrameBytes = 0; // from the welcome: a larger frame would close the socket (1009) and end every request
     this.state = "idle";
     this.reconnects = 0;
-    this._ws = null;
+    this._ws = null; // the current socket; every socket not closed yet is in _sockets, for close()
+    this._sockets = new Set();
+    this._wanted = false; // connect() called, close() not: an idle client connects again on the next request
+    this._fatalError = null; // why the client closed by itself (a refused key): what later requests reject with
     this._gen = 0;
     this._attempt = 0;
     this._timer = null;
@@ -85,43 +113,65 @@ export class RtaiClient extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: { state, ...extra } }));
   }
 
-  /** Open the socket (and keep it open until close()). */
+  /** Open the socket and keep it open until close(). Does nothing while a socket is open or opening; while waiting to
+   * reconnect it reconnects now. */
   connect() {
+    this._wanted = true;
     this._closing = false;
-    this._open();
+    this._fatalError = null;
+    if (this.state === "idle" || this.state === "closed") this._open();
+    else this.reconnectNow();
   }
 
   /** Close normally (1000): the server cancels this session's unfinished requests. */
   close() {
     this._closing = true;
+    this._wanted = false;
+    this._fatalError = null;
     clearTimeout(this._timer);
-    if (this._ws) this._ws.close(1000, "bye");
+    this._closeSockets(1000, "bye");
     this._failAll(new RtaiError("connection_lost", "the client was closed"));
     this._setState("closed", { reason: "closed by the page" });
   }
 
   /** Use another token (or null for none) and connect again with it, keeping the session if the server allows. */
   setToken(token) {
-    this.token = token || null;
+    this.token = normalizeToken(token);
     clearTimeout(this._timer);
     this._closing = false;
+    this._wanted = true;
+    this._fatalError = null;
     this._attempt = 0;
-    const old = this._ws;
-    this._ws = null;
-    if (old) old.close(4000, "new credentials");
+    this._closeSockets(4000, "new credentials");
     this._open();
   }
 
-  /** Reconnect now instead of waiting for the backoff timer (e.g. when the browser comes back online). */
+  /** Reconnect now instead of waiting for the backoff timer (e.g. when the browser comes back online), or connect an
+   * idle client. Does nothing while a socket is open or opening, or after close() or a fatal close. */
   reconnectNow() {
-    if (this.state === "reconnecting" && this._ws === null) { // not while a socket is already opening
-      clearTimeout(this._timer);
-      this._open();
-    }
+    if (this._ws !== null || !this._wanted || !(this.state === "reconnecting" || this.state === "idle")) return;
+    clearTimeout(this._timer);
+    this._open();
+  }
+
+  _closeSockets(code, reason) {
+    const sockets = [...this._sockets];
+    this._sockets.clear();
+    this._ws = null; // their close events are ignored from now on
+    for (const ws of sockets) ws.close(code, reason);
+  }
+
+  /** A failure that another attempt would only repeat: end every request and stay closed. */
+  _fatal(code, message, extra = {}) {
+    this._fatalError = new RtaiError(code, message, extra.frame || null);
+    this._failAll(this._fatalError);
+    this._setState("closed", { code, message, reason: message, ...extra });
   }
 
   _open() {
     if (this.state !== "reconnecting") this._setState("connecting");
+    const problem = tokenProblem(this.token);
+    if (problem) return this._refuseToken(problem);
     let ws;
     try {
       // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol the server never echoes.
@@ -129,10 +179,15 @@ export class RtaiClient extends EventTarget {
         ? new this.WebSocketImpl(this.url, ["rtai.v1", `bearer.${this.token}`])
         : new this.WebSocketImpl(this.url);
     } catch (err) {
-      this._scheduleReconnect(null, String(err));
-      return;
+      // The same arguments would throw again: reconnecting in a loop would only hide the cause. (The browser's message
+      // quotes the subprotocol, so the key's own error does not repeat it.)
+      if (this.token && err.name === "SyntaxError" && urlOk(this.url)) {
+        return this._refuseToken("the browser refused to send this key");
+      }
+      return this._fatal("connection_lost", `cannot open a WebSocket to ${this.url}: ${err.message || err}`);
     }
     this._ws = ws;
+    this._sockets.add(ws);
     let welcomedAt = null;
     let refusal = null;
     ws.onopen = () => {
@@ -163,19 +218,32 @@ export class RtaiClient extends EventTarget {
       }
     };
     ws.onclose = (ev) => {
+      this._sockets.delete(ws);
       if (this._ws !== ws) return;
       this._ws = null;
       if (this._closing) return;
       if (FATAL_CLOSE_CODES.has(ev.code)) {
         const code = refusal ? refusal.code : "connection_lost";
         const message = refusal ? refusal.message : `closed by the server (${ev.code} ${ev.reason})`;
-        this._failAll(new RtaiError(code, message, refusal));
-        this._setState("closed", { closeCode: ev.code, reason: ev.reason, code, message });
+        this._fatal(code, message, { closeCode: ev.code, reason: ev.reason, frame: refusal });
         return;
       }
       if (welcomedAt !== null && Date.now() - welcomedAt >= STABLE_MS) this._attempt = 0;
+      if (ev.code === 1000 && this._calls.size === 0) {
+        // The server ended the session normally (its idle timeout): connect again when there is something to send,
+        // not at once (an idle tab would hold a socket, and start a session, forever).
+        this._setState("idle", { closeCode: ev.code, reason: ev.reason || "closed by the server" });
+        return;
+      }
       this._scheduleReconnect(ev.code, ev.reason);
     };
+  }
+
+  _refuseToken(message) {
+    // Like the server's refusal of a key (event `refused`, then state `closed`), so a page asks for another one.
+    const frame = { type: "error", id: null, seq: null, code: "unauthenticated", message };
+    this.dispatchEvent(new CustomEvent("refused", { detail: frame }));
+    this._fatal("unauthenticated", message, { frame });
   }
 
   _scheduleReconnect(code, reason) {
@@ -228,6 +296,11 @@ export class RtaiClient extends EventTarget {
     if (!call || call.done) return;
     if (f.type === "accepted") {
       call.accepted = true;
+      if (call.waiting) {
+        // Refused with `unavailable` (Redis's answer was lost) and admitted after all: it runs, no copy is needed.
+        call.waiting = false;
+        clearTimeout(call.retryTimer);
+      }
       if (call.onAccepted) call.onAccepted(f);
     } else if (f.type === "chunk") {
       if (f.index < call.nextIndex) return; // a repeat
@@ -243,10 +316,27 @@ export class RtaiClient extends EventTarget {
   _onError(call, f) {
     const refusal = f.seq == null && RETRY_CODES.has(f.code);
     const delayMs = (f.retry_after_ms ?? this.backoff.baseMs) * (1 + 0.2 * Math.random());
+    if (call.cancelRequested && f.seq == null && f.code !== "cancelled") {
+      if (refusal) {
+        // The cancel (or a copy of the request) was refused for now, not the request ended: ask again later.
+        if (call.cancelTimer == null && Date.now() + delayMs < call.deadline) {
+          call.cancelTimer = setTimeout(() => {
+            call.cancelTimer = null;
+            this._send({ type: "cancel", id: call.id });
+          }, delayMs);
+        }
+        return;
+      }
+      if (f.code === "invalid_request") {
+        // "No request with that id is in flight": its refusal came first, nothing runs.
+        this._finish(call, new RtaiError("cancelled", "cancelled by the client", f));
+        return;
+      }
+    }
     if (refusal && (call.accepted || call.nextIndex > 0)) {
       // A copy sent again after a reconnect was refused; the request itself was accepted and runs. Send the copy
       // again later, in case the server lost the request.
-      if (call.resendTimer == null && !call.cancelRequested) {
+      if (call.resendTimer == null) {
         call.resendTimer = setTimeout(() => {
           call.resendTimer = null;
           call.sentGen = -1;
@@ -255,8 +345,7 @@ export class RtaiClient extends EventTarget {
       }
       return;
     }
-    const retryable = refusal && !call.accepted && !call.cancelRequested;
-    if (retryable && call.attempt < call.retries && Date.now() + delayMs < call.deadline) {
+    if (refusal && call.attempt < call.retries && Date.now() + delayMs < call.deadline) {
       call.attempt += 1;
       call.waiting = true;
       this.dispatchEvent(new CustomEvent("retry", { detail: { id: call.id, code: f.code, delayMs, attempt: call.attempt } }));
@@ -280,6 +369,7 @@ export class RtaiClient extends EventTarget {
     clearTimeout(call.timer);
     clearTimeout(call.retryTimer);
     clearTimeout(call.resendTimer);
+    clearTimeout(call.cancelTimer);
     this._calls.delete(call.id);
     if (err) call.reject(err);
     else call.resolve(result);
@@ -304,7 +394,10 @@ export class RtaiClient extends EventTarget {
       this._finish(call, tooBig); // a larger frame would close the socket (1009) and fail every request on it
       return;
     }
-    if (this._send(frame)) call.sentGen = this._gen;
+    if (this._send(frame)) {
+      call.sentGen = this._gen;
+      call.everSent = true;
+    }
   }
 
   _tooBig(frame) {
@@ -331,7 +424,8 @@ export class RtaiClient extends EventTarget {
     const call = {
       id, task, input, options, budgetMs: o.deadlineMs ?? null, started: Date.now(), deadline: Date.now() + limitMs,
       retries: o.retries ?? this.retries, attempt: 0, accepted: false, nextIndex: 0, done: false, waiting: false,
-      sentGen: -1, cancelRequested: false, onChunk: o.onChunk, onAccepted: o.onAccepted, onRetry: o.onRetry,
+      sentGen: -1, everSent: false, cancelRequested: false,
+      onChunk: o.onChunk, onAccepted: o.onAccepted, onRetry: o.onRetry,
     };
     const done = new Promise((resolve, reject) => {
       call.resolve = resolve;
@@ -339,25 +433,30 @@ export class RtaiClient extends EventTarget {
     });
     call.timer = setTimeout(() => {
       // Given up on here: if it may still run on the server, stop it there too (it would hold a worker for nothing).
-      if (!call.waiting && call.sentGen >= 0 && !this._send({ type: "cancel", id })) this._cancelLater.add(id);
+      if (call.everSent && !this._send({ type: "cancel", id })) this._cancelLater.add(id);
       this._finish(call, new RtaiError("timeout", `no answer within ${Math.round(limitMs / 1000)} s`));
     }, limitMs);
     this._calls.set(id, call);
-    if (this.state === "idle" || this.state === "closed") {
-      this._finish(call, new RtaiError("connection_lost", "not connected: call connect() first"));
+    if (this.state === "closed" || (this.state === "idle" && !this._wanted)) {
+      this._finish(call, this._fatalError || new RtaiError("connection_lost", "not connected: call connect() first"));
+    } else if (this.state === "idle") {
+      this._open(); // the server ended the idle session: a new socket, and the request is sent on its welcome
     } else {
       this._sendCall(call);
     }
     return { id, done, cancel: () => this.cancel(id) };
   }
 
-  /** Ask the server to stop a request; its `done` then rejects with code "cancelled". */
+  /** Ask the server to stop a request; its `done` then rejects with code "cancelled" (or resolves with a result that
+   * came first). A refused cancel is sent again after the server's retry_after_ms. */
   cancel(id) {
     const call = this._calls.get(id);
-    if (!call) return;
+    if (!call || call.cancelRequested) return;
     call.cancelRequested = true;
-    if (call.waiting) {
-      // Refused and waiting to retry: it is not on the server, so end it here.
+    if (call.waiting || !call.everSent) {
+      // Never sent, or refused and waiting to retry: nothing should run for it, so end it here. An `unavailable`
+      // refusal may be wrong about that (Redis's answer was lost), so a request ever sent is cancelled there too.
+      if (call.everSent && !this._send({ type: "cancel", id })) this._cancelLater.add(id);
       this._finish(call, new RtaiError("cancelled", "cancelled by the client"));
       return;
     }

@@ -35,7 +35,10 @@ class RedactQueryTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not isinstance(record.msg, str):
             return True  # structlog's own lines (an event dict): the gateway never logs a URL's query
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format call: the handler reports it, as it would without this filter
+            return True
         if "access_token=" in message:
             record.msg, record.args = _QUERY_TOKEN.sub(r"\1[redacted]", message), None
         return True

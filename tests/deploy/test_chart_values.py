@@ -53,13 +53,12 @@ def test_an_ingress_path_that_would_publish_metrics_fails_to_render(paths: list[
         render_chart("gateway", set_values={"ingress.enabled": True, "ingress.hosts": [{"host": "a", "paths": paths}]})
 
 
-def test_empty_metrics_from_admits_everyone_to_the_metrics_port() -> None:
-    """`metricsFrom: []` means everyone (values.yaml): with ingressFrom restricted it is a port-only rule, not none."""
+def test_a_restricted_gateway_port_needs_its_scrapers_named() -> None:
+    """/metrics shares the gateway port: with ingressFrom set, metricsFrom must name Prometheus' peers. An empty one
+    either shut Prometheus out (no rule) or, as a port-only rule, admitted everyone and undid ingressFrom."""
     edge = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
-    (np,) = find(render_chart("gateway", set_values={"networkPolicy.ingressFrom": edge}), "NetworkPolicy")
-    rules = np["spec"]["ingress"]
-    assert rules[0]["from"] == edge
-    assert rules[1] == {"ports": [{"port": "http", "protocol": "TCP"}]}
+    with pytest.raises(RuntimeError, match="networkPolicy.metricsFrom"):
+        render_chart("gateway", set_values={"networkPolicy.ingressFrom": edge})
     monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     set_values = {"networkPolicy.ingressFrom": edge, "networkPolicy.metricsFrom": monitoring}
     (np,) = find(render_chart("gateway", set_values=set_values), "NetworkPolicy")

@@ -120,6 +120,9 @@ topologySpreadConstraints:
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.ingressFrom (not .Values.networkPolicy.metricsFrom) -}}
+{{- fail "networkPolicy.ingressFrom restricts the gateway port, which also serves /metrics: set networkPolicy.metricsFrom to the peers that scrape it (e.g. the monitoring namespace), or Prometheus is shut out" -}}
+{{- end -}}
 {{- $auth := .Values.auth -}}
 {{- if and (ne $auth.mode "none") (not $auth.existingSecret) -}}
 {{- fail (printf "auth.mode %s needs auth.existingSecret (the Secret holding its keys file, JWKS or secret)" $auth.mode) -}}

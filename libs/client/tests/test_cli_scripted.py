@@ -1,5 +1,6 @@
 """`rtai send` and `rtai chat` against a scripted gateway in a thread (the commands run their own event loop): a refused
-handshake, a stream that lost a chunk in a failover, a connection closed for good."""
+handshake, a stream that lost a chunk in a failover (a skipped `chunk.index`) or whose result differs from its chunks
+with nothing lost, a connection closed for good."""
 
 from __future__ import annotations
 
@@ -95,6 +96,57 @@ def test_a_stream_that_lost_a_chunk_prints_the_whole_result(gateway: Callable[..
     assert lines[0] == "Hello world"  # as it streamed
     assert "lost" in lines[1]
     assert lines[2] == "Hello there world"
+
+
+def _streams(chunks: list[str], text: str) -> Handler:
+    """Accept the request, stream `chunks` (indexes 0, 1, 2...: none lost), then a result with `text`."""
+
+    def handler(ws: ServerConnection) -> None:
+        rid = _welcome(ws)["id"]
+        for i, data in enumerate(chunks):
+            ws.send(json.dumps({"type": "chunk", "id": rid, "seq": i + 1, "index": i, "data": data}))
+        ws.send(json.dumps({"type": "result", "id": rid, "seq": len(chunks) + 1, "output": {"text": text}}))
+        for _ in ws:
+            pass
+
+    return handler
+
+
+def test_a_stream_whose_result_goes_on_gets_its_end_printed_without_a_notice(gateway: Callable[..., str]) -> None:
+    """The worker holds back a token that ends inside a character, and stops streaming once a re-decode no longer
+    extends what it sent: the result can go on after the last chunk with nothing lost. Its end is printed."""
+    handler = _streams(["Hello", " wor"], "Hello world")
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
+    assert out.exit_code == 0, out.output
+    assert out.output == "Hello world\n"  # no notice: nothing was lost
+
+
+def test_a_stream_the_result_revises_gets_the_result_without_claiming_a_loss(gateway: Callable[..., str]) -> None:
+    """A final decode can change text already streamed (no index is missing): the result is the answer."""
+    handler = _streams(["Hello", " ."], "Hello.")
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "Hello ."  # as it streamed
+    assert "lost" not in out.output and "failover" not in out.output
+    assert lines[-1] == "Hello."
+    assert len(lines) == 3, out.output  # one line says the next is the answer
+
+
+def test_a_stream_that_lost_its_first_chunk_prints_the_whole_result(gateway: Callable[..., str]) -> None:
+    def handler(ws: ServerConnection) -> None:
+        rid = _welcome(ws)["id"]
+        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 2, "index": 1, "data": " world"}))  # index 0 lost
+        ws.send(json.dumps({"type": "result", "id": rid, "seq": 3, "output": {"text": "Hello world"}}))
+        for _ in ws:
+            pass
+
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == " world"  # as it streamed
+    assert "lost" in lines[1]
+    assert lines[2:] == ["Hello world"]
 
 
 def test_a_stream_printed_whole_gets_no_notice(gateway: Callable[..., str]) -> None:

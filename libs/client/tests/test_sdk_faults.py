@@ -144,17 +144,33 @@ async def test_a_request_given_up_on_while_others_are_sent_again_is_not_sent_aft
     scripted: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a reconnect each unfinished request is sent again, one send at a time. A caller that gives up meanwhile
-    gets its cancel sent at once; its infer must not follow it (a job nobody waits for, and nobody cancels)."""
+    gets its cancel sent at once; its infer must not follow it (a job nobody waits for, and nobody cancels).
+
+    The order is forced, not timed: the first infer sent again (b1's) is held until A has been cancelled and the
+    server has its cancel; then the sending goes on (b2, then A's turn). A request sent once that is over reaches the
+    server after anything it sent for A."""
     from rtai_client import client as client_module
 
     send_raw = client_module.Client._send_raw
+    held: list[str] = []
+    holding, released = asyncio.Event(), asyncio.Event()
 
-    async def congested(self: Client, frame: dict[str, Any]) -> bool:  # each infer on the 2nd connection is slow
-        if frame["type"] == "infer" and self._gen == 2:
-            await asyncio.sleep(0.3)
+    async def congested(self: Client, frame: dict[str, Any]) -> bool:  # infers on the 2nd connection wait their turn
+        if frame["type"] == "infer" and self._gen == 2 and not released.is_set():
+            held.append(frame["id"])
+            holding.set()
+            await released.wait()
         return await send_raw(self, frame)
 
     monkeypatch.setattr(client_module.Client, "_send_raw", congested)
+    resend = client_module.Client._resend_unfinished
+    resent = asyncio.Event()
+
+    async def resend_then_say_so(self: Client, resumed: bool) -> None:
+        await resend(self, resumed)
+        resent.set()
+
+    monkeypatch.setattr(client_module.Client, "_resend_unfinished", resend_then_say_so)
 
     async def script(peer: Peer) -> None:
         await peer.welcome(resumed=peer.n > 0)
@@ -166,17 +182,26 @@ async def test_a_request_given_up_on_while_others_are_sent_again_is_not_sent_aft
             return
         await peer.drain()
 
+    def got(rid: str, kind: str) -> bool:
+        return any(n == 1 and f["type"] == kind and f.get("id") == rid for n, f in server.received)
+
     server = await scripted(script)
     async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
         others = [asyncio.create_task(c.infer("t", "b", request_id=f"b{i}", timeout_s=10)) for i in (1, 2)]
         a = asyncio.create_task(c.infer("t", "a", request_id="A", timeout_s=10))
         await _until(lambda: all(rid in c._calls for rid in ("b1", "b2", "A")), "not all sent")
-        await _until(lambda: c.reconnects == 1, "no reconnect")
+        await asyncio.wait_for(holding.wait(), 5)  # reconnected, and sending the unfinished requests again
+        assert held == ["b1"], "A comes after b1 and b2"
         a.cancel()  # while b1, b2 are sent again
         with pytest.raises(asyncio.CancelledError):
             await a
-        await asyncio.sleep(1.0)
-        for t in others:
+        await _until(lambda: got("A", "cancel"), "A's cancel was not sent")
+        released.set()
+        await asyncio.wait_for(resent.wait(), 5)  # A's turn came and went (an infer of A would be written by now)
+        last = asyncio.create_task(c.infer("t", "z", request_id="z", timeout_s=10))
+        await _until(lambda: got("z", "infer"), "z was not sent")  # on the same socket: what came before is in
+        assert got("b2", "infer")
+        for t in [*others, last]:
             t.cancel()
     about_a = [f["type"] for n, f in server.received if n == 1 and f.get("id") == "A"]
     assert about_a == ["cancel"]

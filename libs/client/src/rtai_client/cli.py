@@ -85,20 +85,38 @@ def _final_text(output: Any) -> str | None:
 
 
 async def _print_stream(s: Stream, show: bool = True) -> None:
-    """Print chunks as they come, then check them against the result, which carries the whole output: a Redis failover
-    can lose a chunk for good (its index is skipped), and the printed answer would miss a piece without a word."""
+    """Print chunks as they come, then make sure what was printed is the result's text, which is the answer.
+
+    A Redis failover can lose a chunk for good: its index is skipped, never sent later (protocol.md), so a gap in
+    `chunk.index` means the printed text misses a piece: a notice, then the whole text. Without a gap the text can
+    still differ with nothing lost: a model holds back a token that ends inside a character, and stops streaming once
+    a re-decode no longer extends what it sent (a lost last chunk leaves no gap either). Then the rest of the text is
+    printed after the chunks when they are its beginning, or else the whole text again, without claiming a loss."""
     shown: list[str] = []
+    missing = False
+    expected = 0
     async for chunk in s:
+        missing |= chunk.index > expected  # the client drops repeats: an index is never below the one expected
+        expected = chunk.index + 1
         text = chunk.data if isinstance(chunk.data, str) else json.dumps(chunk.data)
         shown.append(text)
         if show:
             console.print(text, end="", markup=False, highlight=False)
     if not show:
         return
-    console.print()
+    streamed = "".join(shown)
     final = _final_text(s.result.output) if s.result is not None else None
-    if final is not None and final != "".join(shown):
+    if final is None or final == streamed:
+        console.print()
+    elif missing:
+        console.print()
         err.print("[yellow]part of the stream was lost on the way (a server failover); the whole answer:[/yellow]")
+        console.print(final, markup=False, highlight=False)
+    elif final.startswith(streamed):
+        console.print(final[len(streamed) :], markup=False, highlight=False)  # the answer's end, streamed or not
+    else:
+        console.print()
+        err.print("[dim]the final text differs from the streamed one; the answer:[/dim]")
         console.print(final, markup=False, highlight=False)
 
 

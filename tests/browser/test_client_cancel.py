@@ -44,33 +44,30 @@ def test_a_refused_cancel_of_a_queued_request_does_not_end_it_here(page: Page) -
     out = run(
         page,
         """
+        // The gateway's per-user queue: a request waits there until a cancel takes it out (it would run otherwise).
+        // No timer races the client's second cancel: the queue holds the request until then, however late it comes.
+        window.queued = new Set();
         window.serverScript = (sock, f) => {
           if (f.type === "hello") return welcome(sock, false);
-          if (f.type === "infer") {
-            // Waiting in the gateway's per-user queue: accepted 200 ms later, unless cancelled there first.
-            window.queued = setTimeout(() => {
-              sock.serverSend({ type: "accepted", id: f.id, seq: 1, task: "t", deadline_ms: 0 });
-              sock.serverSend({ type: "result", id: f.id, seq: 2, output: "ran" });
-            }, 200);
-          }
+          if (f.type === "infer") window.queued.add(f.id);
           if (f.type === "cancel" && sentOf("cancel").length === 1) return refuse(sock, f, "rate_limited");
-          if (f.type === "cancel") {
-            clearTimeout(window.queued);
+          if (f.type === "cancel" && window.queued.delete(f.id)) {
             sock.serverSend({ type: "error", id: f.id, seq: null, code: "cancelled", message: "cancelled" });
           }
         };
-        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
+        // A client that never sent the cancel again would end with "timeout" after 5 s instead of hanging the test.
+        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket, defaultTimeoutMs: 5000 });
         c.connect();
         await sleep(30);
         const req = c.request("t", "x", { id: "g1" });
         await sleep(20);
         req.cancel();
         const outcome = await outcomeOf(req.done);
-        return { outcome, cancels: sentOf("cancel").length };
+        return { outcome, cancels: sentOf("cancel").length, queued: [...window.queued] };
         """,
     )
-    # Before: the request ended here with rate_limited (and then ran on the server).
-    assert out == {"outcome": {"error": "cancelled"}, "cancels": 2}
+    # Before: the request ended here with rate_limited, still queued on the server (where it would then run).
+    assert out == {"outcome": {"error": "cancelled"}, "cancels": 2, "queued": []}
 
 
 def test_a_cancelled_request_refused_by_the_server_ends_cancelled(page: Page) -> None:

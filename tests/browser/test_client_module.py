@@ -187,3 +187,66 @@ def test_a_request_that_timed_out_while_disconnected_is_cancelled_once_the_sessi
         """,
     )
     assert out == {"code": "timeout", "cancels": [[1, "slow"]]}
+
+
+# The gateway restarts after accepting the requests, and the reconnect gets a new session (`resumed: false`): the
+# requests are sent again and run afresh, each budget counted from the new copy's receipt (protocol.md).
+NEW_SESSION_AFTER_ACCEPTING = """
+window.copies = [];
+window.serverScript = (sock, f) => {
+  if (f.type === "hello") return welcome(sock, false);
+  if (f.type !== "infer") return;
+  if (sock.n === 0) {
+    sock.serverSend({ type: "accepted", id: f.id, seq: ++window.lastSeq, task: "t", deadline_ms: 0 });
+    if (window.lastSeq === 2) sock.serverClose(1012, "restart");
+    return;
+  }
+  const deadline = f.options && f.options.deadline_ms;
+  window.copies.push({ id: f.id, deadline: deadline ?? null, elapsed: Date.now() - window.t0 });
+  answer(sock, f);
+};
+const backoff = { baseMs: 400, maxMs: 400 };  // reconnects 200-400 ms after the drop
+const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket, backoff });
+c.connect();
+await sleep(30);
+window.t0 = Date.now();
+"""
+
+
+def test_a_request_sent_again_in_a_new_session_asks_for_what_is_left_of_its_budget(page: Page) -> None:
+    out = run(
+        page,
+        NEW_SESSION_AFTER_ACCEPTING
+        + """
+        const timed = outcomeOf(c.request("t", "x", { id: "timed", deadlineMs: 2000 }).done);
+        const open = outcomeOf(c.request("t", "y", { id: "open" }).done);
+        const outcomes = { timed: await timed, open: await open };
+        c.close();
+        const first = sentOf("infer").filter(([n]) => n === 0).map(([, f]) => [f.id, f.options?.deadline_ms ?? null]);
+        return { outcomes, first, copies };
+        """,
+    )
+    assert out["outcomes"] == {"timed": {"result": "x"}, "open": {"result": "y"}}
+    assert out["first"] == [["timed", 2000], ["open", None]]
+    timed, open_ = out["copies"]
+    assert (timed["id"], open_["id"]) == ("timed", "open")
+    assert open_["deadline"] is None  # a request without a deadline keeps none
+    # The copy left at least the reconnect delay (200 ms) after the request: it asks for at most what was left then,
+    # and for no less than what is left when the server reads it. Before: the whole 2000 ms again.
+    assert 2000 - timed["elapsed"] <= timed["deadline"] <= 1800
+
+
+def test_a_request_whose_budget_ran_out_while_reconnecting_ends_here_unsent(page: Page) -> None:
+    out = run(
+        page,
+        NEW_SESSION_AFTER_ACCEPTING
+        + """
+        const late = outcomeOf(c.request("t", "x", { id: "late", deadlineMs: 150 }).done);
+        const open = outcomeOf(c.request("t", "y", { id: "open" }).done);
+        const outcomes = { late: await late, open: await open };
+        c.close();
+        return { outcomes, copies: copies.map((copy) => copy.id) };
+        """,
+    )
+    # Before: sent again with its whole 150 ms, to run afresh after its deadline had passed.
+    assert out == {"outcomes": {"late": {"error": "deadline_exceeded"}, "open": {"result": "y"}}, "copies": ["open"]}

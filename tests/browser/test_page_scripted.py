@@ -1,14 +1,18 @@
 """The web page at `/` against the scripted socket (tests/browser/scripted.py), no gateway: what the page shows for a
-key the browser cannot send, and after the gateway ends an idle session."""
+key the browser cannot send, and after the gateway ends an idle session; the page refers only to paths the Helm
+chart's Ingress routes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlparse
 
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.scripted import app_page
+from tests.browser.pages import ROOT
+from tests.browser.scripted import ORIGIN, app_page
 
 SERVER = """
 window.serverScript = (sock, f) => {
@@ -80,3 +84,28 @@ def test_after_the_idle_close_the_page_waits_and_connects_again_to_send(browser_
     expect(msg.locator(".label")).to_have_text("positive")
     expect(page.locator("#conn")).to_have_attribute("data-state", "open")
     assert page.evaluate("sockets.length") == 2
+
+
+def _ingress_routes(path: str) -> bool:
+    """Whether the chart's default Ingress (deploy/helm/gateway/values.yaml) routes `path` to the gateway."""
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "gateway" / "values.yaml").read_text())
+    for host in values["ingress"]["hosts"]:
+        for route in host["paths"]:
+            p = route["path"]
+            if path == p or (route["pathType"] == "Prefix" and path.startswith(p.rstrip("/") + "/")):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("browser_page", [""], indirect=True, ids=["no-key"])
+def test_the_page_refers_only_to_paths_the_ingress_routes(browser_page: Page) -> None:
+    page = browser_page
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    urls = page.evaluate(
+        """() => [...document.querySelectorAll("[href], [src]")].map((e) => e.href || e.src)
+                 .concat(sockets.map((s) => s.url))"""
+    )
+    paths = sorted({urlparse(u).path for u in urls if urlparse(u).hostname == urlparse(ORIGIN).hostname})
+    assert "/v1/tasks" in paths and "/v1/ws" in paths
+    # Before: the footer linked to /readyz, a 404 behind the Ingress.
+    assert [p for p in paths if not _ingress_routes(p)] == []

@@ -278,6 +278,13 @@ export class RtaiClient extends EventTarget {
           this._finish(call, new RtaiError("session_lost", "the session expired while this request was streaming"));
           continue;
         }
+        // A new session runs it afresh, its budget counted from this copy's receipt: ask only for what is left of it.
+        // (A request waiting to retry is trimmed when its retry is due.)
+        if (!call.waiting && !this._trimBudget(call)) {
+          const message = "the request's deadline passed while the client reconnected";
+          this._finish(call, new RtaiError("deadline_exceeded", message));
+          continue;
+        }
         call.accepted = false;
       }
       this._sendCall(call);
@@ -353,14 +360,21 @@ export class RtaiClient extends EventTarget {
       call.retryTimer = setTimeout(() => {
         call.waiting = false;
         call.sentGen = -1;
-        if (call.budgetMs != null) {
-          call.options.deadline_ms = Math.max(1, Math.round(call.budgetMs - (Date.now() - call.started)));
-        }
+        this._trimBudget(call); // none left: sent with 1 ms, and the server answers `deadline_exceeded`
         this._sendCall(call);
       }, delayMs);
       return;
     }
     this._finish(call, new RtaiError(f.code, f.message, f));
+  }
+
+  /** Set the copy's deadline_ms to what is left of the request's own budget (a copy sent again must not ask for the
+   * whole of it; at least 1). False if nothing is left. A request without a deadline keeps none. */
+  _trimBudget(call) {
+    if (call.budgetMs == null) return true;
+    const left = Math.floor(call.budgetMs - (Date.now() - call.started));
+    call.options.deadline_ms = Math.max(1, left);
+    return left > 0;
   }
 
   _finish(call, err, result) {

@@ -329,3 +329,29 @@ async def test_a_failing_script_fails_its_test() -> None:
             await Client(s.url, open_timeout=2).connect()
     with pytest.raises(AssertionError, match="not what the client sends"):
         s.check()
+
+
+async def test_a_resume_given_up_on_before_its_welcome_does_not_end_the_session() -> None:
+    """A welcome later than open_timeout: the client gives the socket up, but not with 1000, which the gateway takes
+    as a normal close that cancels every unfinished request of the session the client was resuming."""
+    codes: list[int | None] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.recv()  # the hello; no welcome
+        try:
+            await peer.ws.wait_closed()
+        finally:
+            rcvd = peer.ws.protocol.close_rcvd
+            codes.append(rcvd.code if rcvd else None)
+
+    s = Scripted(script)
+    async with serve(s._handle, "127.0.0.1", 0) as s.server:
+        client = Client(s.url, open_timeout=0.5)
+        client.session, client.last_seq = "s1", 4  # resuming
+        with pytest.raises((TimeoutError, ConnectionLost)):
+            await client.connect()
+        deadline = time.monotonic() + 5
+        while not codes and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    assert codes and codes[0] not in (1000, 1001), codes
+    s.check()

@@ -40,6 +40,9 @@ from rtai_protocol import Accepted, Chunk, Error, Result, Welcome, decode_server
 
 log = logging.getLogger("rtai_client")
 
+HANDSHAKE_ABANDONED = 4000
+"""The close code of a socket given up on before its welcome (an application code: not a clean close)."""
+
 State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 FATAL_CLOSE_CODES = frozenset({1008, 1009})
 """Policy violation and message too big: reconnecting would only repeat them."""
@@ -179,7 +182,9 @@ class Client:
                 await ws.send(json.dumps(hello))
             welcome = await asyncio.wait_for(self._await_welcome(ws), self.open_timeout)
         except BaseException:
-            await ws.close()
+            # Not 1000: the gateway takes a normal close as the end of the session and cancels its requests, and
+            # this socket may have been resuming that session (its welcome was late, say).
+            await ws.close(HANDSHAKE_ABANDONED, "handshake abandoned")
             raise
         if not welcome.resumed:
             self.last_seq = 0  # a new session numbers its frames from 1

@@ -125,3 +125,23 @@ def test_predict_stops_each_item_at_its_deadline(lm: SmolLM2Model, monkeypatch: 
     assert isinstance(late, DeadlinePassed)
     assert on_time["tokens"] <= 3
     assert len(steps) <= on_time["tokens"] + 1, f"{len(steps)} steps: the late item was generated"
+
+
+def test_predict_fails_only_the_item_that_raised(lm: SmolLM2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item whose generation raises (CUDA out of memory, a tokenizer error) is answered with its error alone; the
+    items before and after it keep their results (before: the exception failed the whole batch, finished items
+    included)."""
+    real_prompt_ids = lm._prompt_ids
+
+    def failing_on_bad(text: str) -> list[int]:
+        if text == "bad":
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+        return real_prompt_ids(text)
+
+    monkeypatch.setattr(lm, "_prompt_ids", failing_on_bad)
+    options = {"max_new_tokens": 3}
+    items = [ModelInput(text=t, options=options) for t in ("Say hi.", "bad", "Say bye.")]
+    before, bad, after = lm.predict(items)
+    assert before["tokens"] <= 3
+    assert isinstance(bad, RuntimeError)
+    assert after["tokens"] <= 3

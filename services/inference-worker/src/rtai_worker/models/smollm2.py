@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rtai_protocol import now_ms
+from rtai_telemetry.logging import get_logger
 from rtai_worker.engine import DeadlinePassed, JSONValue, ModelError, ModelInfo, ModelInput
 from rtai_worker.models._cache import build_once
 from rtai_worker.models.minilm import ModelUnavailableError, require_cuda
@@ -42,6 +43,8 @@ DEFAULT_TIME_LIMIT_S = 30.0
 TIME_LIMIT_CAP_S = 60.0
 MAX_PROMPT_TOKENS = 2048
 MAX_TEMPERATURE = 2.0
+
+log = get_logger("rtai_worker.models.smollm2")
 
 
 def _dist_version(name: str) -> str:
@@ -249,8 +252,10 @@ class SmolLM2Model:
         return {"text": text, "tokens": len(tokens), "finish_reason": finish}
 
     def predict(self, batch: Sequence[ModelInput]) -> list[JSONValue]:
-        """Non-streaming requests: run each stream to its end and return the final result. The items run one after
-        another, so each is stopped at its request's deadline: the items after it do not wait for it."""
+        """Each stream run to its end, its final result returned (the worker runs plain requests through `stream`
+        itself, to check for cancels between tokens; this is for other callers). The items run one after another, so
+        each is stopped at its request's deadline: the items after it do not wait for it. An item that fails is
+        answered with its exception alone."""
         out: list[JSONValue] = []
         for item in batch:
             deadline_ms = item.options.get("deadline_ms")
@@ -265,6 +270,11 @@ class SmolLM2Model:
             except StopIteration as stop:
                 out.append(stop.value)
             except ModelError as e:
+                out.append(e)
+            except Exception as e:
+                # One item's failure (CUDA out of memory, a tokenizer error) is that item's answer (`internal`): raised,
+                # it failed the whole batch, the items already generated included.
+                log.exception("model.item_failed", model="smollm2")
                 out.append(e)
         return out
 

@@ -368,7 +368,7 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
     assert await paused.count_deliveries([(job, 1), (mine, 1)]) == {mine}
     await redis.xdel(stream, trimmed)  # gone from the stream while pending: nobody's to run
     assert await paused.count_deliveries([(trimmed, 1)]) == set()
-    await paused.hand_back([job], idle_ms=3_600_000)
+    await paused.hand_back([(job, None)], idle_ms=3_600_000)
     assert await pending(job) == ("other", 2), "the paused worker took the job back, or changed its count"
     assert await pending(mine) == ("paused", 1)
     idle = {p["message_id"].decode(): p["time_since_delivered"] for p in await redis.xpending_range(

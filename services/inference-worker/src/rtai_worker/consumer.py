@@ -24,6 +24,9 @@ log = get_logger("rtai_worker.consumer")
 RECLAIM_SCANS_PER_PASS = 8
 """XAUTOCLAIM calls one reclaim pass may make while it finds nothing idle; each looks at up to 10 x count pending
 entries (the scan resumes from there on the next pass)."""
+HANDED_BACK_IDLE_MS = 10 * 60 * 1000
+"""The idle time a job handed back at shutdown is marked with: far past any `reclaim_idle_ms`, so another worker
+reclaims it at once."""
 REPLY_STREAM_TTL_S = 3600
 """Every write to a reply stream sets it: the stream of a gateway that is gone expires (a live gateway's heartbeat keeps
 its own alive). Reply streams have no MAXLEN: the gateway trims what it has read, and a cap would trim replies it has
@@ -174,10 +177,11 @@ class Consumer:
         dropped: Any = await self.redis.eval(PRUNE_CONSUMERS, 1, self.stream, WORKER_GROUP, min_idle_ms, own)
         return int(dropped)
 
-    async def hand_back(self, entry_ids: Sequence[str], idle_ms: int) -> None:
-        """Mark unfinished jobs as long idle so another worker reclaims them at once (shutdown). Only those this
-        consumer owns: marking one another worker took over would let a third take it from that one."""
-        await self._claim_owned([(i, None) for i in entry_ids], idle_ms=idle_ms)
+    async def hand_back(self, entries: Sequence[tuple[str, int | None]], idle_ms: int) -> None:
+        """Mark unfinished jobs (entry id, delivery count to set, or None to keep it) as long idle so another worker
+        reclaims them at once (shutdown). Only those this consumer owns: marking one another worker took over would let
+        a third take it from that one."""
+        await self._claim_owned(entries, idle_ms=idle_ms)
 
     async def _claim_owned(
         self, entries: Sequence[tuple[str, int | None]], idle_ms: int = 0

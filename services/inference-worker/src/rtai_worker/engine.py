@@ -70,13 +70,15 @@ class Model(Protocol):
     def predict(self, batch: Sequence[ModelInput]) -> list[JSONValue]:
         """One output per input, same order. Raising fails the whole batch; raise ModelError for a
         per-request refusal by returning it instead: an element that is a ModelError fails only that request (and
-        one that is a DeadlinePassed answers it `deadline_exceeded`)."""
+        one that is a DeadlinePassed answers it `deadline_exceeded`; any other exception, `internal`). The worker
+        does not call it for a streaming model (`info.streaming`): its plain requests run through `stream` too."""
         ...
 
     def stream(self, item: ModelInput) -> Iterator[JSONValue]:
-        """Yield chunks for one input; the worker sends each as a `chunk` frame. The value returned by the
-        generator (StopIteration.value) is the final `result` output; None means "the list of chunks".
-        Only called when `info.streaming` is true."""
+        """Yield chunks for one input; the worker sends each as a `chunk` frame (for a plain request, `stream: false`,
+        none: only the result). The value returned by the generator (StopIteration.value) is the final `result`
+        output; None means `{"chunks": n}` for a streamed request and the list of chunks for a plain one. Only called
+        when `info.streaming` is true, for every request of the task, one step at a time in a model thread."""
         ...
 
     def sort_key(self, item: ModelInput) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rtai_telemetry.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BacklogGauges, RedisGauges
@@ -51,9 +54,24 @@ class WorkerMetrics:
         self.dead_lettered = Counter(
             "rtai_worker_dead_lettered", "Jobs moved to the dead-letter stream", ["task"], registry=r
         )
-        self.busy = Gauge("rtai_worker_busy", "1 while a batch is running", registry=r)
+        self.busy = Gauge("rtai_worker_busy", "1 while a model call (a batch or a stream) is running", registry=r)
+        self._calls = 0
+        """Model calls in progress (batches and streams, every task): `busy` is 1 while any runs, not only until
+        the first of them ends."""
         self.backlog = BacklogGauges(r)
         self.redis = RedisGauges(r)
+
+    @contextmanager
+    def model_call(self) -> Iterator[None]:
+        """Counts a batch or a stream while it runs; `busy` goes back to 0 when the last one in progress ends."""
+        self._calls += 1
+        self.busy.set(1)
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self.busy.set(0)
 
     def init_task(self, task: str) -> None:
         """Create a task's series at zero: a counter first seen at 1 shows no rate() or increase()."""

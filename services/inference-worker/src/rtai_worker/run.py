@@ -20,7 +20,7 @@ from rtai_transport.cancel import stop_if_cancelled
 from rtai_transport.health import read_health, round_trip
 from rtai_transport.registry import TaskInfo, deregister_task, live_tasks, register_task
 from rtai_worker.cancels import listen_cancels
-from rtai_worker.consumer import Consumer
+from rtai_worker.consumer import HANDED_BACK_IDLE_MS, Consumer
 from rtai_worker.engine import Model
 from rtai_worker.health import HealthServer
 from rtai_worker.metrics import WorkerMetrics
@@ -32,7 +32,6 @@ from rtai_worker.task_server import TaskServer
 
 log = get_logger("rtai_worker.run")
 
-HANDED_BACK_IDLE_MS = 10 * 60 * 1000
 GONE_CONSUMER_IDLE_MS = 60 * 60 * 1000
 """A consumer with nothing pending that has not read for this long belongs to a worker that is gone (a live one reads
 every 0.5 s at least, or holds pending jobs while it runs them)."""
@@ -199,7 +198,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         for task, server in self.servers.items():
-            unfinished = list(server.running)  # before the cancelled streams run their way out
+            unfinished = server.unfinished()  # before the cancelled streams run their way out
             server.cancel_streams()
             with contextlib.suppress(Exception):
                 await deregister_task(self.redis, self.keys, task, self.settings.worker_id)

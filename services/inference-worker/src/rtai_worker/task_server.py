@@ -1,7 +1,8 @@
 """Serving one task: gather a batch, run the model off the event loop, reply and ack; stream generations chunk by chunk.
 
 Model code runs in threads (`ModelThreads`) so heartbeats, claim refreshes and acks keep flowing while a batch
-computes. Streaming jobs run concurrently (up to `max_streams`) and check for cancellation between chunks.
+computes. Streaming jobs run concurrently (up to `max_streams`) and check for cancellation between chunks; a streaming
+model's plain jobs run the same way, answered with the result alone.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Link
@@ -18,7 +19,7 @@ from opentelemetry.trace import Link
 from rtai_protocol import ErrorCode, Job, Reply, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, inject_headers, trace_id_of, tracing_enabled
-from rtai_worker.consumer import Consumer, Delivery, Unreadable
+from rtai_worker.consumer import HANDED_BACK_IDLE_MS, Consumer, Delivery, Unreadable
 from rtai_worker.engine import DeadlinePassed, Model, ModelError, ModelInput
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelCallHung, ModelThreads
@@ -48,6 +49,24 @@ def _advance(gen: Iterator[Any]) -> tuple[bool, Any]:
         return True, stop.value
 
 
+class _Steps:
+    """A model's stream for one job, advanced one step per call (in a model thread). The iterator is made by the first
+    step, so a plugin whose `stream` raises when called, not only when advanced, is answered as a failed step is
+    (before, the job was left pending, unanswered, until dead-lettered as poison)."""
+
+    __slots__ = ("_item", "_model", "gen")
+
+    def __init__(self, model: Model, item: ModelInput) -> None:
+        self._model = model
+        self._item = item
+        self.gen: Iterator[Any] | None = None
+
+    def step(self) -> tuple[bool, Any]:
+        if self.gen is None:
+            self.gen = iter(self._model.stream(self._item))
+        return _advance(self.gen)
+
+
 class TaskServer:
     def __init__(
         self,
@@ -66,6 +85,9 @@ class TaskServer:
         self.running: dict[str, Delivery] = {}
         """Entry id -> delivery, for jobs this worker is working on (claims kept fresh, handed back at shutdown)."""
         self.cancelled_jobs: set[str] = set()
+        self.hung: set[str] = set()
+        """Entry ids of running jobs whose model call hung: handed back charged with the delivery (a job that hangs
+        every worker must reach the dead letters)."""
         self.taken_over: set[str] = set()
         """Entry ids of running jobs that another worker reclaimed (this one was paused past `reclaim_idle_ms`)."""
         self._adopted: deque[Delivery] = deque()
@@ -105,6 +127,8 @@ class TaskServer:
                 size = await self._read_budget(s.max_batch_size)
                 if self.stopping.is_set():
                     break  # told to stop while waiting for a stream slot: a job read now could only be handed back
+                if self._adopted:
+                    continue  # adopted while this loop waited for a stream slot: it starts before newer jobs
                 batch = await self._gather(size, s.max_batch_delay_ms)
                 if batch:
                     # Replying and acking can fail too (Redis down or failing over past the client's retries): the
@@ -120,17 +144,42 @@ class TaskServer:
                 if failures == 1:
                     log.warning("serve.failed", task=self.task, error=type(e).__name__)
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+        await self._hand_back_adopted()
         await self.replies_written()
+
+    async def _hand_back_adopted(self) -> None:
+        """Stopping: the adopted jobs that have not started go back at once, not after the drain (up to
+        `shutdown_grace_s`), so another worker runs them meanwhile. Their delivery count is the one they came with."""
+        if not self._adopted:
+            return
+        waiting = list(self._adopted)
+        self._adopted.clear()
+        try:
+            await self.consumer.hand_back([(d.entry_id, d.deliveries - 1) for d in waiting], HANDED_BACK_IDLE_MS)
+        except Exception as e:  # still in `running`: the worker's shutdown hands them back
+            log.warning("adopted.hand_back_failed", task=self.task, error=type(e).__name__)
+            return
+        for d in waiting:
+            self._release(d)
+        log.info("adopted.handed_back", task=self.task, jobs=len(waiting))
+
+    def unfinished(self) -> list[tuple[str, int | None]]:
+        """The jobs still running here, to hand back at shutdown (entry id, delivery count to set). A job the drain cut
+        off gives back the delivery it was charged for this run: else a long generation cut off by a few rolling
+        updates would be dead-lettered as poison. One whose model call hung keeps it."""
+        return [(i, None if i in self.hung else d.deliveries - 1) for i, d in self.running.items()]
 
     def reclaim_budget(self) -> int:
         """How many jobs of dead workers to take over now. Adopted jobs run one at a time (`_run_adopted`), so a worker
         takes no more than it can start soon and leaves the rest pending for the other workers' reclaim: none while an
-        adopted job waits or runs here, one stream once no reclaimed stream runs here (it runs alone), a few jobs of a
-        threaded model; an inline model's jobs take microseconds each."""
+        adopted job waits or runs here, one stream once no reclaimed stream runs here (it runs alone) and a stream slot
+        is free, a few jobs of a threaded model; an inline model's jobs take microseconds each."""
         if self._adopted or self._adopting:
             return 0
         if self.model.info.streaming:
-            return 0 if self._solo is not None else 1
+            # 0 while every stream slot is taken: the job would wait here while another worker could start it.
+            full = len(self._stream_tasks) >= self.settings.max_streams
+            return 0 if self._solo is not None or full else 1
         return RECLAIM_INLINE if self.model.info.inline else RECLAIM_THREADED
 
     def _want_reclaim(self) -> None:
@@ -164,7 +213,8 @@ class TaskServer:
         # starts beside it (and, as the read loop waits for a stream slot, no batch) until it is done.
         try:
             if self.model.info.streaming and not await self._streams_done():
-                return  # stopping: still in `running`, handed back uncharged
+                self._adopted.appendleft(d)  # stopping: handed back uncharged, with the others not started
+                return
             await self.replies_written()  # the answers of the batch before: an inline model's crash would lose them
             # This run counts (see `adopt`). A job no longer pending was finished by its first owner meanwhile.
             if d.entry_id not in await self.consumer.count_deliveries([(d.entry_id, d.deliveries)]):
@@ -193,10 +243,15 @@ class TaskServer:
             log.warning("job.taken_over", task=self.task, request_id=d.job.request_id, entry=entry_id)
 
     async def _stream_slot_free(self) -> bool:
-        """Wait until fewer than `max_streams` streams run and no reclaimed stream runs alone; False if told to stop
-        meanwhile."""
-        while not self.stopping.is_set() and (
-            len(self._stream_tasks) >= self.settings.max_streams or (self._solo is not None and not self._solo.done())
+        """Wait until fewer than `max_streams` streams run and no reclaimed stream runs alone, or a job is adopted (it
+        goes first); False if told to stop meanwhile."""
+        while (
+            not self.stopping.is_set()
+            and not self._adopted
+            and (
+                len(self._stream_tasks) >= self.settings.max_streams
+                or (self._solo is not None and not self._solo.done())
+            )
         ):
             await asyncio.wait(set(self._stream_tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         return not self.stopping.is_set()
@@ -265,8 +320,12 @@ class TaskServer:
         live, finished = await self._screen(batch, now)
         await self.consumer.finish(finished)
         self._release_all(finished)  # adopted jobs are in `running` already
-        streams = [d for d in live if d.job.stream]
-        plain = [d for d in live if not d.job.stream]
+        # A streaming model runs its plain jobs as streams too (each in a stream slot, checked for a cancel and its
+        # deadline at every step, answered with the result only): in one `predict` call they held the read loop while
+        # the whole batch generated (no stream started meanwhile), each waited for the others, and a cancel was ignored.
+        as_streams = self.model.info.streaming
+        streams = [d for d in live if d.job.stream or as_streams]
+        plain = [d for d in live if not (d.job.stream or as_streams)]
         for d in streams:
             self.running[d.entry_id] = d
             task = asyncio.create_task(self._stream(d), name=f"stream-{d.job.job_id}")
@@ -313,9 +372,11 @@ class TaskServer:
             self.running[d.entry_id] = d
         try:
             replies = await self._replies(batch)
-        except (asyncio.CancelledError, ModelCallHung):
-            # Cut off at shutdown, or hung: the jobs stay in `running`, and the worker hands them back on its way out.
-            raise
+        except ModelCallHung:
+            self.hung.update(d.entry_id for d in batch)
+            raise  # the jobs stay in `running`, and the worker hands them back on its way out
+        except asyncio.CancelledError:
+            raise  # cut off at shutdown: the same
         except BaseException:
             for d in batch:
                 self._release(d)
@@ -391,6 +452,7 @@ class TaskServer:
         self.running.pop(d.entry_id, None)
         self.cancelled_jobs.discard(d.job.job_id)
         self.taken_over.discard(d.entry_id)
+        self.hung.discard(d.entry_id)
 
     async def replies_written(self) -> None:
         """Wait for the last batch's replies and acks (a failure was logged; the jobs stay pending and are
@@ -417,16 +479,10 @@ class TaskServer:
     async def _predict(self, inputs: list[ModelInput]) -> list[Any]:
         m = self.metrics
         m.batch_size.labels(self.task).observe(len(inputs))
-        m.busy.set(1)
         started = time.perf_counter()
         try:
-            if self.model.info.inline:
-                outputs = self.model.predict(inputs)
-            else:
-                # A batch may run to its requests' deadlines (a generator answers each by its own): only past the last
-                # of them is a call taken as hung.
-                until_last_deadline_s = (max(i.options["deadline_ms"] for i in inputs) - now_ms()) / 1000
-                outputs = await self.threads.run_until(until_last_deadline_s, self.model.predict, inputs)
+            with m.model_call():
+                outputs = await self._call_predict(inputs)
             if len(outputs) != len(inputs):
                 # Matched up later, a short list would fail the whole batch outside this guard: it would be re-run
                 # and dead-lettered instead of answered.
@@ -440,7 +496,14 @@ class TaskServer:
             return [e] * len(inputs)
         finally:
             m.inference.labels(self.task).observe(time.perf_counter() - started)
-            m.busy.set(0)
+
+    async def _call_predict(self, inputs: list[ModelInput]) -> list[Any]:
+        if self.model.info.inline:
+            return self.model.predict(inputs)
+        # A batch may run to its requests' deadlines (a generator answers each by its own): only past the last of them
+        # is a call taken as hung.
+        until_last_deadline_s = (max(i.options["deadline_ms"] for i in inputs) - now_ms()) / 1000
+        return await self.threads.run_until(until_last_deadline_s, self.model.predict, inputs)
 
     def _reply_for(self, job: Job, out: Any) -> Reply:
         if isinstance(out, DeadlinePassed):
@@ -470,7 +533,7 @@ class TaskServer:
                     with tracer.start_as_current_span(
                         "worker.job",
                         context=extract_context(job.headers),
-                        attributes={"rtai.request_id": job.request_id, "rtai.stream": True},
+                        attributes={"rtai.request_id": job.request_id, "rtai.stream": job.stream},
                     ):
                         reply = await self._generate(d)
                 await self.consumer.finish([(d, reply)])
@@ -479,6 +542,7 @@ class TaskServer:
             except asyncio.CancelledError:
                 raise  # cut off at shutdown: the job stays in `running`, and the worker hands it back on its way out
             except ModelCallHung:
+                self.hung.add(d.entry_id)
                 return  # the same, as the worker leaves because of it
             except Exception:
                 log.exception("stream.failed", task=self.task)
@@ -486,55 +550,72 @@ class TaskServer:
             self._release(d)
 
     async def _generate(self, d: Delivery) -> Reply | None:
+        """Run one job's generation step by step, checking for a cancel, a takeover and its deadline between steps.
+        A streamed job gets each chunk as it comes; a plain one (`stream: false`) only the result."""
         job = d.job
-        item = self._input(job)
-        gen = cast(Generator[Any, None, Any], self.model.stream(item))
+        steps = _Steps(self.model, self._input(job))
+        chunks: list[Any] = []  # a plain job's
         index = 0
         last_check = time.monotonic()
         started = time.perf_counter()
-        self.metrics.busy.set(1)
         try:
-            while True:
-                try:
-                    finished, value = await self.threads.run(_advance, gen)
-                except ModelCallHung:
-                    raise
-                except ModelError as e:
-                    self.metrics.jobs.labels(self.task, "error").inc()
-                    return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))
-                except Exception:
-                    # Answered at once, as a failed plain batch is: left pending, the client would hear nothing until
-                    # the job had been regenerated and failed on three reclaims.
-                    log.exception("model.stream_failed", task=self.task)
-                    self.metrics.jobs.labels(self.task, "error").inc()
-                    return self.error_reply(job, ErrorCode.INTERNAL, "the model failed on this request")
-                if finished:
-                    break
-                if time.monotonic() - last_check > CANCEL_POLL_S:
-                    last_check = time.monotonic()
-                    if await self.consumer.cancelled([job]):
-                        self.cancelled_jobs.add(job.job_id)
-                if job.job_id in self.cancelled_jobs:
-                    self.metrics.jobs.labels(self.task, "cancelled").inc()
-                    return None  # the gateway already sent `cancelled`
-                if d.entry_id in self.taken_over:
-                    raise TakenOver
-                if job.deadline_ms <= now_ms():
-                    self.metrics.jobs.labels(self.task, "expired").inc()
-                    return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
-                await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))
-                index += 1
+            with self.metrics.model_call():
+                while True:
+                    step = await self._step(steps, job)
+                    if isinstance(step, Reply):
+                        return step  # the model failed
+                    finished, value = step
+                    if finished:
+                        break
+                    if time.monotonic() - last_check > CANCEL_POLL_S:
+                        last_check = time.monotonic()
+                        if await self.consumer.cancelled([job]):
+                            self.cancelled_jobs.add(job.job_id)
+                    if job.job_id in self.cancelled_jobs:
+                        self.metrics.jobs.labels(self.task, "cancelled").inc()
+                        return None  # the gateway already sent `cancelled`
+                    if d.entry_id in self.taken_over:
+                        raise TakenOver
+                    if job.deadline_ms <= now_ms():
+                        self.metrics.jobs.labels(self.task, "expired").inc()
+                        return self.error_reply(job, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
+                    if job.stream:
+                        await self.consumer.send(job, self._reply(job, "chunk", data=value, index=index))
+                    else:
+                        chunks.append(value)
+                    index += 1
         finally:
-            # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it
-            # is dropped with the process.
-            close = getattr(gen, "close", None)  # a plugin's `stream` may return any iterator
-            if close is not None and not getattr(gen, "gi_running", False):
-                await self.threads.run(close)
+            await self._close_steps(steps)
             self.metrics.inference.labels(self.task).observe(time.perf_counter() - started)
-            self.metrics.busy.set(0)
         self.metrics.jobs.labels(self.task, "ok").inc()
-        # The generator's return value is the result; a model that returns nothing gets the chunk count.
-        return self._reply(job, "result", data=value if value is not None else {"chunks": index})
+        # The generator's return value is the result. For a model that returns nothing: the chunk count for a stream
+        # (its client has the chunks), the list of chunks for a plain job.
+        if value is not None:
+            return self._reply(job, "result", data=value)
+        return self._reply(job, "result", data={"chunks": index} if job.stream else chunks)
+
+    async def _step(self, steps: _Steps, job: Job) -> tuple[bool, Any] | Reply:
+        """One step of a job's stream, or the answer to its failure."""
+        try:
+            return await self.threads.run(steps.step)
+        except ModelCallHung:
+            raise
+        except ModelError as e:
+            self.metrics.jobs.labels(self.task, "error").inc()
+            return self.error_reply(job, ErrorCode.INVALID_REQUEST, str(e))
+        except Exception:
+            # Answered at once, as a failed plain batch is: left pending, the client would hear nothing until the job
+            # had been regenerated and failed on three reclaims.
+            log.exception("model.stream_failed", task=self.task)
+            self.metrics.jobs.labels(self.task, "error").inc()
+            return self.error_reply(job, ErrorCode.INTERNAL, "the model failed on this request")
+
+    async def _close_steps(self, steps: _Steps) -> None:
+        # A step cut off at shutdown may still run in its thread, and closing the generator then would raise; it is
+        # dropped with the process.
+        close = getattr(steps.gen, "close", None)  # a plugin's `stream` may return any iterator
+        if close is not None and not getattr(steps.gen, "gi_running", False):
+            await self.threads.run(close)
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 

@@ -232,7 +232,7 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP and WebSocket port.")
     gateway_id: str = Field(
         default_factory=_default_gateway_id,
-        description="This process's id (names its reply stream); unique per process.",
+        description="This process's id (names its reply stream); unique per process, without `:`.",
     )
     log_json: bool = Field(default=True, description="JSON logs (production) or human-readable console logs.")
     log_level: str = Field(default="info", description="Log level.")
@@ -260,6 +260,15 @@ class GatewaySettings(BaseSettings):
         description="Browser origins allowed to open sockets (comma separated, e.g. `https://app.example.com`), or "
         "`*`. The gateway's own origin and clients that send no Origin (non-browsers) are always allowed.",
     )
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _check_gateway_id(cls, v: str) -> str:
+        # Other gateways read the id back from the end of its reply stream's key, after the last `:` (the key prefix
+        # may hold colons too); an empty id reads as "no gateway holds the session".
+        if not v or ":" in v:
+            raise ValueError(f"gateway_id {v!r} must be non-empty and must not contain ':'")
+        return v
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -103,21 +103,23 @@ return {seq, holder}
 # KEYS: 1 request hash, 2 jobs stream, 3 session inflight hash, 4 seq, 5 log
 # ARGV: 1 job json, 2 session, 3 request id, 4 request ttl s, 5 jobs maxlen, 6 session ttl s, 7 accepted frame body,
 #       8 log maxlen, 9 the highest seq the gateway sent on the session's socket
-# Returns {'new', entry id, seq} | {'done', final frame body, its session} | {'elsewhere', session}
+# Returns {'new', entry id, seq} | {'done', final frame body, its session or ''} | {'elsewhere', session}
 #       | {'inflight', entry id, seq of its `accepted` frame, job json} (admitted earlier in this same session)
+#       | {'inflight', '', '0', ''} (running, but its admission is lost: see below)
+# A failover can lose SUBMIT's writes (replication is asynchronous) while the job, sent again by its gateway, runs:
+# LOG_FRAME then makes the request's hash again from its frames (`next`, `chunk_seqs`, `final`), without `session`.
+# Such a request is finished (`final`) or running (`next`): admitted again, it would run twice and its chunks would be
+# numbered again from 0. Its session is unknown, so it is answered as in flight with nothing stored: the gateway sends
+# nothing new, and the frames keep coming from the gateway that runs it.
 SUBMIT = (
     _APPEND
     + """
-local existing = redis.call('HGET', KEYS[1], 'session')
-if existing then
-  local final = redis.call('HGET', KEYS[1], 'final')
-  if final then return {'done', final, existing} end
-  if existing == ARGV[2] then
-    local st = redis.call('HMGET', KEYS[1], 'entry', 'accepted', 'job')
-    return {'inflight', st[1] or '', st[2] or '0', st[3] or ''}
-  end
-  return {'elsewhere', existing}
-end
+local st = redis.call('HMGET', KEYS[1], 'session', 'final', 'next', 'entry', 'accepted', 'job')
+local existing = st[1]
+if st[2] then return {'done', st[2], existing or ''} end
+if existing == ARGV[2] then return {'inflight', st[4] or '', st[5] or '0', st[6] or ''} end
+if existing then return {'elsewhere', existing} end
+if st[3] then return {'inflight', '', '0', ''} end
 local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[1])
 redis.call('HSET', KEYS[1], 'session', ARGV[2], 'job', ARGV[1], 'next', 0, 'entry', entry)
 redis.call('EXPIRE', KEYS[1], ARGV[4])

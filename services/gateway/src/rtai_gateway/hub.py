@@ -50,6 +50,8 @@ class Pending:
     """time.monotonic() at receipt, for the latency histogram."""
     entry_id: str = ""
     first_chunk_seen: bool = False
+    resend_due: bool = False
+    """Its job must be enqueued again (the Redis node changed) and the re-submission failed: the heartbeat retries."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -227,6 +229,7 @@ class Hub:
         s = self.settings.sessions
         k = self.keys
         accepted = encode(Accepted(id=job.request_id, task=job.task, deadline_ms=job.deadline_ms))
+        admitted: list[Pending] = []
 
         def then(res: Any) -> None:
             if isinstance(res, Exception):
@@ -242,20 +245,25 @@ class Hub:
                 log.debug(
                     "request.accepted", request_id=job.request_id, trace_id=trace_id_of(job.headers), task=job.task
                 )
-                self.track(Pending(job=job, session=session, received=received, entry_id=res[1].decode()))
+                p = Pending(job=job, session=session, received=received, entry_id=res[1].decode())
+                self.track(p)
+                admitted.append(p)
                 self.catalog.note_enqueued(job.task)
                 session.deliver(int(res[2]), accepted)
-            elif status == "done" and (res[2].decode() != session.id or session.takes_logged_final(job.request_id)):
-                # Finished earlier: send the stored final frame again, unnumbered. In the same session only if this
-                # gateway has not sent it on the session's sockets (live, in the replay, in a gap fill): the session
-                # log may have trimmed it before the resume.
+            elif status == "done" and (
+                res[2].decode() not in ("", session.id) or session.takes_logged_final(job.request_id)
+            ):
+                # Finished earlier: send the stored final frame again, unnumbered. In the same session (or one not
+                # known: its admission was lost in a failover) only if this gateway has not sent it on the session's
+                # sockets (live, in the replay, in a gap fill): the session log may have trimmed it before the resume.
                 session.send(res[1])
             elif status == "elsewhere":
                 msg = "this request id is in flight in another session; resume that session"
                 session.send(refusal(job.request_id, ErrorCode.DUPLICATE_REQUEST, msg))
-            elif status == "inflight" and (session.identity, job.request_id) not in self.pending:
+            elif status == "inflight" and res[3] and (session.identity, job.request_id) not in self.pending:
                 self._adopt_admitted(session, res, received)
-            # Otherwise "inflight" here: its frames are already on their way; nothing new to send.
+            # Otherwise "inflight" here, or running with its admission lost (no job stored): its frames are already on
+            # their way from the gateway that runs it; nothing new to send.
 
         keys = [
             k.request(job.owner, job.request_id),
@@ -276,6 +284,10 @@ class Hub:
             session.delivered,
         ]
         await self.framelog.submit(session.id, self._submit, keys, args, then)
+        if admitted and session.conn is None and self.sessions.get(session.id) is not session:
+            # The session ended while SUBMIT ran (a clean close, the fair scheduler submitting for it): its end
+            # cancelled what it tracked, and this request was not tracked yet.
+            await self.cancel(admitted[0], notify=False)
 
     def _adopt_admitted(self, session: Session, res: Any, received: float) -> None:
         """Admitted by an earlier run of SUBMIT whose answer never came back (the connection dropped and the Redis
@@ -416,27 +428,24 @@ class Hub:
                 self.metrics.first_chunk.labels(p.job.task).observe(time.monotonic() - p.received)
             if kind == "final":
                 self._finished(p, "ok" if r.kind == "result" else (r.code or ErrorCode.INTERNAL), r.headers)
-        session = self.sessions.get(r.session)
-        if session is not None and kind == "final" and not session.takes_logged_final(r.request_id):
-            return
-        if session is not None and session.conn is not None and holder in ("", self.gateway_id):
-            session.deliver(seq, body)
-        elif holder and holder != self.gateway_id:
-            forwards.append(
-                (
-                    self.keys.replies(holder),
-                    encode(
-                        Forward(
-                            session=r.session,
-                            seq=seq,
-                            frame=body.decode(),
-                            owner=r.owner,
-                            request_id=r.request_id,
-                            final=kind == "final",
-                        )
-                    ),
-                )
+        if holder and holder != self.gateway_id:
+            # Another gateway holds the session: forwarded every time, a repeat too (a batch read again because the
+            # forward failed), since only the holder knows what its socket got (it drops a second final).
+            forward = Forward(
+                session=r.session,
+                seq=seq,
+                frame=body.decode(),
+                owner=r.owner,
+                request_id=r.request_id,
+                final=kind == "final",
             )
+            forwards.append((self.keys.replies(holder), encode(forward)))
+            return
+        session = self.sessions.get(r.session)
+        if session is None or session.conn is None:
+            return  # in the log, for the replay of a resume
+        if kind != "final" or session.takes_logged_final(r.request_id):
+            session.deliver(seq, body)
 
     def deliver_forward(self, fwd: Forward) -> None:
         """A frame another gateway logged for a session this gateway now holds (it took the session over)."""
@@ -473,6 +482,24 @@ class Hub:
             ):
                 pass
 
+    async def cancel(self, p: Pending, *, notify: bool) -> None:
+        """Remove a queued job or stop a running one; the client (if told) gets a final `cancelled` error."""
+        job = p.job
+        k = self.keys
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if p.entry_id:
+                    pipe.xdel(k.jobs(job.task), p.entry_id)
+                pipe.set(k.cancelled(job.job_id), b"1", px=max(job.deadline_ms - now_ms(), 1000))
+                pipe.publish(k.cancel_channel, job.job_id)
+                await pipe.execute()
+        except Exception as e:
+            log.warning("cancel.unsignalled", request_id=job.request_id, error=type(e).__name__)
+        if notify:
+            await self.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client")
+        else:
+            await self.finish_locally(p, ErrorCode.CANCELLED, "cancelled: the client went away")
+
     async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
         """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""
         if self.pending.get(p.key) is not p:
@@ -481,7 +508,7 @@ class Hub:
         body = encode(Error(id=job.request_id, code=str(code), message=message))
         self._finished(p, str(code))
 
-        logged: list[Forward] = []
+        tell: dict[str, bytes] = {}
 
         def then(res: Any) -> None:
             if isinstance(res, Exception):
@@ -489,26 +516,32 @@ class Hub:
                 log.warning("final.unlogged", request_id=job.request_id, error=type(res).__name__)
                 p.session.sent_unlogged_final(job.request_id, body)
                 return
-            seq = int(res[0])
-            if seq and p.session.first_final(job.request_id):
+            seq, holder = int(res[0]), res[1].decode() if res[1] else ""
+            if not seq:
+                return
+            if p.session.conn is not None and p.session.first_final(job.request_id):
                 p.session.deliver(seq, _logged_body(res, body))
-            if seq and job.reply_to != self.reply_stream:
-                frame = _logged_body(res, body).decode()
-                logged.append(Forward(session=job.session, seq=seq, frame=frame, owner=job.owner,
-                                      request_id=job.request_id, final=True))  # fmt: skip
+            final = Forward(session=job.session, seq=seq, frame=_logged_body(res, body).decode(), owner=job.owner,
+                            request_id=job.request_id, final=True)  # fmt: skip
+            if job.reply_to != self.reply_stream:
+                tell[job.reply_to] = encode(final)
+            if holder and holder != self.gateway_id:
+                tell[self.keys.replies(holder)] = encode(final)
 
         await self._log(p.session, job.session, job.owner, job.request_id, body, "final", 0, then)
-        if logged:
-            await self._tell_origin(job.reply_to, logged[0])
+        if tell:
+            await self._tell(job.request_id, tell)
 
-    async def _tell_origin(self, reply_to: str, final: Forward) -> None:
-        """A request taken over with its session still runs for the gateway that admitted it (its replies go there):
-        one ended here (a cancel, a deadline) is ended there too, or that gateway would hold it, and its user's slot,
-        until the deadline (a cancelled job sends no reply)."""
+    async def _tell(self, request_id: str, finals: dict[str, bytes]) -> None:
+        """Forward a final this gateway logged to the gateways that track its request too. A request taken over with
+        its session still runs for the gateway that admitted it (its replies go there): one ended here (a cancel, a
+        deadline) is ended there too, or that gateway would hold it, and its user's slot, until the deadline (a
+        cancelled job sends no reply). And a session resumed on another gateway meanwhile: its holder tracks the
+        request, and its socket waits for the final."""
         try:
-            await self._forward([(reply_to, encode(final))])
-        except Exception as e:  # that gateway ends it at its deadline, as before
-            log.warning("final.origin_untold", request_id=final.request_id, error=type(e).__name__)
+            await self._forward(list(finals.items()))
+        except Exception as e:  # those gateways end it at its deadline, as before
+            log.warning("final.untold", request_id=request_id, error=type(e).__name__)
 
     def _fill_gap(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(self._read_gap(session, session.conn))

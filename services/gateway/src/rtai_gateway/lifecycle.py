@@ -166,16 +166,22 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
 
 async def adopt_orphans(hub: Hub) -> None:
     """Requests taken over from a gateway that was still alive then (draining, say) wait for it to forward their
-    replies. Once it is gone nobody reads its reply stream: run them again, replies to this gateway. Called with the
-    heartbeat; costs nothing while this gateway holds no such request."""
+    replies. Once it is gone nobody reads its reply stream: run them again, replies to this gateway. Also sends again
+    the jobs `resubmit_all` could not. Called with the heartbeat; costs nothing while this gateway holds no such
+    request. A failed re-submission raises (the heartbeat retries with backoff) and leaves the request as it was, so
+    the next pass tries it again."""
     alive: dict[str, bool] = {}
-    for p in [p for p in hub.pending.values() if p.job.reply_to != hub.reply_stream]:
+    for p in [p for p in hub.pending.values() if p.resend_due or p.job.reply_to != hub.reply_stream]:
+        if hub.pending.get(p.key) is not p:
+            continue  # ended while an earlier one awaited
         origin = p.job.reply_to
-        if origin not in alive:
-            alive[origin] = await _gateway_alive(hub, origin)
-        if not alive[origin]:
+        if not p.resend_due:
+            if origin not in alive:
+                alive[origin] = await _gateway_alive(hub, origin)
+            if alive[origin]:
+                continue
             log.info("inflight.adopted", request_id=p.job.request_id)
-            await resubmit(hub, p)
+        await resubmit(hub, p)
 
 
 async def _gateway_alive(hub: Hub, reply_stream: str) -> bool:
@@ -184,47 +190,40 @@ async def _gateway_alive(hub: Hub, reply_stream: str) -> bool:
 
 
 async def resubmit(hub: Hub, p: Pending) -> None:
-    """Enqueue a job again under the same id (its first copy may be lost), replies to this gateway."""
+    """Enqueue a job again under the same id (its first copy may be lost), replies to this gateway.
+
+    The request is changed only once the job is in the stream: a failed XADD leaves it as it was (replies to its
+    gateway, or due for a resend), so that `adopt_orphans` tries again instead of waiting for replies nobody sends."""
     job = p.job.model_copy(update={"reply_to": hub.reply_stream, "attempt": p.job.attempt + 1})
-    p.job = job
     entry: Any = await hub.redis.xadd(
         hub.keys.jobs(job.task),
         {"m": orjson.dumps(job.model_dump(mode="json"))},
         maxlen=hub.settings.sessions.jobs_maxlen,
         approximate=True,
     )
+    p.job = job
     p.entry_id = entry.decode()
+    p.resend_due = False
     hub.metrics.resubmits.labels(job.task).inc()
 
 
 async def resubmit_all(hub: Hub) -> None:
-    """After the Redis node changed (failover or restart), every unfinished job may be lost: submit each again."""
+    """After the Redis node changed (failover or restart), every unfinished job may be lost: submit each again. One
+    that fails is marked for the heartbeat's `adopt_orphans` to send again (this runs once per node change)."""
     pending = [p for p in list(hub.pending.values()) if p.job.deadline_ms > now_ms()]
     log.warning("inflight.resubmit", count=len(pending))
     for p in pending:
         try:
             await resubmit(hub, p)
         except Exception as e:
+            p.resend_due = True
             log.warning("inflight.resubmit_failed", request_id=p.job.request_id, error=type(e).__name__)
 
 
 async def cancel(hub: Hub, p: Pending, *, notify: bool) -> None:
-    """Remove a queued job or stop a running one; the client (if told) gets a final `cancelled` error."""
-    job = p.job
-    k = hub.keys
-    try:
-        async with hub.redis.pipeline(transaction=False) as pipe:
-            if p.entry_id:
-                pipe.xdel(k.jobs(job.task), p.entry_id)
-            pipe.set(k.cancelled(job.job_id), b"1", px=max(job.deadline_ms - now_ms(), 1000))
-            pipe.publish(k.cancel_channel, job.job_id)
-            await pipe.execute()
-    except Exception as e:
-        log.warning("cancel.unsignalled", request_id=job.request_id, error=type(e).__name__)
-    if notify:
-        await hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client")
-    else:
-        await hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled: the client went away")
+    """Remove a queued job or stop a running one; the client (if told) gets a final `cancelled` error (`Hub.cancel`:
+    the hub also cancels a request whose session ended while it was being admitted)."""
+    await hub.cancel(p, notify=notify)
 
 
 async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
@@ -238,13 +237,20 @@ async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
 
 
 async def end_session(hub: Hub, session: Session) -> None:
-    for rid in list(session.requests):
-        if session.conn is not None:
-            return  # resumed while a cancel awaited: the rest of its requests belong to the new socket
-        p = hub.pending.get((session.identity, rid))
-        if p is not None and p.session is session:
-            await cancel(hub, p, notify=False)
-    if session.conn is None:
+    """Cancel a detached session's requests and forget it. A request admitted while a cancel awaits (the fair
+    scheduler's SUBMIT was on its way) is cancelled too; one admitted after the session is forgotten is cancelled by
+    `Hub._enqueue_new`."""
+    detached_at = session.detached_at
+    seen: set[str] = set()
+    while todo := [rid for rid in session.requests if rid not in seen]:
+        for rid in todo:
+            if session.conn is not None or session.detached_at != detached_at:
+                return  # resumed while a cancel awaited: the rest belong to the new socket (and its grace)
+            seen.add(rid)
+            p = hub.pending.get((session.identity, rid))
+            if p is not None and p.session is session:
+                await cancel(hub, p, notify=False)
+    if session.conn is None and session.detached_at == detached_at:
         hub.sessions.pop(session.id, None)
         hub.detached.pop(session.id, None)
 
@@ -264,17 +270,31 @@ async def reap(hub: Hub) -> None:
             break
         expired.append(session)
     for session in expired:
+        detached_at = session.detached_at
         if session.conn is None and session.requests and await _resumed_elsewhere(hub, session):
-            # Its requests went with it: the new holder tracks them and this gateway forwards their replies. Cancelling
-            # them would stop work the client is waiting for. They stay tracked here until they finish or expire.
-            if session.conn is None and hub.sessions.get(session.id) is session:
-                hub.detached.pop(session.id, None)
-                del hub.sessions[session.id]
-                log.info("session.handed_over", session=session.id, requests=len(session.requests))
+            if session.conn is None and session.detached_at == detached_at and hub.sessions.get(session.id) is session:
+                _hand_over(hub, session)
             continue
+        if session.detached_at != detached_at:
+            continue  # resumed and dropped again while Redis was asked: a new grace began
         hub.detached.pop(session.id, None)
         if session.conn is None:  # not resumed meanwhile (end_session awaits)
             await end_session(hub, session)
+
+
+def _hand_over(hub: Hub, session: Session) -> None:
+    """Let go of a session another gateway holds now. Its requests went with it: the new holder tracks them, and this
+    gateway forwards the replies of those it runs (cancelling them would stop work the client is waiting for); they
+    stay tracked here until they finish or expire. Those it had taken over from their own gateway (still alive, their
+    replies go there) are that gateway's to forward to the new holder: tracked here, they would wait for a final that
+    never comes here, hold a drain, and be re-run if that gateway dies."""
+    hub.detached.pop(session.id, None)
+    del hub.sessions[session.id]
+    for rid in list(session.requests):
+        p = hub.pending.get((session.identity, rid))
+        if p is not None and p.session is session and p.job.reply_to != hub.reply_stream:
+            hub.end(p)
+    log.info("session.handed_over", session=session.id, requests=len(session.requests))
 
 
 async def _resumed_elsewhere(hub: Hub, session: Session) -> bool:

@@ -57,7 +57,7 @@ def test_a_restricted_gateway_port_needs_its_scrapers_named() -> None:
     """/metrics shares the gateway port: with ingressFrom set, metricsFrom must name Prometheus' peers. An empty one
     either shut Prometheus out (no rule) or, as a port-only rule, admitted everyone and undid ingressFrom."""
     edge = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
-    with pytest.raises(RuntimeError, match="networkPolicy.metricsFrom"):
+    with pytest.raises(RuntimeError, match=r"networkPolicy\.metricsFrom"):
         render_chart("gateway", set_values={"networkPolicy.ingressFrom": edge})
     monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     set_values = {"networkPolicy.ingressFrom": edge, "networkPolicy.metricsFrom": monitoring}

@@ -27,9 +27,10 @@ test-deploy: deploy-tools ## Deploy proofs: lint, render+validate for k8s 1.30-1
 deploy-render: deploy-tools ## Render every chart (defaults + kind values) into build/deploy/ for review
 	@mkdir -p build/deploy
 	@$(HELM) template redis deploy/helm/redis -n rtai > build/deploy/redis.yaml
-	@for c in gateway inference-worker; do \
-	  $(HELM) template $$c deploy/helm/$$c -n rtai -f deploy/values/kind.yaml > build/deploy/$$c.yaml; \
-	done
+	@$(HELM) template gateway deploy/helm/gateway -n rtai -f deploy/values/kind.yaml -f deploy/values/kind-gateway.yaml \
+	  > build/deploy/gateway.yaml
+	@$(HELM) template inference-worker deploy/helm/inference-worker -n rtai -f deploy/values/kind.yaml \
+	  > build/deploy/inference-worker.yaml
 	@echo "rendered into build/deploy/"
 
 images: ## Build both images with $(CONTAINER_BUILDER) (docker/podman) from the repo root

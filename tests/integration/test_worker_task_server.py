@@ -515,3 +515,24 @@ async def test_a_workers_own_running_jobs_caught_by_its_reclaim_keep_their_deliv
     finally:
         for client in (worker.redis, worker.reader, worker.probe):
             await close_redis(client)
+
+
+async def test_a_reclaim_whose_unreadable_entries_cannot_be_rejected_still_returns_its_jobs(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XAUTOCLAIM has made the reclaimer the owner of every entry it returned: a failure to dead-letter the unreadable
+    ones must not drop the good ones too (they would wait for the next reclaim, charged one more delivery)."""
+    keys = Keys(prefix)
+    stream = keys.jobs("sentiment")
+    dead, reclaimer = Consumer(redis, keys, "sentiment", "dead"), Consumer(redis, keys, "sentiment", "reclaimer")
+    await dead.ensure_group()
+    good = (await redis.xadd(stream, {"m": encode(_job(1, keys.replies("g1")))})).decode()
+    await redis.xadd(stream, {"m": b"not json"})
+    await dead.read(2, block_ms=None)
+    await asyncio.sleep(0.3)
+
+    async def refused(_bad: object) -> None:
+        raise ConnectionError("the dead-letter write failed")
+
+    monkeypatch.setattr(reclaimer, "reject", refused)
+    assert [d.entry_id for d in await reclaimer.reclaim(min_idle_ms=200)] == [good]

@@ -133,7 +133,12 @@ class Consumer:
             return []
         good, bad = self._decode([(eid, fields) for eid, fields in entries if fields])
         if bad:
-            await self.reject(bad)
+            try:
+                await self.reject(bad)
+            except Exception as e:
+                # The good jobs are claimed by now: dropping them with the bad would leave them idle until the next
+                # reclaim, each charged a delivery more. The bad stay pending here and are rejected again then.
+                log.warning("job.unreadable_unrejected", task=self.task, entries=len(bad), error=type(e).__name__)
         if good:
             detail: Any = await self.redis.xpending_range(
                 self.stream,

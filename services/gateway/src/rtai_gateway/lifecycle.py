@@ -220,12 +220,6 @@ async def resubmit_all(hub: Hub) -> None:
             log.warning("inflight.resubmit_failed", request_id=p.job.request_id, error=type(e).__name__)
 
 
-async def cancel(hub: Hub, p: Pending, *, notify: bool) -> None:
-    """Remove a queued job or stop a running one; the client (if told) gets a final `cancelled` error (`Hub.cancel`:
-    the hub also cancels a request whose session ended while it was being admitted)."""
-    await hub.cancel(p, notify=notify)
-
-
 async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
     """The socket is gone. A clean close cancels the session's work; otherwise it waits for a resume."""
     session.conn = None
@@ -249,7 +243,7 @@ async def end_session(hub: Hub, session: Session) -> None:
             seen.add(rid)
             p = hub.pending.get((session.identity, rid))
             if p is not None and p.session is session:
-                await cancel(hub, p, notify=False)
+                await hub.cancel(p, notify=False)
     if session.conn is None and session.detached_at == detached_at:
         hub.sessions.pop(session.id, None)
         hub.detached.pop(session.id, None)

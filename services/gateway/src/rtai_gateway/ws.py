@@ -236,7 +236,7 @@ async def _dispatch(sock: _Socket, session: Session, frame: Hello | Infer | Canc
         if p is None or p.session is not session:
             session.send(refusal(frame.id, ErrorCode.INVALID_REQUEST, "no request with that id is in flight"))
             return
-        await lifecycle.cancel(rt.hub, p, notify=True)
+        await rt.hub.cancel(p, notify=True)
     else:
         rt.metrics.invalid_frames.labels("late_hello").inc()
         session.send(refusal(None, ErrorCode.INVALID_REQUEST, "hello must be the first frame of a connection"))

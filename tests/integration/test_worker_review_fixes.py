@@ -8,51 +8,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from rtai_protocol import Job, Reply, encode
 from rtai_transport import WORKER_GROUP, Keys, Redis, RedisSettings
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import ModelError, ModelInfo, ModelInput
-from rtai_worker.metrics import WorkerMetrics
-from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
-
-
-def _no_hang(e: ModelCallHung) -> None:
-    pytest.fail(f"no model call should hang here: {e}")
-
-
-def _server(consumer: Consumer, model: Any, settings: WorkerSettings | None = None) -> TaskServer:
-    return TaskServer(
-        consumer.task, model, consumer, settings or WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang
-    )
+from tests.support.task_server_harness import make_job, task_server
 
 
 def _job(n: int, reply_to: str, **update: Any) -> Job:
-    now = int(time.time() * 1000)
-    job = Job(
-        job_id=uuid.uuid4().hex,
-        request_id=f"r{n}",
-        owner="o",
-        session="s",
-        task="generate",
-        input="a b c",
-        deadline_ms=now + 30_000,
-        enqueued_ms=now,
-        reply_to=reply_to,
-    )
-    return job.model_copy(update=update)
+    return make_job(n, reply_to, **{"task": "generate", "input": "a b c", **update})
 
 
 async def _replies(redis: Redis, keys: Keys) -> list[Reply]:
@@ -97,7 +72,7 @@ async def test_a_stream_that_raises_when_called_is_answered_at_once(redis: Redis
     until it was dead-lettered as poison (`failed`, after three reclaim periods)."""
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = _server(consumer, _EagerModel())
+    server = task_server(consumer, _EagerModel())
     await consumer.ensure_group()
     serving = asyncio.create_task(server.serve())
     try:
@@ -135,7 +110,7 @@ async def test_a_streaming_models_plain_job_holds_up_no_stream_and_stops_when_ca
     monkeypatch.setenv("RTAI_TEST_TOKEN_MS", "100")
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = _server(consumer, _GeneratingTokens(ModelOptions()), WorkerSettings(max_streams=4))
+    server = task_server(consumer, _GeneratingTokens(ModelOptions()), WorkerSettings(max_streams=4))
     await consumer.ensure_group()
     serving = asyncio.create_task(server.serve())
     long = " ".join(f"w{i}" for i in range(40))  # 4 s of generation
@@ -174,7 +149,7 @@ async def test_busy_stays_up_while_any_model_call_runs(
     monkeypatch.setenv("RTAI_TEST_TOKEN_MS", "50")
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = _server(consumer, TokenModel(ModelOptions()), WorkerSettings(max_streams=2))
+    server = task_server(consumer, TokenModel(ModelOptions()), WorkerSettings(max_streams=2))
 
     def busy() -> float | None:
         return server.metrics.registry.get_sample_value("rtai_worker_busy")
@@ -204,7 +179,7 @@ async def test_an_adopted_stream_is_not_overtaken_by_newer_jobs(
     keys = Keys(prefix)
     stream = keys.jobs("generate")
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = _server(consumer, TokenModel(ModelOptions()), WorkerSettings(max_streams=1))
+    server = task_server(consumer, TokenModel(ModelOptions()), WorkerSettings(max_streams=1))
     await consumer.ensure_group()
     words = " ".join(f"w{i}" for i in range(10))  # 1 s each
     await redis.xadd(stream, {"m": encode(_job(0, keys.replies("g1"), stream=True, input=words))})
@@ -295,7 +270,7 @@ async def test_a_stopping_worker_hands_back_adopted_jobs_at_once_and_drain_cut_j
 def test_a_job_whose_model_call_hung_is_handed_back_charged(redis: Redis) -> None:
     """A hang is the job's as far as anyone knows: it keeps its delivery, so one that hangs every worker still reaches
     the dead letters; the other jobs cut off by the drain give theirs back."""
-    server = _server(Consumer(redis, Keys("t"), "generate", "w1"), TokenModel(ModelOptions()))
+    server = task_server(Consumer(redis, Keys("t"), "generate", "w1"), TokenModel(ModelOptions()))
     hung, cut = Delivery("1-0", _job(1, "r"), deliveries=2), Delivery("2-0", _job(2, "r"), deliveries=3)
     server.running = {hung.entry_id: hung, cut.entry_id: cut}
     server.hung.add(hung.entry_id)

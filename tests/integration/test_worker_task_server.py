@@ -14,55 +14,25 @@ import contextlib
 import dataclasses
 import signal
 import time
-import uuid
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from rtai_protocol import Job, Reply, encode
+from rtai_protocol import Reply, encode
 from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
-from rtai_worker.metrics import WorkerMetrics
-from rtai_worker.model_threads import ModelCallHung
 from rtai_worker.models.options import ModelOptions
 from rtai_worker.models.vader import VaderModel
 from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
-from rtai_worker.task_server import TaskServer
 from tests.support import procs
 from tests.support.fake_models import TokenModel
 from tests.support.polling import until
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker
+from tests.support.task_server_harness import make_job, task_server
 from tests.support.ws_client import Conn
-
-
-def _no_hang(e: ModelCallHung) -> None:
-    pytest.fail(f"no model call should hang here: {e}")  # a BaseException: the worker's error handling lets it by
-
-
-def _server(consumer: Consumer, model: Any, settings: WorkerSettings | None = None) -> TaskServer:
-    """A task server for `consumer`'s task, with metrics of its own."""
-    return TaskServer(
-        consumer.task, model, consumer, settings or WorkerSettings(), WorkerMetrics(CollectorRegistry()), _no_hang
-    )
-
-
-def _job(n: int, reply_to: str) -> Job:
-    now = int(time.time() * 1000)
-    return Job(
-        job_id=uuid.uuid4().hex,
-        request_id=f"r{n}",
-        owner="o",
-        session="s",
-        task="sentiment",
-        input="a fine day",
-        deadline_ms=now + 30_000,
-        enqueued_ms=now,
-        reply_to=reply_to,
-    )
 
 
 @pytest.mark.parametrize("inline", [False, True])
@@ -71,8 +41,8 @@ async def test_cancelled_after_read(redis: Redis, prefix: str, inline: bool) -> 
     model = VaderModel(ModelOptions())
     model._info = dataclasses.replace(model.info, inline=inline)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = _server(consumer, model)
-    jobs = [_job(n, keys.replies("g1")) for n in range(3)]
+    server = task_server(consumer, model)
+    jobs = [make_job(n, keys.replies("g1")) for n in range(3)]
     await redis.set(keys.cancelled(jobs[1].job_id), b"1")
 
     live, done = await server._screen([Delivery(f"0-{n + 1}", j) for n, j in enumerate(jobs)], int(time.time() * 1000))
@@ -117,7 +87,7 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
     reclaimer; the read loop goes on serving instead of ending the worker."""
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = _server(consumer, VaderModel(ModelOptions()))
+    server = task_server(consumer, VaderModel(ModelOptions()))
     real_finish = consumer.finish
     calls = 0
 
@@ -132,7 +102,7 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
     await consumer.ensure_group()
     serving = asyncio.create_task(server.serve())
     try:
-        first, second = _job(1, keys.replies("g1")), _job(2, keys.replies("g1"))
+        first, second = make_job(1, keys.replies("g1")), make_job(2, keys.replies("g1"))
         await redis.xadd(keys.jobs("sentiment"), {"m": encode(first)})
         while calls < 1:
             await asyncio.sleep(0.01)
@@ -160,7 +130,7 @@ async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, pr
     returns only once every reply is written."""
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = _server(consumer, VaderModel(ModelOptions()))
+    server = task_server(consumer, VaderModel(ModelOptions()))
     real_finish = consumer.finish
     gate = asyncio.Event()
     writing: list[list[str]] = []
@@ -176,12 +146,12 @@ async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, pr
     await consumer.ensure_group()
     serving = asyncio.create_task(server.serve())
     try:
-        first = await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(1, keys.replies("g1")))})
+        first = await redis.xadd(keys.jobs("sentiment"), {"m": encode(make_job(1, keys.replies("g1")))})
         async with asyncio.timeout(5):
             while writing != [["r1"]]:
                 await asyncio.sleep(0.01)
         assert list(server.running) == [first.decode()], "a job whose reply is unwritten is still this worker's"
-        second = await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(2, keys.replies("g1")))})
+        second = await redis.xadd(keys.jobs("sentiment"), {"m": encode(make_job(2, keys.replies("g1")))})
         async with asyncio.timeout(5):
             while writing != [["r1"], ["r2"]]:
                 await asyncio.sleep(0.01)
@@ -213,12 +183,9 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
     settings = WorkerSettings(max_streams=2, max_batch_size=32)
-    server = _server(consumer, TokenModel(ModelOptions()), settings)
+    server = task_server(consumer, TokenModel(ModelOptions()), settings)
     await consumer.ensure_group()
-    jobs = [
-        _job(n, keys.replies("g1")).model_copy(update={"task": "generate", "stream": True, "input": "a b c d e f"})
-        for n in range(5)
-    ]
+    jobs = [make_job(n, keys.replies("g1"), task="generate", stream=True, input="a b c d e f") for n in range(5)]
     # The third job's deadline passes while it waits for a slot (the first two take ~600 ms).
     jobs[2] = jobs[2].model_copy(update={"deadline_ms": int(time.time() * 1000) + 400})
     for j in jobs:
@@ -250,8 +217,8 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
 async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis: Redis, prefix: str) -> None:
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "generate", "w1")
-    server = _server(consumer, TokenModel(ModelOptions()))
-    job = _job(1, keys.replies("g1")).model_copy(
+    server = task_server(consumer, TokenModel(ModelOptions()))
+    job = make_job(1, keys.replies("g1")).model_copy(
         update={"task": "generate", "stream": True, "deadline_ms": int(time.time() * 1000) - 1}
     )
     await server._stream(Delivery("0-1", job))
@@ -266,9 +233,9 @@ async def test_a_cancel_noted_while_a_batch_ran_is_forgotten_with_the_batch(redi
     keys = Keys(prefix)
     consumer = Consumer(redis, keys, "sentiment", "w1")
     await consumer.ensure_group()
-    server = _server(consumer, VaderModel(ModelOptions()))
+    server = task_server(consumer, VaderModel(ModelOptions()))
     server.model.load()
-    batch = [Delivery(f"0-{n + 1}", _job(n, keys.replies("g1"))) for n in range(3)]
+    batch = [Delivery(f"0-{n + 1}", make_job(n, keys.replies("g1"))) for n in range(3)]
     server.cancelled_jobs.update(d.job.job_id for d in batch)  # as the listener does for jobs in `running`
     await server.run(batch)
     await server.replies_written()
@@ -287,7 +254,7 @@ async def test_reclaimed_jobs_keep_their_delivery_counts_among_many_of_the_recla
     stream = keys.jobs("sentiment")
     mine = Consumer(redis, keys, "sentiment", "w1")
     await mine.ensure_group()
-    ids = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(40)]
+    ids = [(await redis.xadd(stream, {"m": encode(make_job(n, keys.replies("g1")))})).decode() for n in range(40)]
     # A worker that died read the first job and the last; this one the 38 between, and runs them.
     await redis.xreadgroup(WORKER_GROUP, "dead", {stream: ">"}, count=1)
     await redis.xreadgroup(WORKER_GROUP, "w1", {stream: ">"}, count=38)
@@ -320,10 +287,10 @@ async def test_an_adopted_job_counts_its_delivery_when_it_starts_and_is_not_run_
     stream = keys.jobs("sentiment")
     model = _CountingVader(ModelOptions())
     consumer = Consumer(redis, keys, "sentiment", "w1")
-    server = _server(consumer, model)
+    server = task_server(consumer, model)
     await consumer.ensure_group()
     for n in range(2):
-        await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")).model_copy(update={"input": f"job {n}"}))})
+        await redis.xadd(stream, {"m": encode(make_job(n, keys.replies("g1"), input=f"job {n}"))})
     await redis.xreadgroup(WORKER_GROUP, "paused", {stream: ">"}, count=2)
     await asyncio.sleep(0.3)
     claimed = await consumer.reclaim(min_idle_ms=200)
@@ -353,7 +320,7 @@ async def test_claims_are_refreshed_counted_and_handed_back_only_by_their_owner(
     paused, other = Consumer(redis, keys, "sentiment", "paused"), Consumer(redis, keys, "sentiment", "other")
     await paused.ensure_group()
     job, mine, trimmed = [
-        (await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(3)
+        (await redis.xadd(stream, {"m": encode(make_job(n, keys.replies("g1")))})).decode() for n in range(3)
     ]
     await paused.read(3, block_ms=None)
     await asyncio.sleep(0.3)
@@ -388,10 +355,10 @@ async def test_a_job_left_behind_many_running_ones_is_reclaimed(redis: Redis, pr
     await busy.ensure_group()
     async with redis.pipeline(transaction=False) as pipe:
         for n in range(700):
-            pipe.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})
+            pipe.xadd(stream, {"m": encode(make_job(n, keys.replies("g1")))})
         await pipe.execute()
     running, _ = await busy.read(700, block_ms=None)
-    left = (await redis.xadd(stream, {"m": encode(_job(700, keys.replies("g1")))})).decode()
+    left = (await redis.xadd(stream, {"m": encode(make_job(700, keys.replies("g1")))})).decode()
     await dead.read(1, block_ms=None)
     await asyncio.sleep(0.3)
     await busy.keep_claimed([d.entry_id for d in running])  # the live worker's jobs are fresh again
@@ -408,10 +375,10 @@ async def test_a_failed_prune_of_gone_consumers_does_not_cost_the_reclaim(
     worker = Worker(settings)
     try:
         model = VaderModel(ModelOptions())
-        server = _server(Consumer(redis, keys, "sentiment", "live"), model, settings)
+        server = task_server(Consumer(redis, keys, "sentiment", "live"), model, settings)
         worker.servers["sentiment"] = server
         await server.consumer.ensure_group()
-        await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(1, keys.replies("g1")))})
+        await redis.xadd(keys.jobs("sentiment"), {"m": encode(make_job(1, keys.replies("g1")))})
         await Consumer(redis, keys, "sentiment", "dead").read(1, block_ms=None)
         await asyncio.sleep(0.4)
 
@@ -434,7 +401,7 @@ async def test_gone_consumers_leave_the_group_but_never_one_with_pending_jobs(re
     stream = keys.jobs("sentiment")
     gone, holding, me = (Consumer(redis, keys, "sentiment", n) for n in ("gone", "holding", "me"))
     await gone.ensure_group()
-    ids = [(await redis.xadd(stream, {"m": encode(_job(n, keys.replies("g1")))})).decode() for n in range(3)]
+    ids = [(await redis.xadd(stream, {"m": encode(make_job(n, keys.replies("g1")))})).decode() for n in range(3)]
     for c in (gone, holding, me):
         await c.read(1, block_ms=None)
     await redis.xack(stream, WORKER_GROUP, ids[0], ids[2])  # gone and me finished theirs; holding did not
@@ -504,7 +471,7 @@ async def test_a_workers_own_running_jobs_caught_by_its_reclaim_keep_their_deliv
         server = worker.servers["sentiment"]
         stream = worker.keys.jobs("sentiment")
         await server.consumer.ensure_group()
-        await worker.redis.xadd(stream, {"m": encode(_job(0, worker.keys.replies("g1")))})
+        await worker.redis.xadd(stream, {"m": encode(make_job(0, worker.keys.replies("g1")))})
         (d,), _ = await server.consumer.read(1, block_ms=None)
         server.running[d.entry_id] = d  # running here, through a pause longer than reclaim_idle_ms
         await asyncio.sleep(0.4)
@@ -526,7 +493,7 @@ async def test_a_reclaim_whose_unreadable_entries_cannot_be_rejected_still_retur
     stream = keys.jobs("sentiment")
     dead, reclaimer = Consumer(redis, keys, "sentiment", "dead"), Consumer(redis, keys, "sentiment", "reclaimer")
     await dead.ensure_group()
-    good = (await redis.xadd(stream, {"m": encode(_job(1, keys.replies("g1")))})).decode()
+    good = (await redis.xadd(stream, {"m": encode(make_job(1, keys.replies("g1")))})).decode()
     await redis.xadd(stream, {"m": b"not json"})
     await dead.read(2, block_ms=None)
     await asyncio.sleep(0.3)

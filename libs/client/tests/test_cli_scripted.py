@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
@@ -77,55 +77,46 @@ def test_a_refused_handshake_is_one_line_and_a_failed_exit(gateway: Callable[...
     assert out.output.startswith("error:") and "HTTP 403" in out.output
 
 
-def test_a_stream_that_lost_a_chunk_prints_the_whole_result(gateway: Callable[..., str]) -> None:
-    """A Redis failover can lose a chunk for good (its index is skipped); the result carries the whole output."""
-
-    def handler(ws: ServerConnection) -> None:
-        infer = _welcome(ws)
-        rid = infer["id"]
-        ws.send(json.dumps({"type": "accepted", "id": rid, "seq": 1, "task": "generate", "deadline_ms": 0}))
-        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 2, "index": 0, "data": "Hello"}))
-        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 3, "index": 2, "data": " world"}))  # index 1 lost
-        ws.send(json.dumps({"type": "result", "id": rid, "seq": 4, "output": {"text": "Hello there world"}}))
-        for _ in ws:
-            pass
-
-    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
-    assert out.exit_code == 0, out.output
-    lines = out.output.splitlines()
-    assert lines[0] == "Hello world"  # as it streamed
-    assert "lost" in lines[1]
-    assert lines[2] == "Hello there world"
-
-
-def _streams(chunks: list[str], text: str) -> Handler:
-    """Accept the request, stream `chunks` (indexes 0, 1, 2...: none lost), then a result with `text`."""
+def _streams(chunks: dict[int, str], text: str) -> Handler:
+    """Accept the request, stream `chunks` (index -> data; a missing index was lost), then a result with `text`."""
 
     def handler(ws: ServerConnection) -> None:
         rid = _welcome(ws)["id"]
-        for i, data in enumerate(chunks):
-            ws.send(json.dumps({"type": "chunk", "id": rid, "seq": i + 1, "index": i, "data": data}))
-        ws.send(json.dumps({"type": "result", "id": rid, "seq": len(chunks) + 1, "output": {"text": text}}))
+        ws.send(json.dumps({"type": "accepted", "id": rid, "seq": 1, "task": "generate", "deadline_ms": 0}))
+        for seq, (index, data) in enumerate(chunks.items(), start=2):
+            ws.send(json.dumps({"type": "chunk", "id": rid, "seq": seq, "index": index, "data": data}))
+        ws.send(json.dumps({"type": "result", "id": rid, "seq": len(chunks) + 2, "output": {"text": text}}))
         for _ in ws:
             pass
 
     return handler
 
 
+def _send_streamed(url: str) -> Result:
+    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", url])
+    assert out.exit_code == 0, out.output
+    return out
+
+
+def test_a_stream_that_lost_a_chunk_prints_the_whole_result(gateway: Callable[..., str]) -> None:
+    """A Redis failover can lose a chunk for good (its index is skipped); the result carries the whole output."""
+    out = _send_streamed(gateway(_streams({0: "Hello", 2: " world"}, "Hello there world")))  # index 1 lost
+    lines = out.output.splitlines()
+    assert lines[0] == "Hello world"  # as it streamed
+    assert "lost" in lines[1]
+    assert lines[2] == "Hello there world"
+
+
 def test_a_stream_whose_result_goes_on_gets_its_end_printed_without_a_notice(gateway: Callable[..., str]) -> None:
     """The worker holds back a token that ends inside a character, and stops streaming once a re-decode no longer
     extends what it sent: the result can go on after the last chunk with nothing lost. Its end is printed."""
-    handler = _streams(["Hello", " wor"], "Hello world")
-    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
-    assert out.exit_code == 0, out.output
+    out = _send_streamed(gateway(_streams({0: "Hello", 1: " wor"}, "Hello world")))
     assert out.output == "Hello world\n"  # no notice: nothing was lost
 
 
 def test_a_stream_the_result_revises_gets_the_result_without_claiming_a_loss(gateway: Callable[..., str]) -> None:
     """A final decode can change text already streamed (no index is missing): the result is the answer."""
-    handler = _streams(["Hello", " ."], "Hello.")
-    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
-    assert out.exit_code == 0, out.output
+    out = _send_streamed(gateway(_streams({0: "Hello", 1: " ."}, "Hello.")))
     lines = out.output.splitlines()
     assert lines[0] == "Hello ."  # as it streamed
     assert "lost" not in out.output and "failover" not in out.output
@@ -134,15 +125,7 @@ def test_a_stream_the_result_revises_gets_the_result_without_claiming_a_loss(gat
 
 
 def test_a_stream_that_lost_its_first_chunk_prints_the_whole_result(gateway: Callable[..., str]) -> None:
-    def handler(ws: ServerConnection) -> None:
-        rid = _welcome(ws)["id"]
-        ws.send(json.dumps({"type": "chunk", "id": rid, "seq": 2, "index": 1, "data": " world"}))  # index 0 lost
-        ws.send(json.dumps({"type": "result", "id": rid, "seq": 3, "output": {"text": "Hello world"}}))
-        for _ in ws:
-            pass
-
-    out = CliRunner().invoke(app, ["send", "hi", "--task", "generate", "--url", gateway(handler)])
-    assert out.exit_code == 0, out.output
+    out = _send_streamed(gateway(_streams({1: " world"}, "Hello world")))  # index 0 lost
     lines = out.output.splitlines()
     assert lines[0] == " world"  # as it streamed
     assert "lost" in lines[1]

@@ -26,6 +26,14 @@ async def _until(check: Any, what: str, timeout: float = 5) -> None:
         await asyncio.sleep(0.005)
 
 
+async def _sent_then_cancelled(c: Client, rid: str) -> asyncio.Task[Any]:
+    """Start a request, wait until it left, cancel it; the request's task (its outcome) is returned."""
+    task = asyncio.create_task(c.infer("t", "x", request_id=rid))
+    await _until(lambda: rid in c._calls and c._calls[rid].sent_gen > 0, "the request was not sent")
+    await c.cancel(rid)
+    return task
+
+
 # ---- cancels refused by the rate limit ---------------------------------------------------------------------------
 
 
@@ -79,9 +87,7 @@ async def test_a_cancel_refused_before_the_request_was_accepted_does_not_end_it_
 
     server = await scripted(script)
     async with Client(server.url) as c:
-        task = asyncio.create_task(c.infer("t", "x", request_id="r1"))
-        await _until(lambda: "r1" in c._calls and c._calls["r1"].sent_gen > 0, "the request was not sent")
-        await c.cancel("r1")
+        task = await _sent_then_cancelled(c, "r1")
         await asyncio.sleep(0.03)
         assert not task.done(), "ended on the client while it may run on the server"
         with pytest.raises(RequestError) as e:
@@ -127,9 +133,7 @@ async def test_a_cancel_sent_again_and_answered_not_in_flight_ends_the_request_c
 
     server = await scripted(script)
     async with Client(server.url) as c:
-        task = asyncio.create_task(c.infer("t", "x", request_id="r1"))
-        await _until(lambda: "r1" in c._calls and c._calls["r1"].sent_gen > 0, "the request was not sent")
-        await c.cancel("r1")
+        task = await _sent_then_cancelled(c, "r1")
         with pytest.raises(RequestError) as e:
             await asyncio.wait_for(task, 2)
         assert e.value.code == "cancelled"

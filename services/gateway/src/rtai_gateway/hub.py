@@ -495,10 +495,8 @@ class Hub:
                 await pipe.execute()
         except Exception as e:
             log.warning("cancel.unsignalled", request_id=job.request_id, error=type(e).__name__)
-        if notify:
-            await self.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client")
-        else:
-            await self.finish_locally(p, ErrorCode.CANCELLED, "cancelled: the client went away")
+        why = "cancelled by the client" if notify else "cancelled: the client went away"
+        await self.finish_locally(p, ErrorCode.CANCELLED, why)
 
     async def finish_locally(self, p: Pending, code: ErrorCode, message: str) -> None:
         """End a request with an error the gateway decides itself (deadline, cancel), through the log like any final."""

@@ -19,7 +19,8 @@ TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 # A WebSocket whose server side is `window.serverScript(sock, frame)`, called for each frame the client sends, and
 # `window.serverOpen(sock)` when a connection opens. `sock.n` numbers the connections from 0; `sock.protocols` is
-# what the client offered. Helpers: `sentOf(type)`, `outcomeOf(req.done)`, `refuse(sock, f, code)`, `answer(sock, f)`.
+# what the client offered. Helpers: `sentOf(type)`, `outcomeOf(req.done)`, `refuse(sock, f, code)`, `answer(sock, f)`,
+# `connected(options)` (a client on the fake socket, given 30 ms to get its welcome).
 FAKE_SOCKET = """
 window.sockets = [];
 window.sent = [];
@@ -61,6 +62,12 @@ window.refuse = (sock, f, code, retryAfterMs = 50) =>
   sock.serverSend({ type: "error", id: f.id, seq: null, code, message: code, retry_after_ms: retryAfterMs });
 window.lastSeq = 0;  // the server's: answer() numbers its results from here
 window.answer = (sock, f) => sock.serverSend({ type: "result", id: f.id, seq: ++window.lastSeq, output: f.input });
+window.connected = async (options = {}) => {
+  const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket, ...options });
+  c.connect();
+  await sleep(30);
+  return c;
+};
 """
 
 TASKS = {"tasks": [{"task": "sentiment", "model": "vader", "streaming": False, "max_input_chars": 5000, "workers": 1}]}
@@ -101,6 +108,7 @@ def run(page: Page, body: str) -> Any:
     return page.evaluate(
         f"""async () => {{
             const {{ RtaiClient }} = await import("{ORIGIN}/static/rtai.js");
+            window.RtaiClient = RtaiClient;  // for the helpers above (`connected`)
             {body}
         }}"""
     )

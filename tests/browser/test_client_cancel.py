@@ -26,9 +26,7 @@ def test_a_refused_cancel_of_an_accepted_request_is_sent_again(page: Page) -> No
             sock.serverSend({ type: "error", id: f.id, seq: 2, code: "cancelled", message: "cancelled" });
           }
         };
-        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
-        c.connect();
-        await sleep(30);
+        const c = await connected();
         const req = c.request("t", "x", { id: "g1" });
         await sleep(50);
         req.cancel();
@@ -84,9 +82,7 @@ def test_a_cancelled_request_refused_by_the_server_ends_cancelled(page: Page) ->
                               message: "no request with that id is in flight" });
           }
         };
-        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
-        c.connect();
-        await sleep(30);
+        const c = await connected();
         const req = c.request("t", "x", { id: "g1" });
         req.cancel();  // before the refusal arrives: the server answers both frames, in order
         const outcome = await outcomeOf(req.done);
@@ -110,9 +106,7 @@ def test_a_request_refused_as_unavailable_then_accepted_is_cancelled_on_the_serv
           }
           if (f.type === "cancel") sock.serverSend({ type: "error", id: f.id, seq: 2, code: "cancelled" });
         };
-        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
-        c.connect();
-        await sleep(30);
+        const c = await connected();
         const req = c.request("g", "x", { id: "g1", stream: true });
         await sleep(50);
         req.cancel();  // the user presses Stop on a generation that runs
@@ -135,9 +129,7 @@ def test_cancelling_a_request_waiting_to_retry_ends_it_and_still_cancels_it_on_t
             sock.serverSend({ type: "error", id: f.id, seq: null, code: "unavailable", retry_after_ms: 5000 });
           }
         };
-        const c = new RtaiClient("ws://rtai.test/v1/ws", { WebSocket: FakeSocket });
-        c.connect();
-        await sleep(30);
+        const c = await connected();
         const req = c.request("t", "x", { id: "g1" });
         await sleep(50);
         req.cancel();

@@ -154,13 +154,17 @@ class TaskServer:
             return
         waiting = list(self._adopted)
         self._adopted.clear()
-        try:
-            await self.consumer.hand_back([(d.entry_id, d.deliveries - 1) for d in waiting], HANDED_BACK_IDLE_MS)
-        except Exception as e:  # still in `running`: the worker's shutdown hands them back
-            log.warning("adopted.hand_back_failed", task=self.task, error=type(e).__name__)
-            return
+        # Out of `running` before the hand-back is written, not after: else the claim refresher could claim them again
+        # (idle 0) in between, and another worker would wait a whole reclaim interval for them.
         for d in waiting:
             self._release(d)
+        try:
+            await self.consumer.hand_back([(d.entry_id, d.deliveries - 1) for d in waiting], HANDED_BACK_IDLE_MS)
+        except Exception as e:  # back in `running`: the worker's shutdown hands them back
+            for d in waiting:
+                self.running[d.entry_id] = d
+            log.warning("adopted.hand_back_failed", task=self.task, error=type(e).__name__)
+            return
         log.info("adopted.handed_back", task=self.task, jobs=len(waiting))
 
     def unfinished(self) -> list[tuple[str, int | None]]:

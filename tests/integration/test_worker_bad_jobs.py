@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from rtai_client import dlq
-from rtai_protocol import Job, Reply, encode
+from rtai_protocol import ErrorCode, Job, Reply, encode
 from rtai_transport import WORKER_GROUP, Keys, Redis
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import DeadlinePassed, ModelInput
@@ -73,7 +73,7 @@ async def test_entries_a_worker_cannot_read_go_to_the_dead_letters_and_their_cli
 
     got, bad = await server.consumer.read(32, block_ms=None)
     assert [d.job.request_id for d in got] == ["good"], "a bad entry must not stop the jobs read with it"
-    await server._reject(bad)
+    await server.consumer.reject(bad)
 
     letters = await dlq.list_entries(redis_server.url, keys.root.rsplit(":", 1)[0], "sentiment")
     assert len(letters) == 3 and all(d.reason for d in letters), letters
@@ -115,7 +115,7 @@ async def test_an_output_that_cannot_be_sent_fails_alone_not_its_batch(redis: Re
         await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job(rid, keys, text))})
     got, _ = await server.consumer.read(32, block_ms=None)
     await server.run(got)
-    await server.replies_written()
+    await server.batches.written()
     answered = await _replies(redis, keys)
     assert answered["ok"].kind == "result"
     assert (answered["unencodable"].kind, answered["unencodable"].code) == ("error", "internal")
@@ -134,7 +134,7 @@ async def test_a_streaming_model_that_raises_is_answered_at_once(redis: Redis, p
     keys = Keys(prefix)
     server = _server(redis, keys, FailingStream(ModelOptions()), task="generate")
     job = _job("gen", keys, "a b c", task="generate").model_copy(update={"stream": True})
-    await server._stream(Delivery("0-1", job))
+    await server.streams.run(Delivery("0-1", job))
     replies = [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
     assert [(r.kind, r.code) for r in replies] == [("chunk", None), ("error", "internal")]
 
@@ -189,7 +189,7 @@ async def test_a_model_error_is_answered_at_once_not_taken_for_a_hang_or_rerun(
     got, _ = await server.consumer.read(32, block_ms=None)
     assert len(got) == len(texts)
     await server.run(got)
-    await server.replies_written()
+    await server.batches.written()
     answered = await _replies(redis, keys)
     assert {rid for rid, r in answered.items() if (r.kind, r.code) == ("error", "internal")} == internal, answered
     assert len(answered) == len(texts)
@@ -215,17 +215,17 @@ async def test_replies_the_gateway_has_not_read_are_never_trimmed_and_every_repl
     await redis.xadd(keys.jobs("sentiment"), {"m": encode(_job("last", keys))})
     got, _ = await server.consumer.read(32, block_ms=None)
     await server.run(got)
-    await server.replies_written()
+    await server.batches.written()
     assert await redis.xlen(keys.replies("g1")) == unread + 1
     assert (await _replies(redis, keys, unread))["last"].kind == "result"
     assert 0 < await redis.ttl(keys.replies("g1")) <= 3600
 
     gone = _job("dead-lettered", keys).model_copy(update={"reply_to": keys.replies("gone")})
-    await server.consumer.dead_letter(Delivery("0-1", gone), server.error_reply(gone, "failed", "x"))
+    await server.consumer.dead_letter(Delivery("0-1", gone), server.io.error(gone, ErrorCode.FAILED, "x"))
     rejected = orjson.loads(encode(_job("rejected", keys))) | {"v": 99, "reply_to": keys.replies("gone2")}
     await redis.xadd(keys.jobs("sentiment"), {"m": orjson.dumps(rejected)})
     _, bad = await server.consumer.read(32, block_ms=None)
-    await server._reject(bad)
+    await server.consumer.reject(bad)
     for stream in (keys.replies("gone"), keys.replies("gone2")):
         assert await redis.xlen(stream) == 1
         assert 0 < await redis.ttl(stream) <= 3600, stream

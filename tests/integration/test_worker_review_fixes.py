@@ -18,6 +18,7 @@ from rtai_transport import WORKER_GROUP, Keys, Redis, RedisSettings
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import ModelError, ModelInfo, ModelInput
 from rtai_worker.models.options import ModelOptions
+from rtai_worker.models.vader import VaderModel
 from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
@@ -36,7 +37,7 @@ async def _replies(redis: Redis, keys: Keys) -> list[Reply]:
 
 async def _stop(server: TaskServer, serving: asyncio.Task[None]) -> None:
     server.stopping.set()
-    server.cancel_streams()
+    server.streams.cancel()
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving
@@ -272,6 +273,44 @@ def test_a_job_whose_model_call_hung_is_handed_back_charged(redis: Redis) -> Non
     the dead letters; the other jobs cut off by the drain give theirs back."""
     server = task_server(Consumer(redis, Keys("t"), "generate", "w1"), TokenModel(ModelOptions()))
     hung, cut = Delivery("1-0", _job(1, "r"), deliveries=2), Delivery("2-0", _job(2, "r"), deliveries=3)
-    server.running = {hung.entry_id: hung, cut.entry_id: cut}
-    server.hung.add(hung.entry_id)
-    assert server.unfinished() == [("1-0", None), ("2-0", 2)]
+    server.running.add(hung)
+    server.running.add(cut)
+    server.running.hung.add(hung.entry_id)
+    assert server.running.unfinished() == [("1-0", None), ("2-0", 2)]
+
+
+def _sample(server: TaskServer, name: str, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, {"task": server.task, **labels}) or 0.0
+
+
+async def test_unreadable_entries_are_counted_whether_a_read_or_a_reclaim_finds_them(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "sentiment", "w1")
+    server = task_server(consumer, VaderModel(ModelOptions()))
+    await consumer.ensure_group()
+    stream = keys.jobs("sentiment")
+    await redis.xadd(stream, {"m": b"not json"})
+    await redis.xadd(stream, {"m": encode(make_job(1, keys.replies("g1")))})
+    await redis.xreadgroup(WORKER_GROUP, "dead", {stream: ">"}, count=2)  # read by a worker that then died
+    reclaimed = await consumer.reclaim(min_idle_ms=0)
+    assert [d.job.request_id for d in reclaimed] == ["r1"]
+    assert _sample(server, "rtai_worker_jobs_total", outcome="unreadable") == 1, "the reclaim's reject was not counted"
+    await redis.xadd(stream, {"m": b'{"type":"job"}'})
+    assert await server._gather(8, 0) == []
+    assert _sample(server, "rtai_worker_jobs_total", outcome="unreadable") == 2
+
+
+async def test_a_rerun_counts_as_a_rerun_and_not_again_as_queue_wait(redis: Redis, prefix: str) -> None:
+    """A re-run's time since its enqueue holds the runs before it: observed as queue wait, one job's wait would be
+    counted again (and a reclaimed job's minute-long wait taken for a queue that long)."""
+    keys = Keys(prefix)
+    server = task_server(Consumer(redis, keys, "sentiment", "w1"), VaderModel(ModelOptions()))
+    server.model.load()
+    first = Delivery("0-1", make_job(1, keys.replies("g1")))
+    rerun = Delivery("0-2", make_job(2, keys.replies("g1"), enqueued_ms=int(time.time() * 1000) - 60_000), deliveries=2)
+    await server.run([first, rerun])
+    await server.batches.written()
+    assert _sample(server, "rtai_worker_jobs_total", outcome="ok") == 2
+    assert _sample(server, "rtai_worker_reruns_total") == 1
+    assert _sample(server, "rtai_worker_queue_wait_seconds_count") == 1
+    assert _sample(server, "rtai_worker_queue_wait_seconds_bucket", le="10.0") == 1, "the re-run's wait was observed"

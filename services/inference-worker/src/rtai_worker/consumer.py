@@ -6,7 +6,7 @@ job either answered-and-acked or pending (and so reclaimed and re-run), never ac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,9 @@ class Consumer:
         self.stream = keys.jobs(task)
         self.consumer = consumer
         self._claim_owned_script = redis.register_script(CLAIM_OWNED)
+        self.on_rejected: Callable[[int], None] | None = None
+        """Told how many entries each `reject` moved to the dead letters (the worker counts them), whether the read
+        or the reclaim found them."""
 
     async def ensure_group(self) -> None:
         try:
@@ -255,6 +258,8 @@ class Consumer:
             pipe.xack(self.stream, WORKER_GROUP, *ids)
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
+        if self.on_rejected is not None:
+            self.on_rejected(len(bad))
 
     def _answer_for(self, b: Unreadable) -> _Answer | None:
         try:

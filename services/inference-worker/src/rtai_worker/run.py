@@ -191,15 +191,15 @@ class Worker:
         deadline = loop.time() + self.settings.shutdown_grace_s
         _, late = await asyncio.wait(serving, timeout=self.settings.shutdown_grace_s)
         for s in self.servers.values():
-            await s.wait_streams(deadline - loop.time())
+            await s.streams.drain(deadline - loop.time())
         for t in [*late, *background]:
             t.cancel()
         await asyncio.gather(*late, *background, return_exceptions=True)
 
     async def _shutdown(self) -> None:
         for task, server in self.servers.items():
-            unfinished = server.unfinished()  # before the cancelled streams run their way out
-            server.cancel_streams()
+            unfinished = server.running.unfinished()  # before the cancelled streams run their way out
+            server.streams.cancel()
             with contextlib.suppress(Exception):
                 await deregister_task(self.redis, self.keys, task, self.settings.worker_id)
             if unfinished:
@@ -312,7 +312,7 @@ class Worker:
             poisoned = [d for d in claimed if d.deliveries > self.settings.max_deliveries]
             for d in poisoned:
                 msg = f"job failed {d.deliveries} times; moved to the dead-letter stream"
-                reply = server.error_reply(d.job, ErrorCode.FAILED, msg)
+                reply = server.io.error(d.job, ErrorCode.FAILED, msg)
                 await server.consumer.dead_letter(d, reply)
                 self.metrics.dead_lettered.labels(task).inc()
                 self.metrics.jobs.labels(task, "dead_lettered").inc()
@@ -322,5 +322,4 @@ class Worker:
 
     def _note_cancel(self, job_id: str) -> None:
         for server in self.servers.values():
-            if any(d.job.job_id == job_id for d in server.running.values()):
-                server.cancelled_jobs.add(job_id)
+            server.running.cancel(job_id)

@@ -7,7 +7,7 @@ with what it was sent. `make test` runs 100 examples of 100 frames (10,000 frame
 runs more with RTAI_FUZZ_EXAMPLES. RSS before and after and the buffers' high-water marks go to
 build/security/fuzz-report.json. The buffers are bounded by construction (a full send queue closes the socket);
 that a slow reader is closed rather than buffered for is shown where a client really stops reading
-(tests/integration/test_delivery.py, the chaos suite's slow-reader scenario), not here.
+(tests/integration/test_backpressure.py, the chaos suite's slow-reader scenario), not here.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ async def _until(check: Any, what: str, timeout: float = 5) -> None:
 async def _sent_then_cancelled(c: Client, rid: str) -> asyncio.Task[Any]:
     """Start a request, wait until it left, cancel it; the request's task (its outcome) is returned."""
     task = asyncio.create_task(c.infer("t", "x", request_id=rid))
-    await _until(lambda: rid in c._calls and c._calls[rid].sent_gen > 0, "the request was not sent")
+    calls = c._requests.calls
+    await _until(lambda: rid in calls and calls[rid].sent_gen > 0, "the request was not sent")
     await c.cancel(rid)
     return task
 
@@ -153,28 +154,29 @@ async def test_a_request_given_up_on_while_others_are_sent_again_is_not_sent_aft
     The order is forced, not timed: the first infer sent again (b1's) is held until A has been cancelled and the
     server has its cancel; then the sending goes on (b2, then A's turn). A request sent once that is over reaches the
     server after anything it sent for A."""
-    from rtai_client import client as client_module
+    from rtai_client._connection import Connection
+    from rtai_client._requests import Requests
 
-    send_raw = client_module.Client._send_raw
+    send_raw = Connection.send
     held: list[str] = []
     holding, released = asyncio.Event(), asyncio.Event()
 
-    async def congested(self: Client, frame: dict[str, Any]) -> bool:  # infers on the 2nd connection wait their turn
-        if frame["type"] == "infer" and self._gen == 2 and not released.is_set():
+    async def congested(self: Connection, frame: dict[str, Any]) -> bool:  # infers on the 2nd socket wait their turn
+        if frame["type"] == "infer" and self.gen == 2 and not released.is_set():
             held.append(frame["id"])
             holding.set()
             await released.wait()
         return await send_raw(self, frame)
 
-    monkeypatch.setattr(client_module.Client, "_send_raw", congested)
-    resend = client_module.Client._resend_unfinished
+    monkeypatch.setattr(Connection, "send", congested)
+    resend = Requests.on_reconnect
     resent = asyncio.Event()
 
-    async def resend_then_say_so(self: Client, resumed: bool) -> None:
+    async def resend_then_say_so(self: Requests, resumed: bool) -> None:
         await resend(self, resumed)
         resent.set()
 
-    monkeypatch.setattr(client_module.Client, "_resend_unfinished", resend_then_say_so)
+    monkeypatch.setattr(Requests, "on_reconnect", resend_then_say_so)
 
     async def script(peer: Peer) -> None:
         await peer.welcome(resumed=peer.n > 0)
@@ -193,7 +195,7 @@ async def test_a_request_given_up_on_while_others_are_sent_again_is_not_sent_aft
     async with Client(server.url, backoff=Backoff(base_s=0.05)) as c:
         others = [asyncio.create_task(c.infer("t", "b", request_id=f"b{i}", timeout_s=10)) for i in (1, 2)]
         a = asyncio.create_task(c.infer("t", "a", request_id="A", timeout_s=10))
-        await _until(lambda: all(rid in c._calls for rid in ("b1", "b2", "A")), "not all sent")
+        await _until(lambda: all(rid in c._requests.calls for rid in ("b1", "b2", "A")), "not all sent")
         await asyncio.wait_for(holding.wait(), 5)  # reconnected, and sending the unfinished requests again
         assert held == ["b1"], "A comes after b1 and b2"
         a.cancel()  # while b1, b2 are sent again

@@ -88,7 +88,7 @@ async def test_a_cancel_while_a_refused_request_waits_ends_it_at_once_without_se
     server = await scripted(script)
     async with Client(server.url) as c:
         call = asyncio.create_task(c.infer("t", "x", request_id="r1"))
-        while not ("r1" in c._calls and c._calls["r1"].waiting):  # refused: it waits to be sent again
+        while not ("r1" in c._requests.calls and c._requests.calls["r1"].waiting):  # refused: it waits to be sent again
             await asyncio.sleep(0.01)
         t0 = time.monotonic()
         await c.cancel("r1")

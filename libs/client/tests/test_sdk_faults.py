@@ -1,6 +1,6 @@
 """The SDK against a scripted gateway (scripted_gateway.py): cancels the rate limit refuses, requests given up on or out
-of budget while the client reconnects, why a reconnect was refused, and a client whose connect failed or whose
-connection is gone for good."""
+of budget while the client reconnects, why a reconnect was refused, a session the server ends as idle, and a client
+whose connect failed or whose connection is gone for good."""
 
 from __future__ import annotations
 
@@ -264,6 +264,68 @@ async def test_a_request_out_of_budget_when_a_new_session_starts_ends_deadline_e
         assert time.monotonic() - t0 < 1.5, "it waited for its client-side timeout"
     assert e.value.code == "deadline_exceeded"
     assert len(server.sent("infer")) == 1, "sent again with nothing left of its budget"
+
+
+# ---- a session the server ends because it is idle ----------------------------------------------------------------
+
+
+async def _answer(peer: Peer, seq: int) -> None:
+    infer = await peer.recv()
+    assert infer["type"] == "infer", infer
+    await peer.accept(infer, seq)
+    await peer.send({"type": "result", "id": infer["id"], "seq": seq + 1, "output": {"n": peer.n}})
+
+
+async def test_an_idle_session_the_server_ends_is_opened_again_by_the_next_request_not_at_once(scripted: Any) -> None:
+    """The gateway closes a socket with nothing in flight after `idle_timeout_s` (1000). Reconnecting at once, an idle
+    client held a socket and started a new session every idle timeout for as long as it lived."""
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await _answer(peer, 1)
+        if peer.n == 0:
+            await peer.ws.close(1000, "idle timeout")
+            return
+        await _answer(peer, 3)  # two requests at once, on one new socket
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.01, max_s=0.02)) as c:
+        assert (await c.infer("t", "x")).output == {"n": 0}
+        await _until(lambda: c.state == "idle", "the server's idle close left the client " + c.state)
+        await asyncio.sleep(0.3)  # several backoff delays
+        assert server.connections == 1, "reconnected with nothing to send"
+        both = await asyncio.wait_for(asyncio.gather(c.infer("t", "y"), c.infer("t", "z")), 5)
+        assert [r.output for r in both] == [{"n": 1}, {"n": 1}]
+        assert server.connections == 2 and c.state == "open"
+
+
+async def test_a_normal_close_with_a_request_in_flight_is_reconnected_at_once(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome(resumed=peer.n > 0)
+        if peer.n == 0:
+            await peer.accept(await peer.recv())
+            await peer.ws.close(1000, "bye")
+            return
+        await _answer(peer, 2)  # sent again on the new socket
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.01, max_s=0.02)) as c:
+        assert (await asyncio.wait_for(c.infer("t", "x"), 5)).output == {"n": 1}
+        assert server.connections == 2
+
+
+async def test_connect_on_a_connected_client_is_refused_not_a_second_socket(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.drain()
+
+    server = await scripted(script)
+    async with Client(server.url) as c:
+        with pytest.raises(RuntimeError, match="one socket at a time"):
+            await c.connect()
+        assert server.connections == 1
 
 
 # ---- a client that is not connected ------------------------------------------------------------------------------

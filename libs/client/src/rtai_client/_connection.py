@@ -2,7 +2,8 @@
 
 One socket at a time. It remembers the session token and the highest `seq` seen; after a drop (1012 restart, 1013
 slow, network) it reconnects with `Backoff` and sends `hello{session,last_seq}`, so the server replays what was missed.
-What the frames mean to the requests is its `Handler`'s business.
+When the server ends an idle session (close 1000 with nothing in flight) it stays idle and connects again for the next
+request. What the frames mean to the requests is its `Handler`'s business.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Handler(Protocol):
     def on_lost(self, exc: ConnectionLost) -> None:
         """The connection is gone for good: closed by the client, not reconnected, or its reader failed."""
 
+    def quiet(self) -> bool:
+        """Nothing waits for the server: no request in flight, no cancel still to send."""
+
 
 class Connection:
     """The socket (one at a time), the session it carries and the task that reads it. Frames that name a request go
@@ -79,6 +83,11 @@ class Connection:
         """The socket's generation, one more with each socket opened: a request is sent once on each."""
         self.closing = False
         """`close()` was called: the reader does not reconnect, and no request is taken any more."""
+        self.welcome: Welcome | None = None
+        """The welcome of the socket open now (or last)."""
+        self.wanted = False
+        """`connect()` succeeded once and `close()` was not called: an idle connection opens again on demand."""
+        self._reopening: asyncio.Task[Welcome] | None = None
         self.lost: ConnectionLost | None = None
         """Why the connection is gone for good, if it is (not set by `close()`)."""
         self._ws: ClientConnection | None = None
@@ -100,9 +109,28 @@ class Connection:
             self._set_state("idle")  # nothing is connected: requests are refused at once, and connect() may be retried
             raise
         self._set_state("open")
+        self.wanted = True
         self._runner = asyncio.create_task(self._run(handler), name="rtai-client")
         self._runner.add_done_callback(self._runner_ended)
         return welcome
+
+    async def ensure_open(self) -> None:
+        """Connect again if the server ended the idle session; one socket however many requests ask at once. Raises
+        ConnectionLost if that fails (the connection stays idle, and the next request tries again)."""
+        if self.state not in ("idle", "connecting") or not self.wanted or self._handler is None:
+            return
+        if self._reopening is None:
+            self._reopening = asyncio.create_task(self.connect(self._handler), name="rtai-client-reopen")
+        reopening = self._reopening
+        try:
+            await asyncio.shield(reopening)
+        except ConnectionLost:
+            raise
+        except (OSError, TimeoutError, WebSocketException) as e:
+            raise ConnectionLost(f"could not connect again to {self.url}: {e!r}") from e
+        finally:
+            if self._reopening is reopening and reopening.done():
+                self._reopening = None
 
     def _runner_ended(self, task: asyncio.Task[None]) -> None:
         """The reader must never die unnoticed: its callers would wait for their timeouts."""
@@ -168,6 +196,7 @@ class Connection:
         self.gateway = welcome.gateway
         self.max_frame_bytes = welcome.max_frame_bytes
         self.resumed = welcome.resumed
+        self.welcome = welcome
         self._ws = ws
         self.gen += 1
         return welcome
@@ -210,6 +239,13 @@ class Connection:
             code = ws.close_code
             log.info("rtai.disconnected code=%s reason=%s", code, ws.close_reason)
             handler.on_drop()
+            if code == 1000 and self.reconnect and handler.quiet():
+                # The server ended the session normally (its idle timeout) with nothing in flight: connect again when
+                # there is something to send, not at once (an idle client would hold a socket, and start a new
+                # session, every idle timeout for as long as it lives).
+                self._ws = None
+                self._set_state("idle")
+                return
             if not self.reconnect or code in FATAL_CLOSE_CODES:
                 self._lose(ConnectionLost(f"connection closed ({code} {ws.close_reason})", code))
                 return

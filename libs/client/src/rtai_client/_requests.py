@@ -102,6 +102,9 @@ class Requests:
             if call.cancel_requested:
                 await self.send_cancel(call.id)
 
+    def quiet(self) -> bool:
+        return not self.calls and not self._cancel_later
+
     def on_lost(self, exc: ConnectionLost) -> None:
         self._cancels.clear()
         for call in self.calls.values():

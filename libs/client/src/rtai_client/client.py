@@ -123,8 +123,16 @@ class Client:
         await self.close()
 
     async def connect(self) -> Welcome:
-        """Open the socket and start (or, if `session` is set, resume) a session."""
-        return await self._conn.connect(self._requests)
+        """Open the socket and start (or, if `session` is set, resume) a session. Not needed again after the server
+        ends an idle session: the next request connects again."""
+        conn = self._conn
+        if conn.state != "idle" or conn.closing:
+            raise RuntimeError(f"connect() on a client that is {conn.state}: one socket at a time")
+        if not conn.wanted:
+            return await conn.connect(self._requests)
+        await conn.ensure_open()  # the server ended the idle session: as a request would, and with one
+        assert conn.welcome is not None
+        return conn.welcome
 
     async def close(self) -> None:
         """Close normally (code 1000): the server cancels this session's unfinished requests."""
@@ -140,7 +148,7 @@ class Client:
             raise conn.lost.again() from conn.lost
         if conn.closing:
             raise ConnectionLost("the client was closed", 1000)
-        if self.state in ("idle", "connecting"):  # nothing would send it: it would wait for its whole timeout
+        if self.state in ("idle", "connecting") and not conn.wanted:  # nothing would send it: it would time out
             raise RuntimeError(
                 "call `await client.connect()` (or use `async with Client(...)`) and let it succeed first"
             )
@@ -168,6 +176,7 @@ class Client:
         end = loop.time() + limit_s
         retry = Retry(call, retries, self.backoff.base_s)
         call.started, call.started_at = True, loop.time()
+        await self._conn.ensure_open()  # the server ended an idle session: a new one for this request
         await self._requests.send(call)
         while True:
             try:
@@ -176,6 +185,7 @@ class Client:
                 if retry.at is None or loop.time() >= end:
                     raise RequestTimeout(f"no final frame for {call.id!r} within {limit_s:.1f}s") from None
                 if retry.due(loop.time()):
+                    await self._conn.ensure_open()
                     await self._requests.send(call)
                 continue
             if isinstance(item, RtaiError):

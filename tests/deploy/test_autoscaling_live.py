@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -42,21 +41,18 @@ import httpx
 import pytest
 import websockets
 
+from tests.deploy.autoscaling_stack import KIND, CpuSampler, instant, query_range, running_stack
 from tests.deploy.hpa_sim import ScaledTarget, Step, Trigger, simulate, table
-from tests.deploy.local_service import SERVICES, LocalService
-from tests.deploy.render import REPO_ROOT, VALUES_DIR, Doc, container_view, find, render_chart
+from tests.deploy.local_service import LocalService
+from tests.deploy.render import REPO_ROOT, find, render_chart
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "observability"))
-from obs_stack import Proc, run_prometheus, start_redis, wait_until_scraped
 from obs_support import PROMETHEUS
 
 pytestmark = pytest.mark.skipif(
     not (os.access(PROMETHEUS, os.X_OK) and shutil.which("redis-server")), reason="needs prometheus and redis-server"
 )
 
-KIND = (VALUES_DIR / "standalone.yaml", VALUES_DIR / "kind.yaml")
-"""The kind profile's values, on one plain redis-server instead of the redis chart's Sentinel topology (the
-conformance test runs that one): the queries do not depend on it."""
 SET_VALUES: dict[str, dict[str, Any]] = {
     "gateway": {"autoscaling.keda.connectionsPerPod": 10, "autoscaling.keda.inflightPerPod": 10},
     "inference-worker": {},
@@ -70,103 +66,9 @@ QUEUED = 30
 CONNECTIONS = 40
 REQUESTS = 100
 PAUSE_S = 7.0  # below the gateway's admission age limit (10 s) and the worker registration TTL (10 s)
-SCRAPE = "1s"
-
-
-# ------------------------------------------------------------------------------------------------ rendering
-
-
-def rendered(chart: str, set_values: dict[str, Any]) -> tuple[list[Doc], ScaledTarget]:
-    docs = render_chart(chart, KIND, set_values)
-    (so,) = find(docs, "ScaledObject")
-    target = ScaledTarget.from_scaled_object(so)
-    # the thresholds are lowered; the queries are the shipped ones
-    (shipped,) = find(render_chart(chart, KIND), "ScaledObject")
-    shipped_queries = {t["name"]: t["metadata"]["query"] for t in shipped["spec"]["triggers"]}
-    for tr in target.triggers:
-        if tr.name in shipped_queries:
-            assert tr.query == shipped_queries[tr.name]
-    return docs, target
-
-
-def scrape_job(docs: list[Doc], svc: LocalService) -> dict[str, Any]:
-    """The scrape config the Prometheus Operator would generate from the rendered ServiceMonitor, for one local pod."""
-    (sm,) = find(docs, "ServiceMonitor")
-    sel = sm["spec"]["selector"]["matchLabels"]
-    (service,) = [s for s in find(docs, "Service") if sel.items() <= s["metadata"]["labels"].items()]
-    (endpoint,) = sm["spec"]["endpoints"]
-    (svc_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
-    container_port = svc.view.port(svc_port["targetPort"])  # Service targetPort (named) -> container port
-    namespace = sm["spec"]["namespaceSelector"]["matchNames"][0]
-    return {
-        "job_name": service["metadata"]["name"],
-        "metrics_path": endpoint.get("path", "/metrics"),
-        "scrape_interval": SCRAPE,
-        "scrape_timeout": "900ms",
-        "static_configs": [
-            {
-                "targets": [f"127.0.0.1:{svc.local_ports[container_port]}"],
-                "labels": {
-                    "namespace": namespace,
-                    "service": service["metadata"]["name"],
-                    "endpoint": endpoint["port"],
-                    "pod": svc.pod_name,
-                    "container": svc.view.name,
-                },
-            }
-        ],
-    }
-
-
-def start_prometheus(workdir: Path, jobs: list[dict[str, Any]]) -> tuple[Proc, str]:
-    return run_prometheus(workdir, {"global": {"scrape_interval": SCRAPE}, "scrape_configs": jobs})
-
-
-def query_range(url: str, query: str, start: float, end: float) -> dict[float, float | None]:
-    """The query evaluated every second over [start, end] (what KEDA's instant queries would have returned)."""
-    r = httpx.get(
-        f"{url}/api/v1/query_range",
-        params={"query": query, "start": f"{start:.0f}", "end": f"{end:.0f}", "step": "1"},
-        timeout=10,
-    )
-    body = r.json()
-    assert body["status"] == "success", body
-    series = body["data"]["result"]
-    assert len(series) <= 1, f"{query} gave {len(series)} series"
-    points = {float(t): float(v) for t, v in series[0]["values"]} if series else {}
-    return {float(t): points.get(float(t)) for t in range(int(start), int(end) + 1)}
-
-
-def instant(url: str, query: str) -> float:
-    body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
-    result = body["data"]["result"]
-    return float(result[0]["value"][1]) if result else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ load
-
-
-class CpuSampler(threading.Thread):
-    """CPU of a process as a fraction of its CPU request, every second (utime+stime from /proc/<pid>/stat)."""
-
-    def __init__(self, pid: int, request_cores: float) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.request = pid, request_cores
-        self.samples: list[tuple[float, float]] = []
-        self.stop_event = threading.Event()
-
-    def _ticks(self) -> int:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
-    def run(self) -> None:
-        hz = os.sysconf("SC_CLK_TCK")
-        with contextlib.suppress(OSError):
-            last_t, last = time.time(), self._ticks()
-            while not self.stop_event.wait(1.0):
-                now_t, now = time.time(), self._ticks()
-                self.samples.append((now_t, (now - last) / hz / (now_t - last_t) / self.request))
-                last_t, last = now_t, now
 
 
 async def drive_load(ws_url: str, worker: LocalService, marks: dict[str, float]) -> Counter[str]:
@@ -211,78 +113,7 @@ async def drive_load(ws_url: str, worker: LocalService, marks: dict[str, float])
     return Counter(f.get("code") or f["type"] for f in finals.values())
 
 
-# ------------------------------------------------------------------------------------------------ the simulation
-
-
-def _target(*triggers: Trigger, lo: int = 1, hi: int = 4, down: dict[str, Any] | None = None) -> ScaledTarget:
-    return ScaledTarget("t", lo, hi, triggers, scale_down=down or {"stabilizationWindowSeconds": 0, "policies": [
-        {"type": "Percent", "value": 100, "periodSeconds": 15}]})  # fmt: skip
-
-
-def test_hpa_formula_with_keda_threshold_semantics() -> None:
-    backlog = Trigger("backlog", "q", "AverageValue", 20)
-    age = Trigger("age", "q", "Value", 5)
-    assert backlog.desired(100, 1) == 5  # ceil(total / per-replica target)
-    assert backlog.desired(100, 3) == 5  # independent of the current count
-    assert backlog.desired(21, 1) == 1  # ratio 1.05: within the 10 % tolerance
-    assert backlog.desired(None, 2) == 0  # ignoreNullValues: empty result = 0
-    assert age.desired(7.5, 2) == 3  # ceil(current * value / target)
-    steps = simulate(_target(backlog, age), [(0, {"backlog": 100, "age": 0}), (1, {"backlog": 0, "age": 0})])
-    assert [s.replicas for s in steps] == [4, 1]  # bounded by max, back to min without a stabilization window
-    # KEDA with minReplicaCount 0: zero at or below the activation threshold, at least one above it
-    scale_to_zero = _target(Trigger("b", "q", "AverageValue", 20, activation=5), lo=0)
-    steps = simulate(scale_to_zero, [(0, {"b": 5}), (1, {"b": 6}), (2, {"b": 0})], start_replicas=0)
-    assert [s.replicas for s in steps] == [0, 1, 0]
-
-
-def test_hpa_scale_down_window_and_policy() -> None:
-    slow = {"stabilizationWindowSeconds": 100, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
-    target = _target(Trigger("c", "q", "AverageValue", 10), down=slow)
-    readings: list[tuple[float, dict[str, float | None]]] = [(0, {"c": 40})]
-    readings += [(t, {"c": 0}) for t in range(15, 400, 15)]
-    changes = [(s.t, s.replicas) for s in simulate(target, readings)]
-    assert changes[0][1] == 4
-    assert [r for t, r in changes if t < 100] == [4] * 7  # held for the stabilization window
-    down = [t for (t, r), (_, prev) in zip(changes[1:], changes, strict=False) if r < prev]
-    assert down == [105, 165, 225]  # then one pod per 60 s
-
-
 # ------------------------------------------------------------------------------------------------ the test
-
-
-@contextlib.contextmanager
-def running_stack(tmp_path: Path, set_values: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """redis-server, the rendered worker and gateway (kind values), Prometheus scraping them as the ServiceMonitors
-    say; "services" lists every process started, a worker started later by the test too. Everything stopped by PID."""
-    procs: list[Proc] = []
-    services: list[LocalService] = []
-    try:
-        redis_proc, redis_url = start_redis(tmp_path)
-        procs.append(redis_proc)
-        addrs = {"redis:6379": redis_url.removeprefix("redis://").removesuffix("/0")}
-        out: dict[str, Any] = {"services": services, "redis_addrs": addrs}
-        for chart in ("inference-worker", "gateway"):
-            docs, target = rendered(chart, set_values[chart])
-            view = container_view(docs, "Deployment", SERVICES[chart].container)
-            svc = LocalService(SERVICES[chart], view, tmp_path / chart, redis_addrs=addrs)
-            services.append(svc)
-            out[chart] = (docs, target, svc)
-        prom, url = start_prometheus(
-            tmp_path, [scrape_job(out[c][0], out[c][2]) for c in ("inference-worker", "gateway")]
-        )
-        procs.append(prom)
-        for chart in ("inference-worker", "gateway"):
-            svc = out[chart][2]
-            svc.start()
-            svc.wait_probe("readiness", 45)
-        wait_until_scraped(url, [s.local_ports[next(iter(s.local_ports))] for s in services])
-        out["prometheus"] = url
-        yield out
-    finally:
-        for svc in reversed(services):
-            svc.terminate(10)
-        for p in reversed(procs):
-            p.stop()
 
 
 @pytest.fixture

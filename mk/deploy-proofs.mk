@@ -1,7 +1,7 @@
 # Deploy proofs that run the rendered charts (issue 6): conformance and live autoscaling. Included by the root Makefile.
 # Both are also part of `make test` (they live under tests/deploy); these targets run them alone, with their output.
 PY ?= .venv/bin/python
-DEPLOY_PROOF_FILES := tests/deploy/local_service.py tests/deploy/hpa_sim.py tests/deploy/test_conformance.py \
+DEPLOY_PROOF_FILES := tests/deploy/local_service.py tests/deploy/dockerfile.py tests/deploy/hpa_sim.py tests/deploy/test_conformance.py \
 	tests/deploy/test_autoscaling_live.py tests/deploy/autoscaling_stack.py tests/deploy/test_hpa_sim.py
 
 .PHONY: test-conformance test-autoscaling-live deploy-proofs deploy-proofs-typecheck

@@ -35,11 +35,11 @@ import pytest
 import redis as redis_sync
 from websockets.sync.client import connect
 
+from tests.deploy.dockerfile import image_spec
 from tests.deploy.local_service import (
     IMAGE_PYTHON,
     SERVICES,
     LocalService,
-    image_spec,
     map_redis_url,
     redis_chart_addrs,
     termination_budget,

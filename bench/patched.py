@@ -50,10 +50,10 @@ def _no_spans(module: Any) -> None:
         module.Link = lambda ctx: None
 
 
-def _unlogged_finals(hub_class: Any) -> None:
-    logged = hub_class._log
+def _unlogged_finals(log_class: Any) -> None:
+    logged = log_class.append
 
-    def _log(
+    def append(
         self: Any,
         session: Any,
         session_id: str,
@@ -63,16 +63,19 @@ def _unlogged_finals(hub_class: Any) -> None:
         kind: str,
         index: int,
         then: Any,
+        after_chunk: int | None = None,
     ) -> asyncio.Future[None]:
         if kind != "final" or session is None or session.conn is None:
-            queued: asyncio.Future[None] = logged(self, session, session_id, owner, request_id, body, kind, index, then)
+            queued: asyncio.Future[None] = logged(
+                self, session, session_id, owner, request_id, body, kind, index, then, after_chunk
+            )
             return queued
         then([session.delivered + 1, b""])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
-    hub_class._log = _log
+    log_class.append = append
 
 
 def _worker_logs_finals() -> None:
@@ -140,6 +143,7 @@ def _gateway_takes_logged_finals() -> None:
     import orjson
 
     from rtai_gateway import hub, loops
+    from rtai_gateway import replies as worker_replies
     from rtai_protocol import Reply
 
     class LoggedReply(Reply):
@@ -159,8 +163,9 @@ def _gateway_takes_logged_finals() -> None:
         forwards: list[tuple[str, bytes]] = []
         for r in replies:
             if isinstance(r, LoggedReply) and r.seq:
-                body, kind = hub._frame_of(r)
-                self._after_logged(r, r.logged.encode() if r.logged else body, kind, r.seq, r.holder, forwards)
+                body, kind = worker_replies._frame_of(r)
+                after = r.logged.encode() if r.logged else body
+                worker_replies._after_logged(self, r, after, kind, r.seq, r.holder, forwards)
         await handle(self, [r for r in replies if not isinstance(r, LoggedReply)], drop_rejected=drop_rejected)
 
     vars(loops)["decode_internal"] = _decode  # the reply reader's name for it
@@ -215,12 +220,13 @@ def main() -> None:
 
 def _gateway(args: argparse.Namespace) -> None:
     from rtai_gateway import __main__ as entry
-    from rtai_gateway import hub
+    from rtai_gateway import admission, ending, session_log
 
     if args.no_spans:
-        _no_spans(hub)
+        _no_spans(admission)
+        _no_spans(ending)
     if args.unlogged_finals:
-        _unlogged_finals(hub.Hub)
+        _unlogged_finals(session_log.SessionLog)
     if args.worker_logged_finals:
         _gateway_takes_logged_finals()
     entry.main()
@@ -228,10 +234,11 @@ def _gateway(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     from rtai_worker import __main__ as wentry
-    from rtai_worker import task_server
+    from rtai_worker import batches, job_io, streams
 
     if args.no_spans:
-        _no_spans(task_server)
+        for module in (batches, job_io, streams):
+            _no_spans(module)
     if args.inline_predict:
         import time
 
@@ -246,7 +253,7 @@ def _worker(args: argparse.Namespace) -> None:
             finally:
                 m.inference.labels(self.task).observe(time.perf_counter() - started)
 
-        task_server.TaskServer._predict = _predict  # type: ignore[method-assign]
+        batches.Batches._predict = _predict  # type: ignore[method-assign]
     if args.no_cancel_screen:
         from rtai_worker import consumer
 

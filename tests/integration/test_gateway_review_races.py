@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from rtai_gateway import lifecycle
-from rtai_gateway.hub import Hub, Pending
+from rtai_gateway import admission, lifecycle
+from rtai_gateway.hub import Hub
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode, Infer, Reply, encode
 from rtai_protocol.codec import decode_internal
@@ -146,7 +147,7 @@ async def test_a_final_whose_forward_failed_is_forwarded_when_read_again(hub: Hu
     reply = Reply(
         job_id="j-r1", request_id="r1", owner="anon:s5", session="s5", task="sentiment", kind="result", data=1
     )
-    hub._forward = _failing_once(hub._forward)  # type: ignore[method-assign]
+    hub.forward = _failing_once(hub.forward)  # type: ignore[method-assign]
     with pytest.raises(RedisConnectionError):
         await hub.handle_replies([reply])
     await hub.handle_replies([reply])  # the reader's second read of the same entries
@@ -185,7 +186,7 @@ async def _submit(hub: Hub, session: Session, rid: str) -> Any:
         k.session_log(session.id),
     ]
     args: list[Any] = [encode(job), session.id, rid, s.request_ttl_s, s.jobs_maxlen, s.ttl_s, b"{}", s.log_maxlen, 0]
-    return await hub._submit(keys=keys, args=args)
+    return await hub.submit_script(keys=keys, args=args)
 
 
 async def test_submit_does_not_run_again_a_request_whose_admission_a_failover_lost(hub: Hub) -> None:
@@ -195,7 +196,7 @@ async def test_submit_does_not_run_again_a_request_whose_admission_a_failover_lo
     session = _session(hub, "s6")
     got: list[Any] = []
     chunk = b'{"type":"chunk","id":"r1","index":0,"data":"x"}'
-    await hub._log(session, "s6", "anon:s6", "r1", chunk, "chunk", 0, got.append)
+    await hub.session_log.append(session, "s6", "anon:s6", "r1", chunk, "chunk", 0, got.append)
     assert int(got[0][0]) == 1
     res = await _submit(hub, session, "r1")
     assert res == [b"inflight", b"", b"0", b""]
@@ -206,24 +207,24 @@ async def test_submit_does_not_run_again_a_request_whose_admission_a_failover_lo
     hub.catalog = _Catalog()  # type: ignore[assignment]
     conn: Any = session.conn  # a RecordingConn
     req = Infer(type="infer", id="r1", task="sentiment", input="x")
-    await asyncio.wait_for(hub._enqueue_new(session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
+    await asyncio.wait_for(admission.enqueue_new(hub, session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
     assert conn.frames == [] and not hub.pending
 
 
 async def test_submit_answers_a_finished_request_whose_admission_a_failover_lost_with_its_final(hub: Hub) -> None:
     session = _session(hub, "s7")
     final = b'{"type":"result","id":"r1","output":1}'
-    await hub._log(session, "s7", "anon:s7", "r1", final, "final", 0, lambda _: None)
+    await hub.session_log.append(session, "s7", "anon:s7", "r1", final, "final", 0, lambda _: None)
     res = await _submit(hub, session, "r1")
     assert res == [b"done", final, b""]
     assert await hub.redis.xlen(hub.keys.jobs("sentiment")) == 0
     hub.catalog = _Catalog()  # type: ignore[assignment]
     conn: Any = session.conn  # a RecordingConn
     req = Infer(type="infer", id="r1", task="sentiment", input="x")
-    await asyncio.wait_for(hub._enqueue_new(session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
+    await asyncio.wait_for(admission.enqueue_new(hub, session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
     assert conn.frames == [final], "the stored final, unnumbered"
     session.finals["r1"] = None  # as if this session's socket got it already: not sent a second time
-    await asyncio.wait_for(hub._enqueue_new(session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
+    await asyncio.wait_for(admission.enqueue_new(hub, session, req, job_for(hub, session, "r1"), time.monotonic()), 5)
     assert conn.frames == [final]
 
 
@@ -272,7 +273,7 @@ async def test_a_request_admitted_while_its_session_closes_cleanly_is_cancelled(
     hub.framelog.submit = closed_meanwhile  # type: ignore[method-assign]
     req = Infer(type="infer", id="r1", task="sentiment", input="x")
     job = job_for(hub, session, "r1")
-    await asyncio.wait_for(hub._enqueue_new(session, req, job, time.monotonic()), 5)
+    await asyncio.wait_for(admission.enqueue_new(hub, session, req, job, time.monotonic()), 5)
     assert "s9" not in hub.sessions
     assert not hub.pending
     assert await hub.redis.exists(hub.keys.cancelled(job.job_id))
@@ -291,7 +292,7 @@ async def test_a_request_admitted_while_its_session_ends_is_cancelled_with_the_o
     async def admitted_meanwhile(p: Pending, code: ErrorCode, message: str) -> None:
         if p is first:
             req = Infer(type="infer", id="r2", task="sentiment", input="x")
-            await hub._enqueue_new(session, req, job, time.monotonic())
+            await admission.enqueue_new(hub, session, req, job, time.monotonic())
         await finish(p, code, message)
 
     hub.finish_locally = admitted_meanwhile  # type: ignore[method-assign]

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from rtai_gateway import lifecycle
-from rtai_gateway.hub import Hub, Pending
+from rtai_gateway import ending, lifecycle
+from rtai_gateway.hub import Hub
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode, encode
 from rtai_protocol.codec import decode_internal
@@ -39,7 +40,7 @@ async def test_a_request_whose_final_came_meanwhile_is_not_ended_again(hub: Hub)
     session = Session(id="s1", identity="anon:s1", conn=RecordingConn(), fill_gap=hub.gap_filler)  # type: ignore[arg-type]
     hub.sessions[session.id] = session
     p = track(hub, session, "r1")
-    hub._finished(p, "ok")  # the worker's result arrived while a cancel (or an earlier expiry) was awaiting
+    ending.finished(hub, p, "ok")  # the worker's result arrived while a cancel (or an earlier expiry) was awaiting
     await asyncio.wait_for(hub.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client"), 5)
     assert _counted(hub) == {"ok": 1.0}
 

@@ -13,7 +13,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from rtai_gateway import loops
-from rtai_gateway.hub import Hub, RepliesRejected
+from rtai_gateway.hub import Hub
+from rtai_gateway.replies import RepliesRejected
 from rtai_gateway.session import Session
 from rtai_protocol import Reply, encode
 from rtai_transport import Redis

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from rtai_gateway import lifecycle
-from rtai_gateway.hub import Hub, Pending
+from rtai_gateway.hub import Hub
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode, Hello, Job, Reply
 from tests.support.hub_harness import RecordingConn, job_for, running_hub

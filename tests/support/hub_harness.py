@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from rtai_gateway import loops
-from rtai_gateway.hub import Hub, Pending
+from rtai_gateway.hub import Hub
 from rtai_gateway.metrics import GatewayMetrics
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings
 from rtai_protocol import Job

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from rtai_gateway import ws
+from rtai_gateway.admission import refusal
 from rtai_gateway.fairness import FairScheduler
 from rtai_gateway.guard_metrics import GuardMetrics
-from rtai_gateway.hub import refusal
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.session import Session
 from rtai_gateway.settings import GatewaySettings, LimitSettings

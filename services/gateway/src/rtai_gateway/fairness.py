@@ -18,8 +18,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from rtai_gateway.admission import refusal
 from rtai_gateway.guard_metrics import GuardMetrics
-from rtai_gateway.hub import Hub, Pending, refusal
+from rtai_gateway.hub import Hub
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session
 from rtai_gateway.settings import LimitSettings
 from rtai_protocol import ErrorCode, Infer

@@ -11,10 +11,10 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from rtai_gateway.admission import refusal
 from rtai_gateway.auth import SUBPROTOCOL, AuthError, token_from_handshake
 from rtai_gateway.connection import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER, Connection
 from rtai_gateway.guard import Guard
-from rtai_gateway.hub import refusal
 from rtai_gateway.origin import origin_allowed
 from rtai_gateway.runtime import Runtime
 from rtai_protocol import Auth, ErrorCode, ProtocolError, decode_client_frame

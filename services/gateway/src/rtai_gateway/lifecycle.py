@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from rtai_gateway.connection import Connection
-from rtai_gateway.hub import Hub, Pending
+from rtai_gateway.hub import Hub
+from rtai_gateway.pending import Pending
 from rtai_gateway.session import Session, new_session_id
 from rtai_protocol import ErrorCode, Hello, Job, now_ms
 from rtai_protocol.codec import decode_internal
@@ -233,7 +234,7 @@ async def detach(hub: Hub, session: Session, close_code: int | None) -> None:
 async def end_session(hub: Hub, session: Session) -> None:
     """Cancel a detached session's requests and forget it. A request admitted while a cancel awaits (the fair
     scheduler's SUBMIT was on its way) is cancelled too; one admitted after the session is forgotten is cancelled by
-    `Hub._enqueue_new`."""
+    `admission.enqueue_new`."""
     detached_at = session.detached_at
     seen: set[str] = set()
     while todo := [rid for rid in session.requests if rid not in seen]:

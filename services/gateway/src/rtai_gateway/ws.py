@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtai_gateway import handshake, lifecycle
+from rtai_gateway.admission import refusal
 from rtai_gateway.connection import (
     WS_1008_POLICY_VIOLATION,
     WS_1012_SERVICE_RESTART,
@@ -22,7 +23,6 @@ from rtai_gateway.connection import (
     Connection,
 )
 from rtai_gateway.guard import Guard
-from rtai_gateway.hub import refusal
 from rtai_gateway.limits import TokenBucket
 from rtai_gateway.runtime import Runtime
 from rtai_gateway.session import Session

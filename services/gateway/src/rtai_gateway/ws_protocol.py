@@ -24,7 +24,7 @@ written, its place in the gateway's receive loop, for as long as the client kept
 
 Written against uvicorn 0.54's sans-I/O protocol (uv.lock pins it) and its attributes `writable`, `close_timer`,
 `disconnected`, `handshake_complete`, `close_sent`, `initial_response`, `conn` (websockets' sans-I/O state machine),
-`scope`, `request`, `response`: `tests/integration/test_delivery.py::test_a_client_that_never_reads_is_cut_off` and
+`scope`, `request`, `response`: `tests/integration/test_backpressure.py::test_a_client_that_never_reads_is_cut_off` and
 `tests/security/test_keepalive_live.py::test_a_peer_that_never_answers_the_close_frame_is_reset` fail if the first four
 change, every WebSocket test if the others do.
 """

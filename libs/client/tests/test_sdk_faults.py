@@ -300,6 +300,75 @@ async def test_an_idle_session_the_server_ends_is_opened_again_by_the_next_reque
         assert server.connections == 2 and c.state == "open"
 
 
+async def test_a_reopen_every_caller_gave_up_on_does_not_leave_the_next_request_unsent(scripted: Any) -> None:
+    """The reopen runs on though its only caller stopped waiting; once it is over, the next idle close's reopen is a new
+    one (a finished reopen left in place made the next request find the connection idle and never send it)."""
+
+    async def script(peer: Peer) -> None:
+        if peer.n == 1:
+            await asyncio.sleep(0.5)  # a slow welcome: the caller gives up meanwhile
+        await peer.welcome()
+        if peer.n == 0:
+            await _answer(peer, 1)
+        elif peer.n == 2:
+            await _answer(peer, 1)
+            await peer.drain()
+            return
+        await asyncio.sleep(0.1)
+        await peer.ws.close(1000, "idle timeout")
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.01, max_s=0.02)) as c:
+        await c.infer("t", "x")
+        await _until(lambda: c.state == "idle", "not idle after the first idle close")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.infer("t", "y"), 0.2)
+        await _until(lambda: server.connections == 2 and c.state == "idle", "not idle after the second idle close")
+        assert (await asyncio.wait_for(c.infer("t", "z"), 5)).output == {"n": 2}
+
+
+async def test_a_stream_not_iterated_yet_does_not_keep_an_idle_client_connected(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        await asyncio.sleep(0.1)
+        await peer.ws.close(1000, "idle timeout")
+
+    server = await scripted(script)
+    async with Client(server.url, backoff=Backoff(base_s=0.01, max_s=0.02)) as c:
+        unstarted = c.stream("t", "x")  # nothing of it sent: the gateway saw nothing in flight
+        await _until(lambda: c.state == "idle", "reconnected for a request never sent: " + c.state)
+        await asyncio.sleep(0.2)
+        assert server.connections == 1
+        del unstarted
+
+
+async def test_close_during_a_reopen_leaves_no_socket_behind(scripted: Any) -> None:
+    async def script(peer: Peer) -> None:
+        if peer.n == 1:
+            await asyncio.sleep(0.5)
+        await peer.welcome()
+        if peer.n == 0:
+            await _answer(peer, 1)
+            await peer.ws.close(1000, "idle timeout")
+            return
+        await peer.drain()
+
+    server = await scripted(script)
+    states: list[str] = []
+    c = Client(server.url, backoff=Backoff(base_s=0.01, max_s=0.02), on_state=states.append)
+    await c.connect()
+    await c.infer("t", "x")
+    await _until(lambda: c.state == "idle", "not idle after the idle close")
+    request = asyncio.create_task(c.infer("t", "y", timeout_s=3))
+    await _until(lambda: server.connections == 2, "no reopen")
+    await c.close()
+    with pytest.raises(ConnectionLost, match="closed"):
+        await request
+    await asyncio.sleep(0.6)  # past the slow welcome: before the fix the reopen finished, and the client was open
+    assert c.state == "closed" and c._conn._ws is None, states
+    assert states[-1] == "closed", states
+
+
 async def test_a_normal_close_with_a_request_in_flight_is_reconnected_at_once(scripted: Any) -> None:
     async def script(peer: Peer) -> None:
         await peer.welcome(resumed=peer.n > 0)

@@ -106,8 +106,14 @@ class Connection:
         try:
             welcome = await self._open()
         except BaseException:
-            self._set_state("idle")  # nothing is connected: requests are refused at once, and connect() may be retried
+            if not self.closing:  # nothing is connected: requests are refused at once, and connect() may be retried
+                self._set_state("idle")
             raise
+        if self.closing:  # close() ran during the handshake (of a reopen): this socket is not wanted
+            ws, self._ws = self._ws, None
+            if ws is not None:
+                await ws.close()
+            raise ConnectionLost("the client was closed", 1000)
         self._set_state("open")
         self.wanted = True
         self._runner = asyncio.create_task(self._run(handler), name="rtai-client")
@@ -117,20 +123,30 @@ class Connection:
     async def ensure_open(self) -> None:
         """Connect again if the server ended the idle session; one socket however many requests ask at once. Raises
         ConnectionLost if that fails (the connection stays idle, and the next request tries again)."""
-        if self.state not in ("idle", "connecting") or not self.wanted or self._handler is None:
-            return
-        if self._reopening is None:
-            self._reopening = asyncio.create_task(self.connect(self._handler), name="rtai-client-reopen")
-        reopening = self._reopening
-        try:
-            await asyncio.shield(reopening)
-        except ConnectionLost:
-            raise
-        except (OSError, TimeoutError, WebSocketException) as e:
-            raise ConnectionLost(f"could not connect again to {self.url}: {e!r}") from e
-        finally:
-            if self._reopening is reopening and reopening.done():
-                self._reopening = None
+        while self.state in ("idle", "connecting") and self.wanted and not self.closing and self._handler is not None:
+            if self._reopening is None:
+                # A task of its own, shielded: a caller that stops waiting does not cut the others' handshake off.
+                self._reopening = asyncio.create_task(self.connect(self._handler), name="rtai-client-reopen")
+                self._reopening.add_done_callback(self._reopened)
+            reopening = self._reopening
+            try:
+                await asyncio.shield(reopening)
+            except asyncio.CancelledError:
+                if reopening.cancelled():  # by close(), not this caller's cancellation
+                    raise ConnectionLost("the client was closed", 1000) from None
+                raise
+            except ConnectionLost:
+                raise
+            except (OSError, TimeoutError, WebSocketException) as e:
+                raise ConnectionLost(f"could not connect again to {self.url}: {e!r}") from e
+
+    def _reopened(self, task: asyncio.Task[Welcome]) -> None:
+        # Cleared by the task itself: if every caller stopped waiting, a finished reopen left in place would be
+        # awaited by the next request, which would then find the connection still idle and never be sent.
+        if self._reopening is task:
+            self._reopening = None
+        if not task.cancelled():
+            task.exception()  # each waiter has it; with none left, it is not "never retrieved"
 
     def _runner_ended(self, task: asyncio.Task[None]) -> None:
         """The reader must never die unnoticed: its callers would wait for their timeouts."""
@@ -149,6 +165,10 @@ class Connection:
     async def close(self) -> None:
         """Close normally (code 1000): the server cancels this session's unfinished requests."""
         self.closing = True
+        if (reopening := self._reopening) is not None:  # a socket opened after this would outlive the client
+            reopening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reopening
         if self._ws is not None:
             await self._ws.close()
         if self._runner is not None:

@@ -103,7 +103,9 @@ class Requests:
                 await self.send_cancel(call.id)
 
     def quiet(self) -> bool:
-        return not self.calls and not self._cancel_later
+        # A request not started yet (a stream never iterated) or already answered waits for nothing: the next one
+        # to start connects again.
+        return not self._cancel_later and not any(c.started and not c.done for c in self.calls.values())
 
     def on_lost(self, exc: ConnectionLost) -> None:
         self._cancels.clear()

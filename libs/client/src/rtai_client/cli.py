@@ -270,10 +270,14 @@ def chat(
 ) -> None:
     """Interactive: type a line, see the answer stream in. `/task NAME` switches task, Ctrl-D quits."""
 
+    last = ["idle"]
+
     def state(s: str) -> None:
+        # Only a reconnect after a drop is news: the socket opened again after the gateway's idle close is not.
+        before, last[0] = last[0], s
         if s == "reconnecting":
             err.print("[yellow]connection lost: reconnecting…[/yellow]")
-        elif s == "open" and client.reconnects:
+        elif s == "open" and before == "reconnecting":
             err.print(
                 "[green]reconnected (session resumed)[/green]" if client.resumed else "[green]reconnected[/green]"
             )

@@ -142,8 +142,7 @@ return r[1]
 def _gateway_takes_logged_finals() -> None:
     import orjson
 
-    from rtai_gateway import hub, loops
-    from rtai_gateway import replies as worker_replies
+    from rtai_gateway import hub, loops, worker_replies
     from rtai_protocol import Reply
 
     class LoggedReply(Reply):

@@ -10,7 +10,7 @@ test-conformance: deploy-tools ## Gateway+worker charts (default, sentinel value
 	$(PY) -m pytest tests/deploy/test_conformance.py -q -s
 
 test-autoscaling-live: deploy-tools ## Rendered KEDA queries on a live Prometheus under load, and the replica counts the HPA would choose
-	$(PY) -m pytest tests/deploy/test_autoscaling_live.py -q -s
+	$(PY) -m pytest tests/deploy/test_hpa_sim.py tests/deploy/test_autoscaling_live.py -q -s
 
 deploy-proofs: test-conformance test-autoscaling-live ## Both of the above
 

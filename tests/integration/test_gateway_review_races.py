@@ -62,7 +62,7 @@ async def _forwarded(hub: Hub, gateway: str) -> list[Forward]:
 
 
 class _Catalog:
-    """What `Hub._enqueue_new` asks of the catalog."""
+    """What `admission.enqueue_new` asks of the catalog."""
 
     def note_enqueued(self, task: str) -> None:
         pass

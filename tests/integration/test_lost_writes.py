@@ -102,7 +102,7 @@ async def test_a_resent_submit_returns_what_the_first_run_admitted(redis: Redis,
 
 
 def _log_frame_call(keys: Keys, rid: str, body: bytes, kind: str, index: int) -> tuple[list[str], list[Any]]:
-    """LOG_FRAME's keys and arguments for request `rid` of session s1 (as `Hub._log` builds them)."""
+    """LOG_FRAME's keys and arguments for request `rid` of session s1 (as `SessionLog.append` builds them)."""
     k = [
         keys.session_seq("s1"),
         keys.session_log("s1"),

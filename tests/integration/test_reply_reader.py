@@ -14,8 +14,8 @@ from redis.exceptions import ResponseError
 
 from rtai_gateway import loops
 from rtai_gateway.hub import Hub
-from rtai_gateway.replies import RepliesRejected
 from rtai_gateway.session import Session
+from rtai_gateway.worker_replies import RepliesRejected
 from rtai_protocol import Reply, encode
 from rtai_transport import Redis
 from tests.support.hub_harness import RecordingConn, running_hub

@@ -6,7 +6,7 @@ deadlines, cancels, disconnects and resumes end here. Every numbered frame goes 
 re-submissions and gateways.
 
 The hub holds the state; each concern's code lives in its own module and takes the hub: `admission` (checks, jobs,
-SUBMIT), `replies` (worker replies logged, delivered, forwarded), `relay` (frames between gateways), `ending` (how a
+SUBMIT), `worker_replies` (replies logged, delivered, forwarded), `relay` (frames between gateways), `ending` (how a
 request ends) and `session_log` (LOG_FRAME, reads of the log, gap fills).
 """
 
@@ -16,8 +16,7 @@ import itertools
 import secrets
 from collections.abc import Callable
 
-from rtai_gateway import admission, ending, relay
-from rtai_gateway import replies as worker_replies
+from rtai_gateway import admission, ending, relay, worker_replies
 from rtai_gateway.catalog import Catalog
 from rtai_gateway.framelog import FrameLog
 from rtai_gateway.metrics import GatewayMetrics
@@ -92,7 +91,7 @@ class Hub:
     ) -> bytes:
         return admission.refused(self, req, code, message, retry_after_ms, reason)
 
-    # ---- frames from workers and other gateways (replies.py, relay.py, session_log.py) --------------------------
+    # ---- frames from workers and other gateways (worker_replies.py, relay.py, session_log.py) ------------------
 
     async def handle_replies(self, replies: list[Reply], *, drop_rejected: bool = False) -> None:
         await worker_replies.handle(self, replies, drop_rejected=drop_rejected)

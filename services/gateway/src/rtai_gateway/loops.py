@@ -15,7 +15,7 @@ from typing import Any
 
 from rtai_gateway import lifecycle
 from rtai_gateway.hub import Hub
-from rtai_gateway.replies import RepliesRejected
+from rtai_gateway.worker_replies import RepliesRejected
 from rtai_protocol import Forward, Reply
 from rtai_protocol.codec import UnsupportedMessage, decode_internal
 from rtai_telemetry.logging import get_logger

@@ -17,7 +17,7 @@ from rtai_telemetry.logging import get_logger
 if TYPE_CHECKING:
     from rtai_gateway.hub import Hub
 
-log = get_logger("rtai_gateway.replies")
+log = get_logger("rtai_gateway.worker_replies")
 
 _PASSING_STATES = ("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "BUSY", "LOADING", "NOSCRIPT", "NOPERM", "TRYAGAIN")
 

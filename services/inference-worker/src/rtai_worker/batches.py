@@ -18,7 +18,7 @@ from rtai_worker.engine import Model, ModelInput
 from rtai_worker.job_io import JobIO
 from rtai_worker.model_threads import ModelCallHung, ModelThreads
 from rtai_worker.models.microbatch import cut_by_length
-from rtai_worker.running import RunningJobs
+from rtai_worker.running_jobs import RunningJobs
 
 log = get_logger("rtai_worker.task")
 tracer = trace.get_tracer("rtai_worker")

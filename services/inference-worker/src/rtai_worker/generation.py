@@ -12,7 +12,7 @@ from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
 from rtai_worker.job_io import JobIO
 from rtai_worker.model_threads import ModelCallHung, ModelThreads
-from rtai_worker.running import RunningJobs
+from rtai_worker.running_jobs import RunningJobs
 
 log = get_logger("rtai_worker.task")
 

@@ -21,7 +21,7 @@ from rtai_worker.generation import Generation
 from rtai_worker.job_io import JobIO
 from rtai_worker.metrics import WorkerMetrics
 from rtai_worker.model_threads import ModelCallHung, ModelThreads
-from rtai_worker.running import RunningJobs
+from rtai_worker.running_jobs import RunningJobs
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.streams import Streams
 
@@ -117,14 +117,18 @@ class TaskServer:
         # (idle 0) in between, and another worker would wait a whole reclaim interval for them.
         for d in waiting:
             self.running.release(d)
+        handed_back = False
         try:
             await self.consumer.hand_back([(d.entry_id, d.deliveries - 1) for d in waiting], HANDED_BACK_IDLE_MS)
-        except Exception as e:  # back in `running`: the worker's shutdown hands them back
-            for d in waiting:
-                self.running.add(d)
+            handed_back = True
+        except Exception as e:
             log.warning("adopted.hand_back_failed", task=self.task, error=type(e).__name__)
-            return
-        log.info("adopted.handed_back", task=self.task, jobs=len(waiting))
+        finally:
+            if not handed_back:  # failed or cut off: back in `running`, and the worker's shutdown hands them back
+                for d in waiting:
+                    self.running.add(d)
+        if handed_back:
+            log.info("adopted.handed_back", task=self.task, jobs=len(waiting))
 
     def reclaim_budget(self) -> int:
         """How many jobs of dead workers to take over now. Adopted jobs run one at a time (`_run_adopted`), so a worker

@@ -314,3 +314,29 @@ async def test_a_rerun_counts_as_a_rerun_and_not_again_as_queue_wait(redis: Redi
     assert _sample(server, "rtai_worker_reruns_total") == 1
     assert _sample(server, "rtai_worker_queue_wait_seconds_count") == 1
     assert _sample(server, "rtai_worker_queue_wait_seconds_bucket", le="10.0") == 1, "the re-run's wait was observed"
+
+
+async def test_adopted_jobs_cut_off_while_handed_back_stay_running_for_the_shutdown_to_hand_back(
+    redis: Redis, prefix: str
+) -> None:
+    """The stop's hand-back of adopted jobs cut off (the read loop ran past the drain's grace): the jobs go back into
+    `running`, so the worker's shutdown hands them back, instead of waiting out `reclaim_idle_ms` unclaimed."""
+    keys = Keys(prefix)
+    consumer = Consumer(redis, keys, "generate", "w1")
+    server = task_server(consumer, TokenModel(ModelOptions()))
+    adopted = [Delivery(f"0-{n}", _job(n, keys.replies("g1")), deliveries=2) for n in (1, 2)]
+    await server.adopt(adopted)
+    writing = asyncio.Event()
+
+    async def hand_back_hangs(entries: Any, idle_ms: int) -> None:
+        writing.set()
+        await asyncio.Event().wait()
+
+    consumer.hand_back = hand_back_hangs  # type: ignore[method-assign]
+    handing_back = asyncio.create_task(server._hand_back_adopted())
+    await asyncio.wait_for(writing.wait(), 5)
+    handing_back.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handing_back
+    assert sorted(server.running) == ["0-1", "0-2"]
+    assert server.running.unfinished() == [("0-1", 1), ("0-2", 1)]

@@ -1,5 +1,5 @@
-"""What the chart values promise, rendered: client auth, the public surface (Ingress, NetworkPolicy), the grace period,
-zone spread, the worker's task names, and the shipped values files (tracing port, GPU task names)."""
+"""What the chart values promise, rendered: client auth, the public surface (Ingress, NetworkPolicy, Host names), the
+grace period, zone spread, the worker's task names, and the shipped values files (tracing port, GPU task names)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,19 @@ def _auth_mount(gw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == "auth"]
     (volume,) = [v for v in gw.pod_spec["volumes"] if v["name"] == "auth"]
     return mount, volume
+
+
+def test_allowed_hosts_reach_the_gateway_settings_and_malformed_ones_fail_to_render() -> None:
+    from rtai_gateway.settings import GatewaySettings
+
+    assert "RTAI_GW_ALLOWED_HOSTS" not in _gateway({}).env  # any name: the pods listen on 0.0.0.0
+    gw = _gateway({"gateway.allowedHosts": ["gw.example", "*.apps.example"]})
+    assert gw.env["RTAI_GW_ALLOWED_HOSTS"] == "gw.example,*.apps.example"
+    assert not unknown_settings_env({*gw.env, *gw.env_refs}, SERVICES["gateway"])
+    settings = GatewaySettings(allowed_hosts=gw.env["RTAI_GW_ALLOWED_HOSTS"])
+    assert settings.allowed_hosts == ["gw.example", "*.apps.example"]
+    with pytest.raises(RuntimeError, match="allowedHosts"):
+        render_chart("gateway", set_values={"gateway.allowedHosts": ["gw.example:8000"]})
 
 
 def test_auth_none_by_default_mounts_nothing() -> None:

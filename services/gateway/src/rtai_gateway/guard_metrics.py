@@ -16,7 +16,7 @@ class GuardMetrics:
         )
         self.policy_closes = Counter(
             "rtai_gateway_policy_closes",
-            "Sockets refused or closed by a limit or policy (origin, gateway_full, user_connections, "
+            "Sockets refused or closed by a limit or policy (host, origin, gateway_full, user_connections, "
             "unauthenticated, auth_timeout, first_message_timeout, idle)",
             ["reason"],
             registry=r,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import uuid
@@ -13,6 +14,13 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rtai_transport.settings import RedisSettings, unknown_env_vars
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
 
 
 def _default_gateway_id() -> str:
@@ -261,6 +269,13 @@ class GatewaySettings(BaseSettings):
         "`*`. The gateway's own origin and clients that send no Origin (non-browsers) are always allowed.",
     )
 
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names the gateway answers (comma separated, without the port; `*.example.com` for "
+        "the subdomains of a domain; `*` for any), against DNS rebinding. Empty: `localhost`, `127.0.0.1` and `::1` "
+        "when `host` is a loopback address, any name otherwise. `/healthz`, `/readyz` and `/metrics` answer any name.",
+    )
+
     @field_validator("gateway_id")
     @classmethod
     def _check_gateway_id(cls, v: str) -> str:
@@ -270,7 +285,7 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"gateway_id {v!r} must be non-empty and must not contain ':'")
         return v
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
@@ -289,6 +304,18 @@ class GatewaySettings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ValueError(f"allowed origin {origin!r} must be `*` or scheme://host[:port]")
             out.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return out
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for host in v:
+            name = host.lower().strip("[]").rstrip(".")
+            bare = name.removeprefix("*.")
+            if name != "*" and (not bare or "*" in bare or "/" in bare or (":" in bare and not _is_ipv6(bare))):
+                raise ValueError(f"allowed host {host!r} must be `*`, a name or address without a port, or `*.domain`")
+            out.append(name)
         return out
 
     @model_validator(mode="after")

@@ -81,17 +81,20 @@ def _auth_mount(gw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return mount, volume
 
 
-def test_allowed_hosts_reach_the_gateway_settings_and_malformed_ones_fail_to_render() -> None:
+def test_the_gateway_answers_its_service_and_ingress_names_and_malformed_ones_fail_to_render() -> None:
     from rtai_gateway.settings import GatewaySettings
 
-    assert "RTAI_GW_ALLOWED_HOSTS" not in _gateway({}).env  # any name: the pods listen on 0.0.0.0
-    gw = _gateway({"gateway.allowedHosts": ["gw.example", "*.apps.example"]})
-    assert gw.env["RTAI_GW_ALLOWED_HOSTS"] == "gw.example,*.apps.example"
+    default = _gateway({}).env["RTAI_GW_ALLOWED_HOSTS"].split(",")
+    svc = default[0]
+    assert default[1:] == [f"{svc}.rtai", f"{svc}.rtai.svc", f"{svc}.rtai.svc.cluster.local"], default
+    gw = _gateway({"ingress.enabled": True, "gateway.allowedHosts": ["lb.example", "*.apps.example"]})
+    hosts = gw.env["RTAI_GW_ALLOWED_HOSTS"]
+    assert hosts.split(",")[4:] == ["rtai.local", "lb.example", "*.apps.example"]  # the Ingress host, then the extras
     assert not unknown_settings_env({*gw.env, *gw.env_refs}, SERVICES["gateway"])
-    settings = GatewaySettings(allowed_hosts=gw.env["RTAI_GW_ALLOWED_HOSTS"])
-    assert settings.allowed_hosts == ["gw.example", "*.apps.example"]
-    with pytest.raises(RuntimeError, match="allowedHosts"):
-        render_chart("gateway", set_values={"gateway.allowedHosts": ["gw.example:8000"]})
+    assert GatewaySettings(allowed_hosts=hosts).allowed_hosts == hosts.split(",")
+    for bad in ("gw.example:8000", "10.0.0.5", "10.0.0.5:8000", "*."):
+        with pytest.raises(RuntimeError, match="allowedHosts"):
+            render_chart("gateway", set_values={"gateway.allowedHosts": [bad]})
 
 
 def test_auth_none_by_default_mounts_nothing() -> None:

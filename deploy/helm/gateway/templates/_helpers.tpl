@@ -176,3 +176,15 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The Host names the gateway answers besides IP addresses and localhost (DNS rebinding): the Service's names, the
+Ingress hosts when the Ingress is on, and gateway.allowedHosts. */}}
+{{- define "rtai.allowedHosts" -}}
+{{- $svc := include "rtai.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) -}}
+{{- if .Values.ingress.enabled -}}
+{{- range .Values.ingress.hosts }}{{ $names = append $names .host }}{{ end -}}
+{{- end -}}
+{{- join "," (concat $names .Values.gateway.allowedHosts | uniq) -}}
+{{- end -}}

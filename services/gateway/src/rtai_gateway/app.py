@@ -16,7 +16,7 @@ from rtai_gateway import health, lifecycle, loops
 from rtai_gateway.catalog import Catalog
 from rtai_gateway.fastpath import WebSocketFastPath
 from rtai_gateway.guard import Guard, build_guard
-from rtai_gateway.hosts import TrustedHosts, effective_allowed_hosts
+from rtai_gateway.hosts import TrustedHosts
 from rtai_gateway.hub import Hub
 from rtai_gateway.metrics import GatewayMetrics
 from rtai_gateway.runtime import Runtime
@@ -106,9 +106,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_api_route("/metrics", health.metrics, methods=["GET"])
     app.add_api_route("/v1/tasks", health.tasks, methods=["GET"])
     app.add_middleware(WebSocketFastPath, path="/v1/ws", endpoint=websocket_endpoint)
-    hosts = effective_allowed_hosts(settings.allowed_hosts, settings.host)
-    if "*" not in hosts:
-        app.add_middleware(TrustedHosts, allowed=hosts)  # added last: the outermost layer, in front of the socket's too
+    app.add_middleware(TrustedHosts, allowed=settings.allowed_hosts)  # added last: outermost, before the socket's too
     if settings.page:
 
         async def index() -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -15,12 +16,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rtai_transport.settings import RedisSettings, unknown_env_vars
 
+_HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 
-def _is_ipv6(value: str) -> bool:
+
+def _is_address(value: str) -> bool:
     try:
-        return ipaddress.ip_address(value).version == 6
+        ipaddress.ip_address(value)
     except ValueError:
         return False
+    return True
 
 
 def _default_gateway_id() -> str:
@@ -271,9 +275,9 @@ class GatewaySettings(BaseSettings):
 
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Host header names the gateway answers (comma separated, without the port; `*.example.com` for "
-        "the subdomains of a domain; `*` for any), against DNS rebinding. Empty: `localhost`, `127.0.0.1` and `::1` "
-        "when `host` is a loopback address, any name otherwise. `/healthz`, `/readyz` and `/metrics` answer any name.",
+        description="Host names the gateway answers besides IP addresses and `localhost`, against DNS rebinding "
+        "(comma separated, without the port; `*.example.com` for the subdomains of a domain; `*` for every name). "
+        "Other names get HTTP 400, or a refused upgrade for a socket.",
     )
 
     @field_validator("gateway_id")
@@ -311,11 +315,16 @@ class GatewaySettings(BaseSettings):
     def _check_hosts(cls, v: list[str]) -> list[str]:
         out = []
         for host in v:
-            name = host.lower().strip("[]").rstrip(".")
-            bare = name.removeprefix("*.")
-            if name != "*" and (not bare or "*" in bare or "/" in bare or (":" in bare and not _is_ipv6(bare))):
-                raise ValueError(f"allowed host {host!r} must be `*`, a name or address without a port, or `*.domain`")
-            out.append(name)
+            if host == "*":
+                out.append(host)
+                continue
+            bare = host.lower().removeprefix("*.").removesuffix(".")
+            if not _HOST_NAME.fullmatch(bare) or _is_address(bare):
+                raise ValueError(
+                    f"allowed host {host!r} must be `*`, a DNS name without a port (punycode for an IDN) or "
+                    "`*.domain` (IP addresses and localhost are always answered)"
+                )
+            out.append(("*." if host.startswith("*.") else "") + bare)
         return out
 
     @model_validator(mode="after")

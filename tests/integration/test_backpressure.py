@@ -192,7 +192,11 @@ async def test_admission_caps_in_flight_per_connection_and_refuses_on_old_backlo
         assert "waited" in old["message"]
     for rid in rids[:3]:
         assert (await c.final(rid))["type"] == "result"
-    await asyncio.sleep(0.5)  # the drained backlog is re-read
-    assert (await d.call("sentiment", "after the drain"))["type"] == "result"
+    # Once the drained backlog is re-read (every 0.25 s, later on a loaded machine) the same request goes through.
+    deadline = time.monotonic() + 5
+    while (after := await d.call("sentiment", "after the drain"))["type"] == "error" and time.monotonic() < deadline:
+        assert after["code"] == "overloaded", after
+        await asyncio.sleep(0.25)
+    assert after["type"] == "result", after
     await c.close()
     await d.close()

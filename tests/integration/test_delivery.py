@@ -259,21 +259,34 @@ async def test_work_adopted_from_a_live_gateway_is_rerun_once_that_gateway_dies(
     await c2.close()
 
 
+async def _until_refused_unavailable(c: Conn, within_s: float) -> None:
+    """Send fresh requests until one is refused `unavailable` (those accepted before wait in the queue)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        fresh = await c.infer("sentiment", "a new request")
+        first = await c.wait_for(lambda f, rid=fresh: f.get("id") == rid and f["type"] in ("accepted", "error"))
+        if first["type"] == "error":
+            assert first["code"] == "unavailable", first
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the gateway still counts the stopped worker as live"
+        await asyncio.sleep(0.2)
+
+
 async def test_a_request_sent_again_while_its_task_has_no_live_worker_is_not_refused(
     redis_server: RedisHandle, prefix: str, services: list[procs.Service]
 ) -> None:
     """A client sends its unfinished requests again after a reconnect. While the task's workers are all away (here:
     stopped until their registration lapses) the copy of a request in flight must not end it with `unavailable`."""
     env = procs.redis_env_for_url(redis_server.url)
-    w = start(services, procs.worker(env, prefix, REGISTRATION_TTL_S="1"))
+    # A registration that outlives the stall's first second (heartbeats every 0.75 s), so the first request is
+    # accepted whenever the last heartbeat fell; the lapse is then awaited, not guessed.
+    w = start(services, procs.worker(env, prefix, REGISTRATION_TTL_S="3"))
     g = start(services, procs.gateway(env, prefix))
     c = await Conn(ws_url(g)).open()
     async with procs.stalled(w):
         rid = await c.infer("sentiment", "in flight while the worker is away", deadline_ms=30_000)
         await c.wait_for(lambda f: f["type"] == "accepted" and f["id"] == rid)
-        await asyncio.sleep(2.5)  # the stopped worker's registration lapses; the gateway's catalog sees no worker
-        fresh = await c.call("sentiment", "a new request")
-        assert (fresh["type"], fresh.get("code")) == ("error", "unavailable"), fresh
+        await _until_refused_unavailable(c, within_s=10)  # the registration lapsed and the gateway's catalog saw it
         await c.infer("sentiment", "in flight while the worker is away", rid=rid, deadline_ms=30_000)
         await c.send({"type": "cancel", "id": "nothing"})  # a round trip: the copy has been handled
         await c.wait_for(lambda f: f.get("id") == "nothing")

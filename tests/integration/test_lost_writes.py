@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from rtai_gateway import lifecycle
-from rtai_protocol import Job, encode
+from rtai_gateway import lifecycle, relay
+from rtai_protocol import Forward, Job, Result, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
@@ -191,3 +191,39 @@ async def test_a_gateway_that_numbers_after_a_resume_never_numbers_below_the_cli
         resumed.end_replay()
     k, a = _log_frame_call(keys, "r1", b"a's final", "final", 0)  # as gateway A logs it: not holding, floor 0
     assert int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0]) == 8  # type: ignore[misc]
+
+
+async def test_a_final_numbered_below_the_socket_after_a_failover_past_a_takeover_still_reaches_it(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """Gateway B holds the session (its socket has frames up to 7) when a failover loses the counter's last
+    increments (it says 5). Gateway A, still running one of the session's requests, numbers its final 6 and forwards
+    it to B. Numbered, the client would drop it as a frame it has; B sends it unnumbered, once. With no socket
+    attached it is not noted as sent, so the request sent again after a resume gets its stored final."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    await redis.set(keys.session_seq("s1"), 7)
+    socket = RecordingConn()
+    async with running_hub(redis_server, prefix) as b:
+        held = await lifecycle._resume(b, socket, "o", "s1", 7)  # type: ignore[arg-type]
+        assert held is not None and held.delivered == 7
+        held.end_replay()
+        await redis.set(keys.session_seq("s1"), 5)  # the failover
+
+        async def a_logs_and_forwards(rid: str) -> Forward:
+            body = encode(Result(id=rid, output={"label": "positive"}))
+            k, a = _log_frame_call(keys, rid, body, "final", 0)  # as gateway A logs it: not holding, floor 0
+            seq = int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0])  # type: ignore[misc]
+            fwd = Forward(session="s1", seq=seq, frame=body.decode(), owner="o", request_id=rid, final=True)
+            relay.deliver(b, fwd)
+            return fwd
+
+        fwd = await a_logs_and_forwards("r1")
+        assert fwd.seq == 6
+        relay.deliver(b, fwd)  # the same forward again: still one final
+        assert socket.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
+        assert held.delivered == 7
+
+        held.conn = None  # the client's socket dropped
+        await a_logs_and_forwards("r2")
+        assert "r2" not in held.finals

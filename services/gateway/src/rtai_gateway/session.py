@@ -70,6 +70,15 @@ class Session:
         before nor one sent unnumbered to this very socket while Redis was down."""
         return not self.has_unlogged_final(request_id) and self.first_final(request_id)
 
+    def offer_final_unnumbered(self, request_id: str, body: bytes) -> None:
+        """Offer a logged final frame whose number the client cannot take (see `relay.deliver`) without its number,
+        unless this socket already has a final for the request. Noted only once offered: with no socket, a client that
+        resumes and sends the request again gets the stored final then (which a noted one would refuse)."""
+        if self.conn is None or self.has_unlogged_final(request_id) or request_id in self.finals:
+            return
+        if self.conn.offer(body):
+            self.first_final(request_id)
+
     def first_final(self, request_id: str) -> bool:
         """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second
         final for a request, but a failover can lose the request's stored final (asynchronous replication) while the

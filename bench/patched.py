@@ -164,7 +164,7 @@ def _gateway_takes_logged_finals() -> None:
             if isinstance(r, LoggedReply) and r.seq:
                 body, kind = worker_replies._frame_of(r)
                 after = r.logged.encode() if r.logged else body
-                worker_replies._after_logged(self, r, after, kind, r.seq, r.holder, forwards)
+                worker_replies._after_logged(self, r, after, kind, r.seq, r.logged is not None, r.holder, forwards)
         await handle(self, [r for r in replies if not isinstance(r, LoggedReply)], drop_rejected=drop_rejected)
 
     vars(loops)["decode_internal"] = _decode  # the reply reader's name for it

@@ -10,17 +10,18 @@ re-run's result never reaches the client as a second final frame.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from rtai_gateway import lifecycle, relay
-from rtai_protocol import Forward, Job, Result, encode
+from rtai_gateway import admission, lifecycle, relay
+from rtai_protocol import Forward, Infer, Job, Result, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
-from tests.support.hub_harness import RecordingConn, running_hub
+from tests.support.hub_harness import RecordingConn, job_for, running_hub
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker, request_key
 from tests.support.ws_client import Conn
@@ -193,37 +194,91 @@ async def test_a_gateway_that_numbers_after_a_resume_never_numbers_below_the_cli
     assert int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0]) == 8  # type: ignore[misc]
 
 
+async def _log_final(redis: Redis, keys: Keys, rid: str, label: str) -> tuple[int, bytes, bool]:
+    """Log request `rid`'s result as a gateway that does not hold session s1 (floor 0): (seq, body, repeat)."""
+    body = encode(Result(id=rid, output={"label": label}))
+    k, a = _log_frame_call(keys, rid, body, "final", 0)
+    res = await redis.eval(LOG_FRAME, len(k), *k, *a)  # type: ignore[misc]
+    return int(res[0]), bytes(res[2]) if len(res) > 2 else body, len(res) > 2
+
+
+def _forward(rid: str, seq: int, body: bytes, repeat: bool) -> Forward:
+    return Forward(session="s1", seq=seq, frame=body.decode(), owner="o", request_id=rid, final=True, repeat=repeat)
+
+
 async def test_a_final_numbered_below_the_socket_after_a_failover_past_a_takeover_still_reaches_it(
     redis_server: RedisHandle, redis: Redis, prefix: str
 ) -> None:
     """Gateway B holds the session (its socket has frames up to 7) when a failover loses the counter's last
     increments (it says 5). Gateway A, still running one of the session's requests, numbers its final 6 and forwards
-    it to B. Numbered, the client would drop it as a frame it has; B sends it unnumbered, once. With no socket
-    attached it is not noted as sent, so the request sent again after a resume gets its stored final."""
+    it to B. Numbered, the client would drop it as a frame it has; B sends it unnumbered, once. It is noted for that
+    socket only: if the socket dies before writing it, the request sent again after a resume gets its stored final."""
     keys = Keys(prefix)
     await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
     await redis.set(keys.session_seq("s1"), 7)
-    socket = RecordingConn()
+    first = RecordingConn()
     async with running_hub(redis_server, prefix) as b:
-        held = await lifecycle._resume(b, socket, "o", "s1", 7)  # type: ignore[arg-type]
+        held = await lifecycle._resume(b, first, "o", "s1", 7)  # type: ignore[arg-type]
         assert held is not None and held.delivered == 7
         held.end_replay()
         await redis.set(keys.session_seq("s1"), 5)  # the failover
+        await redis.hset(keys.request("o", "r1"), "session", "s1")  # its admission, which the failover kept
 
-        async def a_logs_and_forwards(rid: str) -> Forward:
-            body = encode(Result(id=rid, output={"label": "positive"}))
-            k, a = _log_frame_call(keys, rid, body, "final", 0)  # as gateway A logs it: not holding, floor 0
-            seq = int((await redis.eval(LOG_FRAME, len(k), *k, *a))[0])  # type: ignore[misc]
-            fwd = Forward(session="s1", seq=seq, frame=body.decode(), owner="o", request_id=rid, final=True)
-            relay.deliver(b, fwd)
-            return fwd
-
-        fwd = await a_logs_and_forwards("r1")
-        assert fwd.seq == 6
-        relay.deliver(b, fwd)  # the same forward again: still one final
-        assert socket.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
+        seq, body, repeat = await _log_final(redis, keys, "r1", "positive")
+        assert (seq, repeat) == (6, False)
+        relay.deliver(b, _forward("r1", seq, body, repeat))
+        relay.deliver(b, _forward("r1", seq, body, repeat))  # the same forward again: still one final
+        assert first.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
         assert held.delivered == 7
 
-        held.conn = None  # the client's socket dropped
-        await a_logs_and_forwards("r2")
-        assert "r2" not in held.finals
+        await lifecycle.detach(b, held, 1006)  # the socket died, the frame perhaps unwritten
+        second = RecordingConn()
+        assert await lifecycle._resume(b, second, "o", "s1", 7) is held  # type: ignore[arg-type]
+        await lifecycle.replay(b, held)
+        again = Infer(type="infer", id="r1", task="sentiment", input="x")
+        await admission.enqueue_new(b, held, again, job_for(b, held, "r1"), time.monotonic())
+        assert second.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
+
+
+async def test_a_repeated_final_the_socket_already_had_is_not_sent_again_after_a_resume_elsewhere(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """No failover. The client got r1's final (seq 4) from gateway A, then resumed on B with last_seq 4. A second run
+    of r1 (jobs run at least once) reaches A, whose log script answers it as a repeat of seq 4; A forwards it to B.
+    The client has it: B sends nothing."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    await redis.set(keys.session_seq("s1"), 3)
+    assert (await _log_final(redis, keys, "r1", "positive"))[0] == 4  # A's socket got it
+    socket = RecordingConn()
+    async with running_hub(redis_server, prefix) as b:
+        held = await lifecycle._resume(b, socket, "o", "s1", 4)  # type: ignore[arg-type]
+        assert held is not None
+        await lifecycle.replay(b, held)
+        seq, body, repeat = await _log_final(redis, keys, "r1", "negative")  # the second run's reply, at A
+        assert (seq, repeat) == (4, True)
+        relay.deliver(b, _forward("r1", seq, body, repeat))
+        assert socket.frames == []
+
+
+async def test_a_final_the_takeover_finds_numbered_below_the_socket_is_sent_unnumbered(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """The failover case met by the takeover instead of a forward: r1 is in the session's in-flight snapshot, and
+    gateway A logs its final, numbered 6 from a counter the failover took back to 5, before B reads it. B sends it
+    unnumbered; A's forward, coming after, is not sent a second time."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    socket = RecordingConn()
+    async with running_hub(redis_server, prefix) as b:
+        held = await lifecycle._resume(b, socket, "o", "s1", 7)  # type: ignore[arg-type]
+        assert held is not None
+        await redis.set(keys.session_seq("s1"), 5)  # the failover, after the resume raised the counter
+        job = job_for(b, held, "r1").model_copy(update={"reply_to": keys.replies("gw-a")})
+        await redis.hset(keys.session_inflight("s1"), "r1", encode(job))
+        seq, body, repeat = await _log_final(redis, keys, "r1", "positive")  # leaves the in-flight hash
+        await redis.hset(keys.session_inflight("s1"), "r1", encode(job))  # as B's snapshot, taken before, saw it
+        assert (seq, repeat) == (6, False)
+        await lifecycle.replay(b, held)
+        relay.deliver(b, _forward("r1", seq, body, repeat))
+        assert socket.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]

@@ -85,3 +85,6 @@ class Forward(_Internal):
     request_id: str = ""
     final: bool = False
     """The request's last frame: the receiving gateway stops tracking it (the sender counted its outcome)."""
+    repeat: bool = False
+    """The log script answered a repeat: `seq` is the number the frame got the first time, which the holder's socket
+    may already have had (see `Session.deliver_final`)."""

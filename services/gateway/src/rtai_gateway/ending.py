@@ -10,7 +10,7 @@ from opentelemetry import trace
 
 from rtai_gateway import relay
 from rtai_gateway.pending import Pending
-from rtai_gateway.session_log import logged_body
+from rtai_gateway.session_log import is_repeat, logged_body
 from rtai_protocol import Error, ErrorCode, Forward, encode, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_telemetry.tracing import extract_context, trace_id_of
@@ -88,7 +88,7 @@ async def finish_locally(hub: Hub, p: Pending, code: ErrorCode, message: str) ->
         if p.session.conn is not None and p.session.first_final(job.request_id):
             p.session.deliver(seq, logged_body(res, body))
         final = Forward(session=job.session, seq=seq, frame=logged_body(res, body).decode(), owner=job.owner,
-                        request_id=job.request_id, final=True)  # fmt: skip
+                        request_id=job.request_id, final=True, repeat=is_repeat(res))  # fmt: skip
         if job.reply_to != hub.reply_stream:
             tell[job.reply_to] = encode(final)
         if holder and holder != hub.gateway_id:

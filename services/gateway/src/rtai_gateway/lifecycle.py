@@ -154,11 +154,11 @@ async def _take_over_inflight(hub: Hub, session: Session) -> None:
     for i, p in enumerate(taken):
         final, final_seq = finals[2 * i], finals[2 * i + 1]
         if final is not None:
-            # Logged after the replay read the log: its forward may be on its way, or lost with a gateway that died
-            # right after logging it. Sent from here (held until the replay ends); the socket drops a second copy by
-            # its number.
-            if final_seq is not None and session.takes_logged_final(p.job.request_id):
-                session.deliver(int(final_seq), bytes(final))
+            # Logged after the snapshot (a final logged before it leaves the in-flight hash), so never one the
+            # client had: its forward may be on its way, or lost with a gateway that died right after logging it.
+            # Sent from here (held until the replay ends); the socket drops a second copy by its number.
+            if final_seq is not None:
+                session.deliver_final(p.job.request_id, int(final_seq), bytes(final))
             hub.end(p)
         elif p.job.reply_to != hub.reply_stream and not await _gateway_alive(hub, p.job.reply_to):
             # Its gateway is gone, and with it the reader of the job's reply stream: run it again, replies to us.

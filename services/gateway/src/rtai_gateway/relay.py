@@ -40,16 +40,10 @@ def deliver(hub: Hub, fwd: Forward) -> None:
     """A frame another gateway logged for a session this gateway now holds (it took the session over)."""
     session = hub.sessions.get(fwd.session)
     if session is not None:
-        body = fwd.frame.encode()
-        if not fwd.final:
-            session.deliver(fwd.seq, body)
-        elif fwd.seq <= session.delivered:
-            # Numbered at or below what the socket was already sent: a failover after this gateway took the session
-            # over lost the counter's last increments, and the sender numbered the final from what was left. The
-            # client would drop it as a frame it has; sent unnumbered, it arrives.
-            session.offer_final_unnumbered(fwd.request_id, body)
-        elif session.takes_logged_final(fwd.request_id):
-            session.deliver(fwd.seq, body)
+        if fwd.final:
+            session.deliver_final(fwd.request_id, fwd.seq, fwd.frame.encode(), repeat=fwd.repeat)
+        else:
+            session.deliver(fwd.seq, fwd.frame.encode())
     if fwd.final:
         p = hub.pending.get((fwd.owner, fwd.request_id))
         if p is not None:

@@ -70,14 +70,20 @@ class Session:
         before nor one sent unnumbered to this very socket while Redis was down."""
         return not self.has_unlogged_final(request_id) and self.first_final(request_id)
 
-    def offer_final_unnumbered(self, request_id: str, body: bytes) -> None:
-        """Offer a logged final frame whose number the client cannot take (see `relay.deliver`) without its number,
-        unless this socket already has a final for the request. Noted only once offered: with no socket, a client that
-        resumes and sends the request again gets the stored final then (which a noted one would refuse)."""
-        if self.conn is None or self.has_unlogged_final(request_id) or request_id in self.finals:
-            return
-        if self.conn.offer(body):
-            self.first_final(request_id)
+    def deliver_final(self, request_id: str, seq: int, body: bytes, *, repeat: bool = False) -> None:
+        """A final frame logged for `request_id` as number `seq`, found in Redis or forwarded by another gateway.
+
+        `repeat`: the log script answered with the number the frame got the first time, which the socket may have had.
+        A final logged new at or below what the socket was sent can only come after a failover lost the counter's last
+        increments once this gateway held the session (taking it over raised the counter to the client's last seq):
+        with that number the client would drop it as seen. It goes unnumbered, noted for this socket only
+        (`sent_unlogged_final`), so that if the socket dies before writing it, the request sent again after a resume
+        gets its stored final."""
+        if repeat or seq > self.delivered:
+            if self.takes_logged_final(request_id):
+                self.deliver(seq, body)
+        elif request_id not in self.finals and not self.has_unlogged_final(request_id):
+            self.sent_unlogged_final(request_id, body)
 
     def first_final(self, request_id: str) -> bool:
         """Note a final frame for `request_id`; False if this session already got one. The log script refuses a second

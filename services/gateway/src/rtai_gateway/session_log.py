@@ -88,7 +88,12 @@ class SessionLog:
         session.end_fill(logged)
 
 
+def is_repeat(res: Any) -> bool:
+    """Whether a LOG_FRAME answer is a repeat's: the frame was logged before, under the number the answer gives."""
+    return len(res) > 2
+
+
 def logged_body(res: Any, sent: bytes) -> bytes:
     """The frame a LOG_FRAME answer stands for: a repeat comes back with the body logged the first time (the one the
     log replays on resume), a new frame is the one sent."""
-    return bytes(res[2]) if len(res) > 2 else sent
+    return bytes(res[2]) if is_repeat(res) else sent

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from rtai_gateway import ending
-from rtai_gateway.session_log import logged_body
+from rtai_gateway.session_log import is_repeat, logged_body
 from rtai_protocol import Chunk, Error, ErrorCode, Forward, Reply, Result, encode
 from rtai_telemetry.logging import get_logger
 
@@ -96,7 +96,7 @@ async def _log_replies(
             if seq < 0:
                 held.append(r)
             elif seq:  # 0: a chunk after the final frame (or a repeat no longer in the log), dropped by design
-                _after_logged(hub, r, logged_body(res, body), kind, seq, holder, forwards)
+                _after_logged(hub, r, logged_body(res, body), kind, seq, is_repeat(res), holder, forwards)
 
         key = (r.owner, r.request_id)
         after = last_chunk.get(key) if in_order else None
@@ -112,7 +112,14 @@ async def _log_replies(
 
 
 def _after_logged(
-    hub: Hub, r: Reply, body: bytes, kind: str, seq: int, holder: str, forwards: list[tuple[str, bytes]]
+    hub: Hub,
+    r: Reply,
+    body: bytes,
+    kind: str,
+    seq: int,
+    repeat: bool,
+    holder: str,
+    forwards: list[tuple[str, bytes]],
 ) -> None:
     p = hub.pending.get((r.owner, r.request_id))
     if p is not None:
@@ -131,6 +138,7 @@ def _after_logged(
             owner=r.owner,
             request_id=r.request_id,
             final=kind == "final",
+            repeat=repeat,
         )
         forwards.append((hub.keys.replies(holder), encode(forward)))
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from rtai_protocol import ErrorCode, Reply, now_ms
 from rtai_telemetry.logging import get_logger
@@ -69,10 +69,13 @@ class TaskServer:
     async def serve(self) -> None:
         """Read and run batches until told to stop. Redis errors pause the loop; they never end it."""
         s = self.settings
-        await self.consumer.ensure_group()
+        grouped = False
         failures = 0
         while not self.stopping.is_set():
             try:
+                if not grouped:  # in the loop: one Redis error at start must not end this task's serving
+                    await self.consumer.ensure_group()
+                    grouped = True
                 if self._adopted:
                     self._adopting = True
                     try:
@@ -164,6 +167,9 @@ class TaskServer:
             await self.consumer.count_deliveries([(d.entry_id, d.deliveries - 1) for d in reclaimed])
         except Exception as e:  # only over-charges them: the count is set again, absolutely, when each starts
             log.warning("reclaim.count_failed", task=self.task, error=type(e).__name__)
+        if self.stopping.is_set():
+            # Told to stop while the reclaim ran: the read loop may be gone already, and they would wait for the drain.
+            await self._hand_back_adopted()
 
     async def _run_adopted(self, d: Delivery) -> None:
         # One at a time, with the answers before it written first: a reclaimed job may be what killed the worker that
@@ -244,17 +250,24 @@ class TaskServer:
         for d in batch:
             if reclaimed:
                 m.reclaimed.labels(self.task).inc()
-            if d.deliveries > 1 or d.job.attempt > 1:
+            if reclaimed or d.deliveries > 1 or d.job.attempt > 1:
+                # Reclaimed: a job handed back at shutdown goes back uncharged (delivery count 1), but it ran before.
                 m.reruns.labels(self.task).inc()
             else:
                 # A first run only: a re-run's wait since its enqueue holds the runs before it, and observed again it
                 # would count one job's wait twice.
                 m.queue_wait.labels(self.task).observe(max(now - d.job.enqueued_ms, 0) / 1000)
         live, finished = await self._screen(batch, now)
-        await self.consumer.finish(finished)
-        self.io.count_answered(r for _, r in finished)
-        for d, _ in finished:
-            self.running.release(d)  # adopted jobs are in `running` already
+        if finished:
+            try:
+                await self.consumer.finish(finished)
+            except Exception as e:
+                # Left pending and unclaimed: the reclaim finds them and screens them again. The live jobs run on.
+                log.warning("screened.unwritten", task=self.task, jobs=len(finished), error=type(e).__name__)
+            else:
+                self.io.count_answered(r for _, r in finished)
+            for d, _ in finished:
+                self.running.release(d)  # adopted jobs are in `running` already
         # A streaming model runs its plain jobs as streams too (each in a stream slot, checked for a cancel and its
         # deadline at every step, answered with the result only): in one `predict` call they held the read loop while
         # the whole batch generated (no stream started meanwhile), each waited for the others, and a cancel was ignored.
@@ -266,6 +279,16 @@ class TaskServer:
         if plain:
             await self.batches.run(plain)
 
+    async def _cancel_flags(self, batch: Iterable[Delivery]) -> set[str]:
+        """Job ids of `batch` cancelled by their gateway; best effort. When Redis cannot say (past the client's
+        retries), the jobs run: the gateway already answered a cancelled one and drops its late result, while
+        failing here would leave the whole batch unrun until the reclaim, charged a delivery."""
+        try:
+            return await self.consumer.cancelled([d.job for d in batch])
+        except Exception as e:
+            log.warning("cancel_check.failed", task=self.task, error=type(e).__name__)
+            return set()
+
     async def _screen(
         self, batch: list[Delivery], now: int
     ) -> tuple[list[Delivery], list[tuple[Delivery, Reply | None]]]:
@@ -273,7 +296,7 @@ class TaskServer:
         # The cancel flags cost a Redis round trip per batch. A declared-cheap inline model (VADER: ~25 us) costs less
         # than that, so it runs a job cancelled in the last instant anyway: the gateway has already sent `cancelled`
         # and drops the late result as a duplicate final (LOG_FRAME). Measured: L p50 -0.3 ms, T +13% (performance.md).
-        cancelled = set() if self.model.info.inline else await self.consumer.cancelled([d.job for d in batch])
+        cancelled = set() if self.model.info.inline else await self._cancel_flags(batch)
         live: list[Delivery] = []
         done: list[tuple[Delivery, Reply | None]] = []
         for d in batch:

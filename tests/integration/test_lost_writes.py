@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rtai_gateway import admission, lifecycle, relay
-from rtai_protocol import Forward, Infer, Job, Result, encode
+from rtai_gateway import admission, lifecycle, relay, worker_replies
+from rtai_protocol import Forward, Infer, Job, Reply, Result, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
@@ -282,3 +282,62 @@ async def test_a_final_the_takeover_finds_numbered_below_the_socket_is_sent_unnu
         await lifecycle.replay(b, held)
         relay.deliver(b, _forward("r1", seq, body, repeat))
         assert socket.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
+
+
+async def test_a_repeated_final_below_the_socket_is_not_noted_so_a_resent_request_gets_it(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """B sent r1's final unnumbered (the failover case above), and the socket died before writing it. A second run's
+    final, a repeat of the same number, arrives while the session waits for a resume: not sent, and not noted, so the
+    request sent again after the resume gets its stored final."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    await redis.set(keys.session_seq("s1"), 7)
+    first = RecordingConn()
+    async with running_hub(redis_server, prefix) as b:
+        held = await lifecycle._resume(b, first, "o", "s1", 7)  # type: ignore[arg-type]
+        assert held is not None
+        held.end_replay()
+        await redis.set(keys.session_seq("s1"), 5)  # the failover
+        await redis.hset(keys.request("o", "r1"), "session", "s1")
+        relay.deliver(b, _forward("r1", *await _log_final(redis, keys, "r1", "positive")))
+        assert len(first.frames) == 1
+        await lifecycle.detach(b, held, 1006)
+        seq, body, repeat = await _log_final(redis, keys, "r1", "negative")
+        assert (seq, repeat) == (6, True)
+        relay.deliver(b, _forward("r1", seq, body, repeat))
+        second = RecordingConn()
+        assert await lifecycle._resume(b, second, "o", "s1", 7) is held  # type: ignore[arg-type]
+        await lifecycle.replay(b, held)
+        again = Infer(type="infer", id="r1", task="sentiment", input="x")
+        await admission.enqueue_new(b, held, again, job_for(b, held, "r1"), time.monotonic())
+        assert second.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
+
+
+async def test_a_final_whose_forward_failed_is_forwarded_as_new_when_its_batch_is_read_again(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """Gateway A logs r1's final new for a session gateway B holds, and the forward fails (Redis failing over): the
+    reply batch is read again, and the log script now answers a repeat. A forwards it as new, so that B sends it
+    even numbered below its socket; a second run's final, after a forward that was written, goes as a repeat."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-b"})
+    reply = Reply(job_id="j1", request_id="r1", owner="o", session="s1", task="sentiment", kind="result", data={})
+    async with running_hub(redis_server, prefix, gateway_id="gw-a") as a:
+        forward = a.forward
+        failing = True
+
+        async def forward_once_failing(forwards: list[tuple[str, bytes]]) -> None:
+            if failing:
+                raise ConnectionError("Redis is failing over")
+            await forward(forwards)
+
+        a.forward = forward_once_failing  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await worker_replies.handle(a, [reply])
+        failing = False
+        await worker_replies.handle(a, [reply])  # the batch read again
+        await worker_replies.handle(a, [reply])  # a second run of the job, after a forward that was written
+        assert not a.finals_forwarding
+    sent = [Forward.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("gw-b"))]
+    assert [(f.request_id, f.seq, f.repeat) for f in sent] == [("r1", 1, False), ("r1", 1, True)]

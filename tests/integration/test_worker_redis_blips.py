@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from rtai_protocol import Job, Reply, encode
-from rtai_transport import WORKER_GROUP, Keys, Redis
+from rtai_transport import WORKER_GROUP, Keys, Redis, RedisSettings
 from rtai_worker.consumer import HANDED_BACK_IDLE_MS, Consumer, Delivery
 from rtai_worker.models.options import ModelOptions
+from rtai_worker.run import Worker
 from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support.fake_models import TokenModel
+from tests.support.redis_server import RedisHandle
 from tests.support.task_server_harness import make_job, task_server
 
 WORDS = " ".join(f"w{i}" for i in range(12))
@@ -185,3 +187,37 @@ async def test_a_failed_answer_to_screened_jobs_does_not_hold_back_the_live_ones
     assert (final.request_id, final.kind) == ("r2", "result"), final
     (entry,) = await redis.xpending_range(keys.jobs("generate"), WORKER_GROUP, "-", "+", 10)
     assert entry["consumer"] == b"w1" and not server.running
+
+
+async def test_a_worker_whose_first_group_creation_fails_serves_anyway(
+    redis: Redis, redis_server: RedisHandle, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole worker: before, one error creating its consumer group at start ended the process (exit 0)."""
+    real = Consumer.ensure_group
+    tries: list[int] = []
+
+    async def ensure_group(self: Consumer) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("Redis did not answer within the client's retries")
+        await real(self)
+
+    monkeypatch.setattr(Consumer, "ensure_group", ensure_group)
+    keys = Keys(prefix)
+    settings = WorkerSettings(
+        tasks="generate=tests.support.fake_models:tokens",
+        redis=RedisSettings(url=redis_server.url, prefix=prefix),
+        http_port=0,
+        http_host="127.0.0.1",
+        worker_id="w1",
+    )
+    worker = Worker(settings)
+    run = asyncio.create_task(worker.run())
+    try:
+        await redis.xadd(keys.jobs("generate"), {"m": encode(make_job(1, keys.replies("g1"), task="generate",
+                                                                       input="a b", stream=True))})  # fmt: skip
+        assert (await _final(redis, keys)).kind == "result"
+        assert tries[0] == 1 and not run.done()
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(run, 15)

@@ -50,6 +50,9 @@ class Hub:
         """Sessions without a socket, waiting for a resume, oldest detach first: the reaper reads only these (and stops
         at the first still in its grace), so idle sockets cost it nothing."""
         self.pending: dict[tuple[str, str], Pending] = {}
+        self.finals_forwarding: dict[tuple[str, str], None] = {}
+        """Requests (owner, id) whose final this gateway logged new and forwards, until the forward is written: a batch
+        read again after a failure finds them logged, and forwards them as new again (`Forward.repeat` false)."""
         self.framelog = FrameLog(
             settings.redis,
             lanes=settings.sessions.log_lanes,

@@ -73,16 +73,20 @@ class Session:
     def deliver_final(self, request_id: str, seq: int, body: bytes, *, repeat: bool = False) -> None:
         """A final frame logged for `request_id` as number `seq`, found in Redis or forwarded by another gateway.
 
-        `repeat`: the log script answered with the number the frame got the first time, which the socket may have had.
         A final logged new at or below what the socket was sent can only come after a failover lost the counter's last
         increments once this gateway held the session (taking it over raised the counter to the client's last seq):
         with that number the client would drop it as seen. It goes unnumbered, noted for this socket only
         (`sent_unlogged_final`), so that if the socket dies before writing it, the request sent again after a resume
-        gets its stored final."""
-        if repeat or seq > self.delivered:
+        gets its stored final.
+
+        `repeat`: the log script answered with the number the frame got the first time (a second run of a finished
+        job), which the client may have had from another gateway before it came here. At or below what the socket was
+        sent it is neither sent nor noted: a client that lacks it gets the stored final when it sends the request
+        again. (A final whose first forward failed comes again as new: see `worker_replies`.)"""
+        if seq > self.delivered:
             if self.takes_logged_final(request_id):
                 self.deliver(seq, body)
-        elif request_id not in self.finals and not self.has_unlogged_final(request_id):
+        elif not repeat and request_id not in self.finals and not self.has_unlogged_final(request_id):
             self.sent_unlogged_final(request_id, body)
 
     def first_final(self, request_id: str) -> bool:

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 log = get_logger("rtai_gateway.worker_replies")
 
+FORWARDING_KEPT = 4096
+"""At most this many finals remembered as logged new here while their forward is not written (`Hub.finals_forwarding`):
+a reader failing for long keeps the oldest only as long as there is room."""
+
 _PASSING_STATES = ("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "BUSY", "LOADING", "NOSCRIPT", "NOPERM", "TRYAGAIN")
 
 
@@ -68,6 +72,9 @@ async def handle(hub: Hub, replies: list[Reply], *, drop_rejected: bool = False)
         hub.metrics.replies_rejected.inc()
     if forwards:
         await hub.forward(forwards)
+    if hub.finals_forwarding:
+        for r in replies:
+            hub.finals_forwarding.pop((r.owner, r.request_id), None)
 
 
 async def _log_replies(
@@ -131,6 +138,13 @@ def _after_logged(
     if holder and holder != hub.gateway_id:
         # Another gateway holds the session: forwarded every time, a repeat too (a batch read again because the
         # forward failed), since only the holder knows what its socket got (it drops a second final).
+        if kind == "final":
+            key = (r.owner, r.request_id)
+            if not repeat or key in hub.finals_forwarding:
+                repeat = False  # logged new here, by this read or by one whose forward failed
+                hub.finals_forwarding[key] = None
+                if len(hub.finals_forwarding) > FORWARDING_KEPT:
+                    del hub.finals_forwarding[next(iter(hub.finals_forwarding))]
         forward = Forward(
             session=r.session,
             seq=seq,

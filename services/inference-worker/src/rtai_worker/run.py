@@ -164,7 +164,10 @@ class Worker:
 
     async def _serve_until_stopped(self) -> None:
         for server in self.servers.values():
-            await server.consumer.ensure_group()
+            try:  # before the reclaim loop starts, where Redis allows; else each task's serve loop makes it, retrying
+                await server.consumer.ensure_group()
+            except Exception as e:
+                log.warning("group.not_created", task=server.task, error=type(e).__name__)
         background = [
             asyncio.create_task(self._every(self.settings.registration_ttl_s / 4, self._heartbeat), name="heartbeat"),
             asyncio.create_task(

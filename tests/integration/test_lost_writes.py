@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from rtai_gateway import admission, lifecycle, relay, worker_replies
-from rtai_protocol import Forward, Infer, Job, Reply, Result, encode
+from rtai_gateway.pending import Pending
+from rtai_protocol import ErrorCode, Forward, Infer, Job, Reply, Result, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
 from tests.support import procs
@@ -341,3 +342,53 @@ async def test_a_final_whose_forward_failed_is_forwarded_as_new_when_its_batch_i
         assert not a.finals_forwarding
     sent = [Forward.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("gw-b"))]
     assert [(f.request_id, f.seq, f.repeat) for f in sent] == [("r1", 1, False), ("r1", 1, True)]
+
+
+async def test_a_final_whose_forward_failed_reaches_the_socket_when_the_session_came_to_its_gateway_meanwhile(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """As above, but before the batch is read again the client resumes on A itself (last seq 7): the final, numbered
+    6 from the lowered counter, now goes to A's own socket, unnumbered, and only once."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-b"})
+    await redis.set(keys.session_seq("s1"), 5)  # B's socket had 7; the failover lost two increments
+    reply = Reply(job_id="j1", request_id="r1", owner="o", session="s1", task="sentiment", kind="result", data={})
+    socket = RecordingConn()
+    async with running_hub(redis_server, prefix, gateway_id="gw-a") as a:
+
+        async def failing(forwards: list[tuple[str, bytes]]) -> None:
+            raise ConnectionError("Redis is failing over")
+
+        a.forward = failing  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await worker_replies.handle(a, [reply])  # logged new as 6
+        held = await lifecycle._resume(a, socket, "o", "s1", 7)  # type: ignore[arg-type]
+        assert held is not None
+        await lifecycle.replay(a, held)
+        await worker_replies.handle(a, [reply])  # the batch read again: a repeat of 6, for a socket at 7
+        await worker_replies.handle(a, [reply])
+    assert socket.decoded() == [{"type": "result", "id": "r1", "output": {}}]
+
+
+async def test_a_cancel_on_the_holder_does_not_shadow_the_final_a_failover_numbered_below_its_socket(
+    redis_server: RedisHandle, redis: Redis, prefix: str
+) -> None:
+    """B holds the session (socket at 7) and tracks r1; after the failover A logs r1's final as 6. The client cancels
+    r1 on B before A's forward arrives: B's `cancelled` is a repeat of 6 (the result came first), neither sent nor
+    noted, and A's forward, logged new, then reaches the socket unnumbered."""
+    keys = Keys(prefix)
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    socket = RecordingConn()
+    async with running_hub(redis_server, prefix) as b:
+        held = await lifecycle._resume(b, socket, "o", "s1", 7)  # type: ignore[arg-type]
+        assert held is not None
+        held.end_replay()
+        p = Pending(job=job_for(b, held, "r1"), session=held, received=time.monotonic())
+        b.track(p)
+        await redis.set(keys.session_seq("s1"), 5)  # the failover
+        seq, body, repeat = await _log_final(redis, keys, "r1", "positive")
+        assert (seq, repeat) == (6, False)
+        await b.finish_locally(p, ErrorCode.CANCELLED, "cancelled by the client")
+        assert socket.frames == []
+        relay.deliver(b, _forward("r1", seq, body, repeat))
+    assert socket.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]

@@ -85,8 +85,8 @@ async def finish_locally(hub: Hub, p: Pending, code: ErrorCode, message: str) ->
         seq, holder = int(res[0]), res[1].decode() if res[1] else ""
         if not seq:
             return
-        if p.session.conn is not None and p.session.first_final(job.request_id):
-            p.session.deliver(seq, logged_body(res, body))
+        if p.session.conn is not None:
+            p.session.deliver_final(job.request_id, seq, logged_body(res, body), repeat=is_repeat(res))
         final = Forward(session=job.session, seq=seq, frame=logged_body(res, body).decode(), owner=job.owner,
                         request_id=job.request_id, final=True, repeat=is_repeat(res))  # fmt: skip
         if job.reply_to != hub.reply_stream:

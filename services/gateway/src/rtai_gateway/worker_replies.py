@@ -135,16 +135,15 @@ def _after_logged(
             hub.metrics.first_chunk.labels(p.job.task).observe(time.monotonic() - p.received)
         if kind == "final":
             ending.finished(hub, p, "ok" if r.kind == "result" else (r.code or ErrorCode.INTERNAL), r.headers)
+    if repeat and hub.finals_forwarding and (r.owner, r.request_id) in hub.finals_forwarding:
+        repeat = False  # logged new here by a read whose forward failed; the session may have come here since
     if holder and holder != hub.gateway_id:
         # Another gateway holds the session: forwarded every time, a repeat too (a batch read again because the
         # forward failed), since only the holder knows what its socket got (it drops a second final).
-        if kind == "final":
-            key = (r.owner, r.request_id)
-            if not repeat or key in hub.finals_forwarding:
-                repeat = False  # logged new here, by this read or by one whose forward failed
-                hub.finals_forwarding[key] = None
-                if len(hub.finals_forwarding) > FORWARDING_KEPT:
-                    del hub.finals_forwarding[next(iter(hub.finals_forwarding))]
+        if kind == "final" and not repeat:
+            hub.finals_forwarding[(r.owner, r.request_id)] = None
+            if len(hub.finals_forwarding) > FORWARDING_KEPT:
+                del hub.finals_forwarding[next(iter(hub.finals_forwarding))]
         forward = Forward(
             session=r.session,
             seq=seq,
@@ -159,7 +158,9 @@ def _after_logged(
     session = hub.sessions.get(r.session)
     if session is None or session.conn is None:
         return  # in the log, for the replay of a resume
-    if kind != "final" or session.takes_logged_final(r.request_id):
+    if kind == "final":
+        session.deliver_final(r.request_id, seq, body, repeat=repeat)
+    else:
         session.deliver(seq, body)
 
 

@@ -73,11 +73,13 @@ class Session:
     def deliver_final(self, request_id: str, seq: int, body: bytes, *, repeat: bool = False) -> None:
         """A final frame logged for `request_id` as number `seq`, found in Redis or forwarded by another gateway.
 
-        A final logged new at or below what the socket was sent can only come after a failover lost the counter's last
+        A final logged new at or below what the socket was sent comes after a failover lost the counter's last
         increments once this gateway held the session (taking it over raised the counter to the client's last seq):
         with that number the client would drop it as seen. It goes unnumbered, noted for this socket only
         (`sent_unlogged_final`), so that if the socket dies before writing it, the request sent again after a resume
-        gets its stored final.
+        gets its stored final. One more case looks the same here: a final whose first forward failed (it counts as new
+        when its batch is read again), which the client got meanwhile from the log on another gateway. It then gets
+        a second final, which clients ignore: the price of never losing the first case.
 
         `repeat`: the log script answered with the number the frame got the first time (a second run of a finished
         job), which the client may have had from another gateway before it came here. At or below what the socket was

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from rtai_gateway import admission, lifecycle, relay, worker_replies
+from rtai_gateway.hub import Hub
 from rtai_gateway.pending import Pending
+from rtai_gateway.session import Session
 from rtai_protocol import ErrorCode, Forward, Infer, Job, Reply, Result, encode
 from rtai_transport import Keys, Redis
 from rtai_transport.lua import LOG_FRAME, SUBMIT
@@ -207,6 +209,29 @@ def _forward(rid: str, seq: int, body: bytes, repeat: bool) -> Forward:
     return Forward(session="s1", seq=seq, frame=body.decode(), owner="o", request_id=rid, final=True, repeat=repeat)
 
 
+async def _held_at_7_then_failover(b: Hub, redis: Redis, keys: Keys, socket: RecordingConn) -> Session:
+    """Session s1 resumed on gateway B with its socket at 7, then a failover takes the counter back to 5; request r1,
+    admitted in s1, keeps its admission."""
+    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
+    await redis.set(keys.session_seq("s1"), 7)
+    held = await lifecycle._resume(b, socket, "o", "s1", 7)  # type: ignore[arg-type]
+    assert held is not None and held.delivered == 7
+    held.end_replay()
+    await redis.set(keys.session_seq("s1"), 5)  # the failover
+    await redis.hset(keys.request("o", "r1"), "session", "s1")
+    return held
+
+
+async def _resumed_and_resent(b: Hub, held: Session) -> RecordingConn:
+    """The client resumes s1 on B with last seq 7 on a new socket and sends r1 again; returns that socket."""
+    second = RecordingConn()
+    assert await lifecycle._resume(b, second, "o", "s1", 7) is held  # type: ignore[arg-type]
+    await lifecycle.replay(b, held)
+    again = Infer(type="infer", id="r1", task="sentiment", input="x")
+    await admission.enqueue_new(b, held, again, job_for(b, held, "r1"), time.monotonic())
+    return second
+
+
 async def test_a_final_numbered_below_the_socket_after_a_failover_past_a_takeover_still_reaches_it(
     redis_server: RedisHandle, redis: Redis, prefix: str
 ) -> None:
@@ -215,15 +240,9 @@ async def test_a_final_numbered_below_the_socket_after_a_failover_past_a_takeove
     it to B. Numbered, the client would drop it as a frame it has; B sends it unnumbered, once. It is noted for that
     socket only: if the socket dies before writing it, the request sent again after a resume gets its stored final."""
     keys = Keys(prefix)
-    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
-    await redis.set(keys.session_seq("s1"), 7)
     first = RecordingConn()
     async with running_hub(redis_server, prefix) as b:
-        held = await lifecycle._resume(b, first, "o", "s1", 7)  # type: ignore[arg-type]
-        assert held is not None and held.delivered == 7
-        held.end_replay()
-        await redis.set(keys.session_seq("s1"), 5)  # the failover
-        await redis.hset(keys.request("o", "r1"), "session", "s1")  # its admission, which the failover kept
+        held = await _held_at_7_then_failover(b, redis, keys, first)
 
         seq, body, repeat = await _log_final(redis, keys, "r1", "positive")
         assert (seq, repeat) == (6, False)
@@ -233,11 +252,7 @@ async def test_a_final_numbered_below_the_socket_after_a_failover_past_a_takeove
         assert held.delivered == 7
 
         await lifecycle.detach(b, held, 1006)  # the socket died, the frame perhaps unwritten
-        second = RecordingConn()
-        assert await lifecycle._resume(b, second, "o", "s1", 7) is held  # type: ignore[arg-type]
-        await lifecycle.replay(b, held)
-        again = Infer(type="infer", id="r1", task="sentiment", input="x")
-        await admission.enqueue_new(b, held, again, job_for(b, held, "r1"), time.monotonic())
+        second = await _resumed_and_resent(b, held)
         assert second.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
 
 
@@ -292,26 +307,16 @@ async def test_a_repeated_final_below_the_socket_is_not_noted_so_a_resent_reques
     final, a repeat of the same number, arrives while the session waits for a resume: not sent, and not noted, so the
     request sent again after the resume gets its stored final."""
     keys = Keys(prefix)
-    await redis.hset(keys.session_meta("s1"), mapping={"identity": "o", "gateway": "gw-a"})
-    await redis.set(keys.session_seq("s1"), 7)
     first = RecordingConn()
     async with running_hub(redis_server, prefix) as b:
-        held = await lifecycle._resume(b, first, "o", "s1", 7)  # type: ignore[arg-type]
-        assert held is not None
-        held.end_replay()
-        await redis.set(keys.session_seq("s1"), 5)  # the failover
-        await redis.hset(keys.request("o", "r1"), "session", "s1")
+        held = await _held_at_7_then_failover(b, redis, keys, first)
         relay.deliver(b, _forward("r1", *await _log_final(redis, keys, "r1", "positive")))
         assert len(first.frames) == 1
         await lifecycle.detach(b, held, 1006)
         seq, body, repeat = await _log_final(redis, keys, "r1", "negative")
         assert (seq, repeat) == (6, True)
         relay.deliver(b, _forward("r1", seq, body, repeat))
-        second = RecordingConn()
-        assert await lifecycle._resume(b, second, "o", "s1", 7) is held  # type: ignore[arg-type]
-        await lifecycle.replay(b, held)
-        again = Infer(type="infer", id="r1", task="sentiment", input="x")
-        await admission.enqueue_new(b, held, again, job_for(b, held, "r1"), time.monotonic())
+        second = await _resumed_and_resent(b, held)
         assert second.decoded() == [{"type": "result", "id": "r1", "output": {"label": "positive"}}]
 
 

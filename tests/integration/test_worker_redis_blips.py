@@ -5,8 +5,7 @@ shutdown and run elsewhere counts as a re-run. Each on a real redis-server, with
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -19,7 +18,7 @@ from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
-from tests.support.task_server_harness import make_job, task_server
+from tests.support.task_server_harness import make_job, serving, task_server
 
 WORDS = " ".join(f"w{i}" for i in range(12))
 
@@ -39,19 +38,6 @@ async def _final(redis: Redis, keys: Keys, timeout: float = 10) -> Reply:
             await asyncio.sleep(0.05)
     (final,) = finals
     return final
-
-
-@contextlib.asynccontextmanager
-async def serving(server: TaskServer) -> AsyncIterator[None]:
-    task = asyncio.create_task(server.serve())
-    try:
-        yield
-    finally:
-        server.stopping.set()
-        server.streams.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _fail_once(server: TaskServer, when: str) -> list[int]:

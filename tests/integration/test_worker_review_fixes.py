@@ -24,7 +24,7 @@ from rtai_worker.settings import WorkerSettings
 from rtai_worker.task_server import TaskServer
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
-from tests.support.task_server_harness import make_job, task_server
+from tests.support.task_server_harness import make_job, stop_serving, task_server
 
 
 def _job(n: int, reply_to: str, **update: Any) -> Job:
@@ -33,14 +33,6 @@ def _job(n: int, reply_to: str, **update: Any) -> Job:
 
 async def _replies(redis: Redis, keys: Keys) -> list[Reply]:
     return [Reply.model_validate_json(f[b"m"]) for _, f in await redis.xrange(keys.replies("g1"))]
-
-
-async def _stop(server: TaskServer, serving: asyncio.Task[None]) -> None:
-    server.stopping.set()
-    server.streams.cancel()
-    serving.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
 
 
 class _EagerModel:
@@ -87,7 +79,7 @@ async def test_a_stream_that_raises_when_called_is_answered_at_once(redis: Redis
         assert (await redis.xpending(keys.jobs("generate"), WORKER_GROUP))["pending"] == 0
         assert server.running == {}
     finally:
-        await _stop(server, serving)
+        await stop_serving(server, serving)
 
 
 class _GeneratingTokens(TokenModel):
@@ -140,7 +132,7 @@ async def test_a_streaming_models_plain_job_holds_up_no_stream_and_stops_when_ca
         assert (finals["r2"].kind, finals["r2"].data) == ("result", {"text": "ONE TWO"})
         assert not [r for r in await _replies(redis, keys) if r.request_id in ("r1", "r2") and r.kind == "chunk"]
     finally:
-        await _stop(server, serving)
+        await stop_serving(server, serving)
 
 
 async def test_busy_stays_up_while_any_model_call_runs(
@@ -204,7 +196,7 @@ async def test_an_adopted_stream_is_not_overtaken_by_newer_jobs(
                 await asyncio.sleep(0.02)
         assert first["r0"] < first["r2"], f"the adopted stream started after a newer job: {first}"
     finally:
-        await _stop(server, serving)
+        await stop_serving(server, serving)
 
 
 async def test_a_stopping_worker_hands_back_adopted_jobs_at_once_and_drain_cut_jobs_uncharged(

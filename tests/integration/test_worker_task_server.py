@@ -10,7 +10,6 @@ the gateway drops that late result as a duplicate final (the last test here).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import signal
 import time
@@ -29,7 +28,7 @@ from tests.support import procs
 from tests.support.fake_models import TokenModel
 from tests.support.redis_server import RedisHandle
 from tests.support.requests_state import job_of, reply_as_worker
-from tests.support.task_server_harness import make_job, task_server
+from tests.support.task_server_harness import make_job, stop_serving, task_server
 from tests.support.ws_client import Conn
 
 
@@ -124,10 +123,7 @@ async def test_serve_survives_a_failed_reply(redis: Redis, prefix: str) -> None:
         # r1 is counted when its re-run is answered: counted now too, it would be counted twice.
         assert server.metrics.registry.get_sample_value("rtai_worker_jobs_total", ok) == 1
     finally:
-        server.stopping.set()
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        await stop_serving(server, serving)
 
 
 async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, prefix: str) -> None:
@@ -174,10 +170,7 @@ async def test_replies_are_written_while_the_next_batch_is_read(redis: Redis, pr
         assert server.running == {}
     finally:
         gate.set()
-        server.stopping.set()
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        await stop_serving(server, serving)
 
 
 async def test_a_streaming_worker_reads_only_what_it_can_start(
@@ -213,11 +206,7 @@ async def test_a_streaming_worker_reads_only_what_it_can_start(
             await asyncio.sleep(0.05)
         assert [(r.kind, r.code) for r in late] == [("error", "deadline_exceeded")], late
     finally:
-        server.stopping.set()
-        server.streams.cancel()
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        await stop_serving(server, serving)
 
 
 async def test_a_stream_that_waited_past_its_deadline_is_answered_not_run(redis: Redis, prefix: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -43,3 +46,22 @@ def make_job(n: int, reply_to: str, **update: Any) -> Job:
         reply_to=reply_to,
     )
     return job.model_copy(update=update) if update else job
+
+
+async def stop_serving(server: TaskServer, serving: asyncio.Task[None]) -> None:
+    """Stop a server's read loop started as `serving` and its streams, as a test's teardown."""
+    server.stopping.set()
+    server.streams.cancel()
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def serving(server: TaskServer) -> AsyncIterator[None]:
+    """The server's read loop running for the block."""
+    task = asyncio.create_task(server.serve())
+    try:
+        yield
+    finally:
+        await stop_serving(server, task)

@@ -85,10 +85,11 @@ async def finish_locally(hub: Hub, p: Pending, code: ErrorCode, message: str) ->
         seq, holder = int(res[0]), res[1].decode() if res[1] else ""
         if not seq:
             return
+        logged, repeat = logged_body(res, body), is_repeat(res)
         if p.session.conn is not None:
-            p.session.deliver_final(job.request_id, seq, logged_body(res, body), repeat=is_repeat(res))
-        final = Forward(session=job.session, seq=seq, frame=logged_body(res, body).decode(), owner=job.owner,
-                        request_id=job.request_id, final=True, repeat=is_repeat(res))  # fmt: skip
+            p.session.deliver_final(job.request_id, seq, logged, repeat=repeat)
+        final = Forward(session=job.session, seq=seq, frame=logged.decode(), owner=job.owner,
+                        request_id=job.request_id, final=True, repeat=repeat)  # fmt: skip
         if job.reply_to != hub.reply_stream:
             tell[job.reply_to] = encode(final)
         if holder and holder != hub.gateway_id:

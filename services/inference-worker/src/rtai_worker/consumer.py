@@ -306,6 +306,16 @@ class Consumer:
         flags = await self.redis.mget([self.keys.cancelled(j.job_id) for j in jobs])
         return {j.job_id for j, f in zip(jobs, flags, strict=True) if f is not None}
 
+    async def cancelled_if_known(self, jobs: Sequence[Job]) -> set[str]:
+        """`cancelled`, best effort: when Redis cannot say (past the client's retries), none. The gateway already
+        answered a cancelled job and drops its late result, while failing here would cost the caller its jobs: a batch
+        just read left unrun until the reclaim, charged a delivery, or a generation thrown away half done."""
+        try:
+            return await self.cancelled(jobs)
+        except Exception as e:
+            log.warning("cancel_check.failed", task=self.task, error=type(e).__name__)
+            return set()
+
 
 @dataclass(slots=True)
 class _Answer:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rtai_protocol import ErrorCode, Job, Reply, now_ms
+from rtai_protocol import ErrorCode, Reply, now_ms
 from rtai_telemetry.logging import get_logger
 from rtai_worker.consumer import Consumer, Delivery
 from rtai_worker.engine import Model, ModelError, ModelInput
@@ -87,7 +87,7 @@ class Generation:
                         break
                     if time.monotonic() - last_check > CANCEL_POLL_S:
                         last_check = time.monotonic()
-                        if await self._cancelled(job):
+                        if await self.consumer.cancelled_if_known([job]):  # not known: the next poll asks again
                             self.running.cancelled.add(job.job_id)
                     if job.job_id in self.running.cancelled:
                         return None
@@ -108,15 +108,6 @@ class Generation:
         if value is not None:
             return io.reply(job, "result", data=value)
         return io.reply(job, "result", data={"chunks": index} if job.stream else chunks)
-
-    async def _cancelled(self, job: Job) -> bool:
-        """Whether the job's gateway cancelled it; best effort: when Redis cannot say, the next poll asks again (a
-        generation thrown away here would start again from nothing, charged one more delivery)."""
-        try:
-            return bool(await self.consumer.cancelled([job]))
-        except Exception as e:
-            log.warning("cancel_check.failed", task=self.io.task, error=type(e).__name__)
-            return False
 
     async def _step(self, steps: _Steps, d: Delivery) -> tuple[bool, Any] | Reply:
         """One step of a job's stream, or the answer to its failure."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from rtai_protocol import ErrorCode, Reply, now_ms
 from rtai_telemetry.logging import get_logger
@@ -279,16 +279,6 @@ class TaskServer:
         if plain:
             await self.batches.run(plain)
 
-    async def _cancel_flags(self, batch: Iterable[Delivery]) -> set[str]:
-        """Job ids of `batch` cancelled by their gateway; best effort. When Redis cannot say (past the client's
-        retries), the jobs run: the gateway already answered a cancelled one and drops its late result, while
-        failing here would leave the whole batch unrun until the reclaim, charged a delivery."""
-        try:
-            return await self.consumer.cancelled([d.job for d in batch])
-        except Exception as e:
-            log.warning("cancel_check.failed", task=self.task, error=type(e).__name__)
-            return set()
-
     async def _screen(
         self, batch: list[Delivery], now: int
     ) -> tuple[list[Delivery], list[tuple[Delivery, Reply | None]]]:
@@ -296,7 +286,7 @@ class TaskServer:
         # The cancel flags cost a Redis round trip per batch. A declared-cheap inline model (VADER: ~25 us) costs less
         # than that, so it runs a job cancelled in the last instant anyway: the gateway has already sent `cancelled`
         # and drops the late result as a duplicate final (LOG_FRAME). Measured: L p50 -0.3 ms, T +13% (performance.md).
-        cancelled = set() if self.model.info.inline else await self._cancel_flags(batch)
+        cancelled = set() if self.model.info.inline else await self.consumer.cancelled_if_known([d.job for d in batch])
         live: list[Delivery] = []
         done: list[tuple[Delivery, Reply | None]] = []
         for d in batch:
